@@ -1,0 +1,134 @@
+"""Providers, lines (our phone numbers) and pipelines: what an admin configures."""
+
+from __future__ import annotations
+
+import re
+from datetime import time
+from enum import StrEnum
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from config.phones import E164
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Label = Annotated[str, Field(max_length=200)]
+ReplyText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused: a typo in a config must not pass silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderKind(StrEnum):
+    TWILIO = "twilio"
+    VOXIMPLANT = "voximplant"
+    SANDBOX = "sandbox"
+
+
+# What each kind cannot work without; other credential keys are kept as given.
+REQUIRED_CREDENTIALS: dict[ProviderKind, tuple[str, ...]] = {
+    ProviderKind.TWILIO: ("account_sid", "auth_token"),
+    ProviderKind.VOXIMPLANT: ("webhook_secret",),
+    ProviderKind.SANDBOX: (),
+}
+
+
+class Provider(Strict):
+    kind: ProviderKind
+    credentials: dict[str, Annotated[str, Field(max_length=8192)]] = Field(default_factory=dict)
+    calls_per_second: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    sms_per_second: Annotated[float, Field(gt=0, le=1000)] = 1.0
+
+    @field_validator("credentials")
+    @classmethod
+    def _required_credentials(cls, credentials: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        kind = info.data.get("kind")
+        for key in REQUIRED_CREDENTIALS.get(kind, ()) if kind else ():
+            if not credentials.get(key):
+                raise ValueError(f"credentials.{key} is required for a {kind} provider")
+        return credentials
+
+    def public_view(self) -> dict[str, object]:
+        """The record without secret values: admins see which keys are set, never what."""
+        data = self.model_dump(mode="json")
+        data["credentials"] = {key: "***" for key in self.credentials}
+        return data
+
+
+class Pipeline(Strict):
+    stages: Annotated[list[Name], Field(min_length=1, max_length=100)]
+
+    @field_validator("stages")
+    @classmethod
+    def _unique(cls, stages: list[str]) -> list[str]:
+        if len(set(stages)) != len(stages):
+            raise ValueError("stages must be unique")
+        return stages
+
+
+class StageRef(Strict):
+    pipeline: Name
+    stage: Name
+
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _span(value: list[str]) -> list[str]:
+    if len(value) != 2 or not all(_HHMM.match(v) for v in value):
+        raise ValueError('a day is ["HH:MM", "HH:MM"]')
+    if time.fromisoformat(value[0]) >= time.fromisoformat(value[1]):
+        raise ValueError("a day's opening time must be before its closing time")
+    return value
+
+
+Span = Annotated[list[str], Field(min_length=2, max_length=2)]
+
+
+class Hours(Strict):
+    """Working hours in the line's time zone; a day left out is closed."""
+
+    tz: str
+    mon: Span | None = None
+    tue: Span | None = None
+    wed: Span | None = None
+    thu: Span | None = None
+    fri: Span | None = None
+    sat: Span | None = None
+    sun: Span | None = None
+
+    @field_validator("tz")
+    @classmethod
+    def _zone(cls, tz: str) -> str:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{tz!r} is not an IANA time zone (e.g. Europe/Madrid)") from None
+        return tz
+
+    @field_validator(*DAYS)
+    @classmethod
+    def _day(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _span(value)
+
+
+class Replies(Strict):
+    welcome: ReplyText | None = None
+    after_hours: ReplyText | None = None
+    closing: ReplyText | None = None
+
+
+class Line(Strict):
+    provider: Name
+    label: Label = ""
+    voice: bool = True
+    sms: bool = True
+    forward_to: Annotated[list[E164], Field(max_length=20)] = Field(default_factory=list)
+    lead: StageRef | None = None
+    hours: Hours | None = None
+    replies: Replies | None = None

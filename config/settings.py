@@ -1,0 +1,163 @@
+"""Settings: the environment (``CALLGATE_*``) over an optional TOML file over defaults.
+
+Loaded once at start into a frozen object; a bad value stops the process with one line
+naming the setting, so a typo never becomes a half-working gateway.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "CALLGATE_"
+CONFIG_FILE_VAR = "CALLGATE_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A setting has a value callgate cannot use; the message names the variable."""
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("not a boolean (true/false)")
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("not a whole number") from None
+
+
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("not a port (0-65535)")
+    return value
+
+
+def _positive(raw: str) -> int:
+    value = _int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError("not an http(s) URL")
+    return raw.rstrip("/")
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("not a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _token(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("too short: use at least 16 characters")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("not one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+def _secret(default: str | None = None) -> Any:
+    return field(default=default, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = None
+    data_dir: Path = Path("callgate-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    admin_token: str | None = _secret()
+    api_token: str | None = _secret()
+    media_allow_private: bool = False
+    # The prefix carries a hash tag so every key lands in one Redis Cluster slot: the
+    # MULTI/Lua operations that span items, the phone index and streams stay legal there.
+    key_prefix: str = "{callgate}:"
+    max_body_bytes: int = 1024 * 1024
+    consumers: int = 8
+    webhook_tolerance_seconds: int = 300
+    claim_idle_seconds: int = 30
+    max_deliveries: int = 5
+    timeline_max: int = 1000
+    dedup_ttl_seconds: int = 7 * 24 * 3600
+    log_level: str = "INFO"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "redis_url": _redis_url,
+    "data_dir": Path,
+    "host": str,
+    "port": _port,
+    "public_url": _url,
+    "admin_token": _token,
+    "api_token": _token,
+    "media_allow_private": _bool,
+    "key_prefix": str,
+    "max_body_bytes": _positive,
+    "consumers": _positive,
+    "webhook_tolerance_seconds": _positive,
+    "claim_idle_seconds": _positive,
+    "max_deliveries": _positive,
+    "timeline_max": _positive,
+    "dedup_ttl_seconds": _positive,
+    "log_level": _log_level,
+}
+
+
+def _from_file(path: Path) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{CONFIG_FILE_VAR} file {str(path)!r} cannot be read: {exc}") from exc
+    unknown = sorted(set(data) - set(_PARSERS))
+    if unknown:
+        raise SettingsError(f"{CONFIG_FILE_VAR} file {str(path)!r} has unknown setting {unknown[0]!r}")
+    return {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
+
+
+def load_settings(environ: Mapping[str, str], file: Path | None = None) -> Settings:
+    """Build Settings from ``environ`` (wins) and the TOML ``file`` (or ``$CALLGATE_CONFIG``).
+
+    The file uses the setting names without the prefix, in lower case (``port = 9000``).
+    """
+    file = file or (Path(environ[CONFIG_FILE_VAR]) if environ.get(CONFIG_FILE_VAR) else None)
+    raw = _from_file(file) if file else {}
+    for name in _PARSERS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            raw[name] = environ[env_name]
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in {"admin_token", "api_token", "redis_url", "public_url"} and value == "":
+            continue
+        try:
+            values[name] = _PARSERS[name](value)
+        except ValueError as exc:
+            shown = "***" if name.endswith("token") else value
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()} has value {shown!r}: {exc}") from None
+    return Settings(**values)

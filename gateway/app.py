@@ -1,0 +1,61 @@
+"""The app factory: routes, middleware and one cleanup context per resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from config.settings import Settings
+from gateway.api.admin import ENDPOINTS_ADMIN
+from gateway.api.crm import ENDPOINTS_CRM
+from gateway.api.ops import ENDPOINTS_OPS
+from gateway.api.routing import TOKENS, Tokens, add_endpoints
+from gateway.appkeys import SETTINGS, STORE
+from gateway.errors import error_middleware
+from gateway.metrics import METRICS, Metrics, metrics_middleware
+from gateway.store import Store
+from gateway.store.connection import UNAVAILABLE, connect
+from gateway.store.embedded import EmbeddedRedis
+from gateway.tokens import ensure_tokens
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start; the message is one line for the operator."""
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded = None if settings.redis_url else EmbeddedRedis(settings.data_dir)
+    if embedded is not None:
+        await embedded.start()
+    url = embedded.url if embedded else str(settings.redis_url)
+    redis = connect(url)
+    try:
+        try:
+            await redis.ping()
+        except UNAVAILABLE as exc:
+            raise StartupError(f"CALLGATE_REDIS_URL: Redis at {url} does not answer ({exc})") from None
+        app[STORE] = Store.open(redis, settings)
+        yield
+    finally:
+        await redis.aclose()
+        if embedded is not None:
+            await embedded.stop()
+
+
+def create_app(settings: Settings) -> web.Application:
+    settings, _ = ensure_tokens(settings)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[TOKENS] = Tokens(admin=str(settings.admin_token), api=str(settings.api_token))
+    app[METRICS] = Metrics()
+    add_endpoints(app, [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM])
+    app.cleanup_ctx.append(redis_ctx)
+    return app

@@ -1,0 +1,11 @@
+"""The typed keys under which the app keeps its resources."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from config.settings import Settings
+from gateway.store import Store
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)

@@ -1,0 +1,71 @@
+"""``callgate``: serve the gateway and administer it. The only place that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from config.settings import Settings, SettingsError, load_settings
+from gateway.app import StartupError, create_app
+from gateway.store.embedded import EmbeddedRedisError
+from gateway.tokens import ensure_tokens
+
+log = logging.getLogger("callgate")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def _serve(settings: Settings) -> None:
+    settings, generated = ensure_tokens(settings)
+    if generated:
+        # Printed once, on the start that created them; later starts reuse the stored ones.
+        print(f"callgate: generated tokens (stored in {settings.data_dir / 'tokens.json'}):", flush=True)
+        print(f"  admin token: {settings.admin_token}", flush=True)
+        print(f"  api token:   {settings.api_token}", flush=True)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+
+
+def _tokens(settings: Settings) -> None:
+    settings, _ = ensure_tokens(settings)
+    print(f"admin token: {settings.admin_token}")
+    print(f"api token:   {settings.api_token}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callgate", description="Voice and SMS gateway for CRM automation")
+    parser.add_argument("--config", help="TOML settings file (the environment wins over it)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the API, the provider webhooks and the workers")
+    commands.add_parser("tokens", help="print the admin and api tokens")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(os.environ, file=Path(args.config) if args.config else None)
+    except SettingsError as exc:
+        print(f"callgate: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            _serve(settings)
+        elif args.command == "tokens":
+            _tokens(settings)
+    except (StartupError, EmbeddedRedisError) as exc:
+        print(f"callgate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

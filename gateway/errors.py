@@ -1,0 +1,87 @@
+"""One error family and the middleware that renders API.md's envelope for every failure."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+from aiohttp import web
+
+from gateway.store.connection import UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "X-Request-Id"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors (routing, body size) mapped to stable codes clients can switch on.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class NotFound(ApiError):
+    def __init__(self, what: str) -> None:
+        super().__init__(404, "not_found", f"{what} not found")
+
+
+class Invalid(ApiError):
+    """A rule broken by one field (422)."""
+
+    def __init__(self, field: str, message: str, code: str = "invalid") -> None:
+        super().__init__(422, code, message, field)
+
+
+class Forbidden(ApiError):
+    def __init__(self, message: str, code: str = "forbidden") -> None:
+        super().__init__(403, code, message)
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get(REQUEST_ID, "")[:64] or uuid.uuid4().hex
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.code, exc.message, exc.field)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = HTTPStatus(exc.status).phrase
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.text or reason)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except UNAVAILABLE as exc:
+        log.warning("redis unavailable request_id=%s path=%s error=%s", request_id, request.path, exc)
+        response = error_response(503, "unavailable", "storage is unavailable; retry later")
+        response.headers["Retry-After"] = "1"
+    except Exception:
+        log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
+        response = error_response(500, "internal", f"internal error; request id {request_id}")
+    response.headers[REQUEST_ID] = request_id
+    return response

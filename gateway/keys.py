@@ -1,0 +1,86 @@
+"""The Redis key schema: every key callgate writes, in one place.
+
+All keys share the settings' prefix, which carries a hash tag (``{callgate}:``) so that the
+multi-key transactions below stay legal on Redis Cluster. Tests use a unique prefix per run
+and delete only that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    # Admin records, one hash each (field = name/number/id, value = JSON): small, read whole.
+    @property
+    def providers(self) -> str:
+        return f"{self.prefix}providers"
+
+    @property
+    def lines(self) -> str:
+        return f"{self.prefix}lines"
+
+    @property
+    def pipelines(self) -> str:
+        return f"{self.prefix}pipelines"
+
+    @property
+    def triggers(self) -> str:
+        return f"{self.prefix}triggers"
+
+    def item(self, item_id: str) -> str:
+        """The card as JSON, with its current stage. No TTL: the CRM owns its lifetime."""
+        return f"{self.prefix}item:{item_id}"
+
+    def phone(self, e164: str) -> str:
+        """Set of item ids holding this number: ``GET /v1/items?phone=`` in one SMEMBERS.
+
+        Rewritten in the same transaction as the card, so it never points at a stale card.
+        """
+        return f"{self.prefix}phone:{e164}"
+
+    def timeline(self, item_id: str) -> str:
+        """List of JSON entries, oldest first, trimmed to ``timeline_max`` (append-only)."""
+        return f"{self.prefix}timeline:{item_id}"
+
+    def stream(self, name: str) -> str:
+        """A durable stream (events, jobs, ...) read by a consumer group of the same name."""
+        return f"{self.prefix}stream:{name}"
+
+    def dead(self, name: str) -> str:
+        """Entries of ``stream(name)`` that failed ``max_deliveries`` times, with their error."""
+        return f"{self.prefix}stream:{name}:dead"
+
+    def dedup(self, identity: str) -> str:
+        """Set when a provider delivery is stored; its retries find it and add nothing.
+
+        TTL ``dedup_ttl_seconds``: longer than any provider retries a webhook.
+        """
+        return f"{self.prefix}dedup:{identity}"
+
+    def effect(self, identity: str) -> str:
+        """Set in the same transaction as an effect (a stage move), so re-processing an
+        event after a crash finds it done. TTL as dedup."""
+        return f"{self.prefix}effect:{identity}"
+
+    def call(self, provider: str, ref: str) -> str:
+        """Hash of what we know of one provider call (progress rank, direction, line,
+        customer), so out-of-order callbacks cannot move it backwards. TTL 2 days."""
+        return f"{self.prefix}call:{provider}:{ref}"
+
+    @property
+    def timers(self) -> str:
+        """Sorted set of due times (score = unix s) for ``response.overdue`` checks."""
+        return f"{self.prefix}timers"
+
+    def responded(self, line: str, customer: str) -> str:
+        """Unix time we last called or answered ``customer`` from ``line``; an overdue
+        timer armed before it is void. TTL 7 days."""
+        return f"{self.prefix}responded:{line}:{customer}"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""
+        return f"{self.prefix}idem:{scope}:{key}"

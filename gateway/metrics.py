@@ -1,0 +1,63 @@
+"""Prometheus metrics, one registry per app so several apps (tests, bench) never collide."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.errors import Handler
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "callgate_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "callgate_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.events = Counter(
+            "callgate_events",
+            "Provider events by kind and outcome",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.stream_entries = Counter(
+            "callgate_stream_entries",
+            "Stream entries processed by stream and outcome",
+            ["stream", "outcome"],
+            registry=self.registry,
+        )
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def _route(request: web.Request) -> str:
+    # The route's template, not the raw path: one series per endpoint, however many ids.
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    response = await handler(request)
+    route = _route(request)
+    metrics = request.app[METRICS]
+    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    return response

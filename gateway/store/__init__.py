@@ -1,0 +1,38 @@
+"""All Redis I/O of callgate: connections, the embedded server and one module per aggregate.
+
+Only this package and ``gateway.streams`` import ``redis``; the rest of the gateway calls them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from config.lines import Line, Pipeline, Provider
+from config.settings import Settings
+from gateway.keys import Keys
+from gateway.store.items import Items
+from gateway.store.records import Records
+
+
+@dataclass(frozen=True)
+class Store:
+    redis: Redis
+    keys: Keys
+    providers: Records[Provider]
+    lines: Records[Line]
+    pipelines: Records[Pipeline]
+    items: Items
+
+    @classmethod
+    def open(cls, redis: Redis, settings: Settings) -> Store:
+        keys = Keys(settings.key_prefix)
+        return cls(
+            redis=redis,
+            keys=keys,
+            providers=Records(redis, keys.providers, Provider),
+            lines=Records(redis, keys.lines, Line),
+            pipelines=Records(redis, keys.pipelines, Pipeline),
+            items=Items(redis, keys, settings.timeline_max),
+        )

@@ -1,0 +1,31 @@
+"""Redis clients with timeouts that keep the gateway answering while Redis is away."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# What "Redis is not answering" looks like; the HTTP layer turns it into a 503 so a provider
+# retries (or uses its fallback URL) instead of getting a 200 for an event we did not store.
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def connect(url: str, *, blocking: bool = False) -> Redis:
+    """A client for request handlers, or (``blocking``) for consumers' blocking reads.
+
+    Request handlers must fail within 2 s when Redis is down (Twilio gives a webhook 15 s
+    and we want its retry, not its timeout): short socket timeouts, one quick retry that
+    rides over a reconnect after a Redis restart.
+    """
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=0.5,
+        socket_timeout=10.0 if blocking else 0.7,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        retry_on_error=[RedisConnectionError],
+        health_check_interval=30,
+    )

@@ -1,0 +1,134 @@
+"""CRM items: the card, the phone index and the timeline, changed together atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import WatchError
+
+from config.cards import Card
+from gateway.keys import Keys
+
+T = TypeVar("T")
+
+
+def now_iso(at: float | None = None) -> str:
+    moment = datetime.fromtimestamp(at, UTC) if at is not None else datetime.now(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    card: Card
+    created_at: str
+    updated_at: str
+
+    @property
+    def stage(self) -> str:
+        return self.card.stage
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "id": self.id,
+                "card": self.card.model_dump(mode="json"),
+                "created_at": self.created_at,
+                "updated_at": self.updated_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Item:
+        data = json.loads(raw)
+        return cls(data["id"], Card.model_validate(data["card"]), data["created_at"], data["updated_at"])
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            **self.card.model_dump(mode="json"),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def timeline_entry(kind: str, data: Mapping[str, Any], at: float | None = None) -> str:
+    return json.dumps({"at": now_iso(at), "type": kind, "data": dict(data)}, separators=(",", ":"))
+
+
+class Items:
+    def __init__(self, redis: Redis, keys: Keys, timeline_max: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._timeline_max = timeline_max
+
+    async def _watched(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
+        """Run ``body`` in WATCH/MULTI on ``watch`` until no concurrent writer interferes.
+
+        ``body`` reads after WATCH (immediate mode), then calls ``pipe.multi()`` and queues
+        writes; EXEC fails if a watched key changed, and we start over with fresh reads.
+        """
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(*watch)
+                    result = await body(pipe)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    continue
+
+    def append(self, pipe: Pipeline, item_id: str, entry: str) -> None:
+        """Queue a timeline entry; the list keeps the newest ``timeline_max``."""
+        key = self._keys.timeline(item_id)
+        pipe.rpush(key, entry)
+        pipe.ltrim(key, -self._timeline_max, -1)
+
+    async def put(self, item_id: str, card: Card) -> tuple[Item, bool]:
+        """Create or replace the card; returns it and whether it is new.
+
+        The phone index gains the card's new numbers and loses the ones it dropped in the
+        same transaction, so a lookup by number never finds a stale card.
+        """
+        key = self._keys.item(item_id)
+
+        async def body(pipe: Pipeline) -> tuple[Item, bool]:
+            raw = await pipe.get(key)
+            old = Item.from_json(raw) if raw else None
+            stamp = now_iso()
+            item = Item(item_id, card, old.created_at if old else stamp, stamp)
+            old_numbers = old.card.numbers() if old else set()
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            pipe.set(key, item.to_json())
+            for number in old_numbers - card.numbers():
+                pipe.srem(self._keys.phone(number), item_id)
+            for number in card.numbers() - old_numbers:
+                pipe.sadd(self._keys.phone(number), item_id)
+            if old is None:
+                self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage}))
+            elif old.stage != card.stage or old.card.pipeline != card.pipeline:
+                change = {"from": old.stage, "to": card.stage, "trigger_id": None, "act_as": "crm"}
+                self.append(pipe, item_id, timeline_entry("item.stage_changed", change))
+            return item, old is None
+
+        return await self._watched([key], body)
+
+    async def get(self, item_id: str) -> Item | None:
+        raw = await self._redis.get(self._keys.item(item_id))
+        return Item.from_json(raw) if raw else None
+
+    async def by_phone(self, e164: str) -> list[Item]:
+        ids = sorted(await self._redis.smembers(self._keys.phone(e164)))
+        if not ids:
+            return []
+        raws = await self._redis.mget([self._keys.item(str(i)) for i in ids])
+        return [Item.from_json(raw) for raw in raws if raw]
+
+    async def timeline(self, item_id: str) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in await self._redis.lrange(self._keys.timeline(item_id), 0, -1)]

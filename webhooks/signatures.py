@@ -1,0 +1,92 @@
+"""Webhook authentication: Twilio's X-Twilio-Signature and callgate's own Voximplant HMAC.
+
+Both return a plain bool and never raise on hostile input: the gateway answers 403 on False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qs, urlsplit
+
+from twilio.request_validator import RequestValidator
+
+VOXIMPLANT_TIMESTAMP_HEADER = "X-Callgate-Timestamp"
+VOXIMPLANT_SIGNATURE_HEADER = "X-Callgate-Signature"
+
+# Unix seconds without sign, spaces or leading zeros: the exact text the scenario signed.
+_UNIX_SECONDS = re.compile(r"[1-9][0-9]{0,11}")
+
+
+class _FormFields(dict[str, list[str]]):
+    """Form fields grouped by name.
+
+    The SDK signs a repeated field by asking for all its values through ``getall`` (the
+    MultiDict protocol); a plain dict would keep only one of them and the check would fail.
+    """
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
+def _group(pairs: Iterable[tuple[str, str]]) -> _FormFields:
+    fields = _FormFields()
+    for name, value in pairs:
+        fields.setdefault(name, []).append(value)
+    return fields
+
+
+def verify_twilio(
+    url: str,
+    params: Mapping[str, str] | list[tuple[str, str]] | str,
+    signature: str | None,
+    auth_token: str,
+) -> bool:
+    """Check ``X-Twilio-Signature`` for a request Twilio made to ``url``.
+
+    ``url`` is the full public URL (public base + path + query). ``params`` are the form
+    fields (a MultiDict's ``items()`` keeps repeated keys), or the raw body for a JSON
+    webhook, whose URL then carries ``bodySHA256``.
+    """
+    # An empty token would make the HMAC key public knowledge.
+    if not signature or not auth_token:
+        return False
+    validator = RequestValidator(auth_token)
+    if isinstance(params, str):
+        # Without bodySHA256 in the signed URL nothing ties a JSON body to the signature.
+        if "bodySHA256" not in parse_qs(urlsplit(url).query):
+            return False
+        return bool(validator.validate(url, params, signature))
+    pairs = params if isinstance(params, list) else params.items()
+    return bool(validator.validate(url, _group(pairs), signature))
+
+
+def sign_voximplant(secret: str, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``"<timestamp>.<body>"``, as the shipped VoxEngine scenario sends it."""
+    message = str(timestamp).encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def verify_voximplant(
+    secret: str,
+    timestamp: str | None,
+    signature: str | None,
+    body: bytes,
+    now: float,
+    tolerance: float = 300,
+) -> bool:
+    """Check the ``X-Callgate-Timestamp`` / ``X-Callgate-Signature`` pair of a scenario POST.
+
+    The timestamp is signed with the body, so refusing old ones bounds how long a captured
+    request can be replayed (dedup covers the rest).
+    """
+    if not secret or not timestamp or not signature or not signature.isascii():
+        return False
+    if not _UNIX_SECONDS.fullmatch(timestamp):
+        return False
+    sent_at = int(timestamp)
+    if abs(now - sent_at) > tolerance:
+        return False
+    return hmac.compare_digest(sign_voximplant(secret, sent_at, body), signature)
