@@ -9,16 +9,19 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway.api.admin import ENDPOINTS_ADMIN
+from gateway.api.automation import ENDPOINTS_AUTOMATION
 from gateway.api.crm import ENDPOINTS_CRM
+from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.routing import TOKENS, Tokens, add_endpoints
-from gateway.appkeys import SETTINGS, STORE
+from gateway.appkeys import REDIS_URL, SETTINGS, STORE
 from gateway.errors import error_middleware
 from gateway.metrics import METRICS, Metrics, metrics_middleware
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect
 from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import ensure_tokens
+from gateway.workers import running_workers
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         except UNAVAILABLE as exc:
             raise StartupError(f"CALLGATE_REDIS_URL: Redis at {url} does not answer ({exc})") from None
         app[STORE] = Store.open(redis, settings)
+        app[REDIS_URL] = url
         yield
     finally:
         await redis.aclose()
@@ -47,7 +51,19 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await embedded.stop()
 
 
-def create_app(settings: Settings) -> web.Application:
+async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Event consumers and timers, on their own client: blocking reads need long timeouts."""
+    settings = app[SETTINGS]
+    redis = connect(app[REDIS_URL], blocking=True)
+    try:
+        async with running_workers(Store.open(redis, settings), settings, app[METRICS]):
+            yield
+    finally:
+        await redis.aclose()
+
+
+def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
+    """The gateway: API, webhooks and (unless ``workers`` is False) the event workers."""
     settings, _ = ensure_tokens(settings)
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware],
@@ -56,6 +72,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TOKENS] = Tokens(admin=str(settings.admin_token), api=str(settings.api_token))
     app[METRICS] = Metrics()
-    add_endpoints(app, [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM])
+    add_endpoints(app, [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM, *ENDPOINTS_AUTOMATION, *ENDPOINTS_HOOKS])
     app.cleanup_ctx.append(redis_ctx)
+    if workers:
+        app.cleanup_ctx.append(workers_ctx)
     return app

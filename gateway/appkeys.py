@@ -9,3 +9,4 @@ from gateway.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
+REDIS_URL = web.AppKey("redis_url", str)

@@ -67,8 +67,9 @@ class Keys:
         return f"{self.prefix}effect:{identity}"
 
     def call(self, provider: str, ref: str) -> str:
-        """Hash of what we know of one provider call (progress rank, direction, line,
-        customer), so out-of-order callbacks cannot move it backwards. TTL 2 days."""
+        """Hash of one provider call: ``rank`` and ``status`` only ever move forward, so an
+        out-of-order callback cannot move the call backwards; ``job`` marks a call callgate
+        placed itself (it updates its job and fires no ``call.outgoing``). TTL 2 days."""
         return f"{self.prefix}call:{provider}:{ref}"
 
     @property
@@ -76,10 +77,11 @@ class Keys:
         """Sorted set of due times (score = unix s) for ``response.overdue`` checks."""
         return f"{self.prefix}timers"
 
-    def responded(self, line: str, customer: str) -> str:
-        """Unix time we last called or answered ``customer`` from ``line``; an overdue
-        timer armed before it is void. TTL 7 days."""
-        return f"{self.prefix}responded:{line}:{customer}"
+    @property
+    def responded(self) -> str:
+        """Sorted set: customer -> unix time we last called or answered them (any line);
+        an overdue timer armed before it is void. Pruned past the longest overdue delay."""
+        return f"{self.prefix}responded"
 
     def idempotency(self, scope: str, key: str) -> str:
         """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""

@@ -11,7 +11,9 @@ from redis.asyncio import Redis
 
 from config.lines import Line, Pipeline, Provider
 from config.settings import Settings
+from config.triggers import Trigger
 from gateway.keys import Keys
+from gateway.store.events import Events
 from gateway.store.items import Items
 from gateway.store.records import Records
 
@@ -24,6 +26,8 @@ class Store:
     lines: Records[Line]
     pipelines: Records[Pipeline]
     items: Items
+    events: Events
+    triggers: Records[Trigger]
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings) -> Store:
@@ -34,5 +38,7 @@ class Store:
             providers=Records(redis, keys.providers, Provider),
             lines=Records(redis, keys.lines, Line),
             pipelines=Records(redis, keys.pipelines, Pipeline),
-            items=Items(redis, keys, settings.timeline_max),
+            items=Items(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
+            events=Events(redis, keys, settings.dedup_ttl_seconds),
+            triggers=Records(redis, keys.triggers, Trigger),
         )

@@ -62,11 +62,38 @@ def timeline_entry(kind: str, data: Mapping[str, Any], at: float | None = None) 
     return json.dumps({"at": now_iso(at), "type": kind, "data": dict(data)}, separators=(",", ":"))
 
 
+# A timeline entry that an event adds at most once, however often the event is processed.
+_RECORD_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Move:
+    """A trigger's request to move an item; ``identity`` names the event that caused it."""
+
+    item_id: str
+    stages: list[str]
+    target: str
+    allow_back: bool
+    trigger_id: str
+    act_as: str | None
+    identity: str
+    cause: str
+
+
 class Items:
-    def __init__(self, redis: Redis, keys: Keys, timeline_max: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, effect_ttl: int) -> None:
         self._redis = redis
         self._keys = keys
         self._timeline_max = timeline_max
+        self._effect_ttl = effect_ttl
+        self._record_once = redis.register_script(_RECORD_ONCE)
 
     async def _watched(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
         """Run ``body`` in WATCH/MULTI on ``watch`` until no concurrent writer interferes.
@@ -118,6 +145,66 @@ class Items:
             return item, old is None
 
         return await self._watched([key], body)
+
+    async def create_if_absent(self, item_id: str, card: Card, data: Mapping[str, Any]) -> Item:
+        """A lead: created once under a deterministic id, so re-processing finds it."""
+        key = self._keys.item(item_id)
+
+        async def body(pipe: Pipeline) -> Item:
+            raw = await pipe.get(key)
+            if raw:
+                pipe.multi()  # type: ignore[no-untyped-call]  # an empty EXEC keeps the loop uniform
+                return Item.from_json(raw)
+            stamp = now_iso()
+            item = Item(item_id, card, stamp, stamp)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.set(key, item.to_json())
+            for number in card.numbers():
+                pipe.sadd(self._keys.phone(number), item_id)
+            self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage, **data}))
+            return item
+
+        return await self._watched([key], body)
+
+    async def record(self, item_id: str, identity: str, entry: str) -> bool:
+        """Append ``entry`` unless the event named ``identity`` already did; True when added."""
+        effect = self._keys.effect(f"timeline:{identity}:{item_id}")
+        args: list[str | int] = [self._effect_ttl, entry, self._timeline_max]
+        return bool(await self._record_once(keys=[effect, self._keys.timeline(item_id)], args=args))
+
+    async def move(self, move: Move, decide: Callable[[list[str], str, str, bool], bool]) -> str | None:
+        """Apply a trigger's move once per (event, trigger, item); returns the stage left, if moved.
+
+        The effect marker is written in the same transaction as the stage, so a crash
+        leaves either both or neither, and re-processing the event moves nothing twice.
+        """
+        key = self._keys.item(move.item_id)
+        effect = self._keys.effect(f"move:{move.identity}:{move.trigger_id}:{move.item_id}")
+
+        async def body(pipe: Pipeline) -> str | None:
+            raw = await pipe.get(key)
+            done = await pipe.exists(effect)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if done or not raw:
+                return None
+            item = Item.from_json(raw)
+            pipe.set(effect, "1", ex=self._effect_ttl)
+            if not decide(move.stages, item.stage, move.target, move.allow_back):
+                return None
+            act_as = move.act_as or item.card.responsible
+            moved = Item(item.id, item.card.model_copy(update={"stage": move.target}), item.created_at, now_iso())
+            pipe.set(key, moved.to_json())
+            change = {
+                "from": item.stage,
+                "to": move.target,
+                "trigger_id": move.trigger_id,
+                "act_as": act_as,
+                "cause": move.cause,
+            }
+            self.append(pipe, item.id, timeline_entry("item.stage_changed", change))
+            return item.stage
+
+        return await self._watched([key, effect], body)
 
     async def get(self, item_id: str) -> Item | None:
         raw = await self._redis.get(self._keys.item(item_id))

@@ -1,0 +1,150 @@
+// Runs a VoxEngine scenario under node with mocked VoxEngine globals.
+//
+//   node voxengine_harness.js <scenario.js> '<spec JSON>'
+//
+// spec: {url, secret, crypto: "hex"|"base64"|"binary", callId, destination, callerid,
+//        gateway: {code, text}          the answer to call.incoming (default 200 "{}"),
+//        failFirst: {"<event>": code}   first delivery of that event gets this code,
+//        agents: {"<number>": {fail: code, after: ms} | {connect: ms, hangup: ms, duration: s}},
+//        callerHangup: ms, timeScale: n (scenario timers run n times faster)}
+// Prints one JSON object per line: {"type": "request"|"action"|"terminated"|"error", ...}.
+"use strict";
+
+const crypto = require("crypto");
+const fs = require("fs");
+const vm = require("vm");
+
+const [scenarioPath, specJson] = process.argv.slice(2);
+const spec = JSON.parse(specJson);
+const timeScale = spec.timeScale || 1;
+
+function emit(record) {
+  process.stdout.write(JSON.stringify(record) + "\n");
+}
+
+function fail(message) {
+  emit({ type: "error", message: String(message) });
+  process.exit(2);
+}
+
+process.on("unhandledRejection", (err) => fail("unhandled rejection: " + (err && err.stack)));
+setTimeout(() => fail("scenario never called VoxEngine.terminate()"), 10000).unref();
+
+class MockCall {
+  constructor(id) {
+    this._id = id;
+    this.listeners = {};
+    this.ended = false;
+  }
+  id() {
+    return this._id;
+  }
+  addEventListener(event, handler) {
+    (this.listeners[event] = this.listeners[event] || []).push(handler);
+  }
+  fire(event, fields) {
+    if (event === "Call.Failed" || event === "Call.Disconnected") {
+      if (this.ended) return;
+      this.ended = true;
+    }
+    for (const handler of this.listeners[event] || []) {
+      handler(Object.assign({ call: this, name: event, id: this._id }, fields));
+    }
+  }
+  answer() {
+    emit({ type: "action", action: "answer", call: this._id });
+  }
+  hangup() {
+    emit({ type: "action", action: "hangup", call: this._id, ended: this.ended });
+    // VoxEngine reports our own hangup as a Disconnected; the scenario must ignore it.
+    setTimeout(() => this.fire("Call.Disconnected", { duration: 0, internalCode: 200, reason: "hangup" }), 1);
+  }
+}
+
+function scheduleAgent(leg, behaviour) {
+  if (behaviour.fail !== undefined) {
+    setTimeout(() => leg.fire("Call.Failed", { code: behaviour.fail, reason: "scripted" }), behaviour.after || 5);
+  } else if (behaviour.connect !== undefined) {
+    setTimeout(() => {
+      if (leg.ended) return;
+      leg.fire("Call.Connected", { headers: {} });
+      if (behaviour.hangup !== undefined) {
+        setTimeout(
+          () => leg.fire("Call.Disconnected", { duration: behaviour.duration, internalCode: 200, reason: "bye" }),
+          behaviour.hangup,
+        );
+      }
+    }, behaviour.connect);
+  }
+}
+
+const failedOnce = new Set();
+const handlers = {};
+const inbound = new MockCall(spec.callId || "inbound-1");
+let legCount = 0;
+
+const sandbox = {
+  AppEvents: { CallAlerting: "Application.CallAlerting" },
+  CallEvents: { Connected: "Call.Connected", Failed: "Call.Failed", Disconnected: "Call.Disconnected" },
+  VoxEngine: {
+    addEventListener(event, handler) {
+      handlers[event] = handler;
+    },
+    callPSTN(number, callerid) {
+      legCount += 1;
+      const leg = new MockCall("leg-" + legCount);
+      emit({ type: "action", action: "callPSTN", call: leg.id(), number, callerid });
+      scheduleAgent(leg, (spec.agents || {})[number] || {});
+      return leg;
+    },
+    sendMediaBetween(a, b) {
+      emit({ type: "action", action: "sendMediaBetween", calls: [a.id(), b.id()] });
+    },
+    terminate() {
+      emit({ type: "terminated" });
+      // Leave a moment for stray events to surface as errors before exiting.
+      setTimeout(() => process.exit(0), 20);
+    },
+  },
+  Net: {
+    httpRequestAsync(url, options) {
+      emit({ type: "request", url, method: options.method, headers: options.headers, body: options.postData });
+      const kind = JSON.parse(options.postData).event;
+      let result = { code: 200, text: "{}", headers: [] };
+      if (spec.failFirst && spec.failFirst[kind] !== undefined && !failedOnce.has(kind)) {
+        failedOnce.add(kind);
+        result = { code: spec.failFirst[kind], text: "" };
+      } else if (kind === "call.incoming" && spec.gateway) {
+        result = { code: spec.gateway.code, text: spec.gateway.text };
+      }
+      return new Promise((resolve) => setTimeout(() => resolve(result), 2));
+    },
+  },
+  Crypto: {
+    hmac_sha256(key, data) {
+      const mac = crypto.createHmac("sha256", Buffer.from(key, "utf8")).update(Buffer.from(data, "utf8"));
+      return mac.digest({ hex: "hex", base64: "base64", binary: "latin1" }[spec.crypto || "hex"]);
+    },
+  },
+  Logger: { write() {} },
+  setTimeout: (fn, ms) => setTimeout(fn, ms / timeScale),
+  clearTimeout: (timer) => clearTimeout(timer),
+};
+
+vm.createContext(sandbox);
+vm.runInContext(fs.readFileSync(scenarioPath, "utf8"), sandbox, { filename: scenarioPath });
+// The admin's config block is plain top-level vars, so the harness fills it in the same way.
+sandbox.CALLGATE_URL = spec.url;
+sandbox.CALLGATE_SECRET = spec.secret;
+sandbox.RETRY_DELAY_MS = 10;
+
+handlers[sandbox.AppEvents.CallAlerting]({
+  name: "Application.CallAlerting",
+  call: inbound,
+  callerid: spec.callerid,
+  destination: spec.destination,
+  headers: {},
+});
+if (spec.callerHangup !== undefined) {
+  setTimeout(() => inbound.fire("Call.Disconnected", { duration: 0, internalCode: 487, reason: "cancel" }), spec.callerHangup);
+}
