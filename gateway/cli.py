@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,8 +15,12 @@ from aiohttp import web
 
 from config.settings import Settings, SettingsError, load_settings
 from gateway.app import StartupError, create_app
+from gateway.metrics import Metrics
+from gateway.store import Store
+from gateway.store.connection import UNAVAILABLE, connect
 from gateway.store.embedded import EmbeddedRedisError
 from gateway.tokens import ensure_tokens
+from gateway.workers import running_workers
 
 log = logging.getLogger("callgate")
 
@@ -33,6 +39,26 @@ def _serve(settings: Settings) -> None:
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
 
 
+async def _work(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise StartupError("CALLGATE_REDIS_URL: a worker shares a Redis with the server; set it")
+    redis = connect(settings.redis_url, blocking=True)
+    try:
+        try:
+            await redis.ping()
+        except UNAVAILABLE as exc:
+            raise StartupError(f"CALLGATE_REDIS_URL: Redis at {settings.redis_url} does not answer ({exc})") from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with running_workers(Store.open(redis, settings), settings, Metrics()):
+            log.info("worker running consumers=%d", settings.consumers)
+            await stop.wait()
+    finally:
+        await redis.aclose()
+
+
 def _tokens(settings: Settings) -> None:
     settings, _ = ensure_tokens(settings)
     print(f"admin token: {settings.admin_token}")
@@ -44,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML settings file (the environment wins over it)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the API, the provider webhooks and the workers")
+    commands.add_parser("worker", help="run only the workers (event consumers, timers), to scale out")
     commands.add_parser("tokens", help="print the admin and api tokens")
     return parser
 
@@ -59,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _serve(settings)
+        elif args.command == "worker":
+            asyncio.run(_work(settings))
         elif args.command == "tokens":
             _tokens(settings)
     except (StartupError, EmbeddedRedisError) as exc:
