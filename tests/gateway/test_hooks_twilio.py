@@ -1,0 +1,120 @@
+"""Twilio webhooks end to end: signed posts in, stage moves and timeline entries out."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from aiohttp.test_utils import TestClient
+
+from tests.support import (
+    AGENT,
+    CUSTOMER,
+    add_item,
+    add_trigger,
+    call_form,
+    configure,
+    eventually,
+    item,
+    sms_form,
+    stage_of,
+    timeline_types,
+    twilio_post,
+)
+
+
+async def test_incoming_call_answers_dial_twiml_and_fires_trigger(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    await add_item(client)
+    await add_trigger(client, event="call.incoming", target_stage="CONTACTED")
+    resp = await twilio_post(client, "/webhooks/twilio/voice", call_form())
+    assert resp.status == 200
+    twiml = ET.fromstring(await resp.text())
+    dial = twiml.find("Dial")
+    assert dial is not None
+    assert dial.get("action") == "https://gw.example.com/webhooks/twilio/voice/status"
+    assert [n.text for n in dial.iter("Number")] == [AGENT]
+
+    async def moved() -> bool:
+        return await stage_of(client) == "CONTACTED"
+
+    await eventually(moved)
+    data = await item(client)
+    assert "call.incoming" in timeline_types(data)
+    change = [e for e in data["timeline"] if e["type"] == "item.stage_changed"][-1]["data"]
+    assert change["from"] == "NEW" and change["to"] == "CONTACTED" and change["act_as"] == "maria"
+
+
+async def test_missed_call_from_dial_action_moves_once_despite_retries(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    await add_item(client)
+    await add_trigger(client, event="call.missed")
+    dial = call_form(CallStatus="in-progress", DialCallStatus="no-answer", DialCallSid="CA" + "2" * 32)
+    for _ in range(3):  # Twilio retries
+        assert (await twilio_post(client, "/webhooks/twilio/voice/status", dial)).status == 200
+    # The parent call's own status callback reports the same miss another way.
+    parent = call_form(CallStatus="canceled", SequenceNumber="2")
+    assert (await twilio_post(client, "/webhooks/twilio/voice/status", parent)).status == 200
+
+    async def moved() -> bool:
+        return await stage_of(client) == "CALL_BACK"
+
+    await eventually(moved)
+    data = await item(client)
+    assert timeline_types(data).count("item.stage_changed") == 1
+    assert timeline_types(data).count("call.missed") == 1
+
+
+async def test_bad_or_missing_signature_is_403_and_changes_nothing(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    await add_item(client)
+    await add_trigger(client, event="call.incoming")
+    for signature in ["", "bm90IGEgc2lnbmF0dXJl"]:
+        resp = await twilio_post(client, "/webhooks/twilio/voice", call_form(), signature=signature)
+        assert resp.status == 403
+        assert (await resp.json())["error"]["code"] == "bad_signature"
+    data = await item(client)
+    assert data["stage"] == "NEW" and "call.incoming" not in timeline_types(data)
+
+
+async def test_unknown_line_is_403(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    form = call_form(To="+34910009999")
+    resp = await twilio_post(client, "/webhooks/twilio/voice", form)
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "unknown_line"
+
+
+async def test_sms_keyword_trigger(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    await add_item(client)
+    await add_trigger(client, event="sms.incoming", keywords=["cancelar pedido"], target_stage="WON", allow_back=True)
+    resp = await twilio_post(client, "/webhooks/twilio/sms", sms_form(body="hola"))
+    assert resp.status == 200
+    resp = await twilio_post(
+        client, "/webhooks/twilio/sms", sms_form(sid="SM" + "2" * 32, body="Quiero CANCELÁR pedido")
+    )
+    assert resp.status == 200
+
+    async def moved() -> bool:
+        return await stage_of(client) == "WON"
+
+    await eventually(moved)
+    assert timeline_types(await item(client)).count("sms.incoming") == 2
+
+
+async def test_unknown_number_creates_lead_on_line(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client, lead=True)
+    stranger = "+34600999888"
+    resp = await twilio_post(client, "/webhooks/twilio/sms", sms_form(From=stranger, body="info?"))
+    assert resp.status == 200
+
+    async def created() -> bool:
+        found = await client.get(
+            "/v1/items",
+            params={"phone": stranger},
+            headers={"Authorization": "Bearer api-token-for-tests-0123456789ab"},
+        )
+        return len((await found.json())["items"]) == 1
+
+    await eventually(created)
+    assert stranger != CUSTOMER
