@@ -6,6 +6,7 @@ the error middleware answers 503, so the provider retries instead of losing it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -41,11 +42,26 @@ async def _accept(request: web.Request, event: Event, token: str | None = None) 
     request.app[METRICS].events.labels(event.kind.value, "accepted" if new else "duplicate").inc()
 
 
+async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tuple[str, str]] | str]:
+    """The webhook's fields, and what its signature covers: the form pairs (repeated names
+    kept), or for a JSON body the raw text, which Twilio binds by ``bodySHA256`` in the URL."""
+    try:
+        if request.content_type == "application/json":
+            raw = await request.text()
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("a Twilio JSON webhook is an object")
+            return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float)}, raw
+        form = await request.post()
+    except ValueError as exc:  # also UnicodeDecodeError: bytes that are not UTF-8
+        raise ApiError(400, "malformed_webhook", f"the body cannot be read: {exc}") from None
+    pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
+    return dict(pairs), pairs
+
+
 async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Line, Provider]:
     """The form, and the line and provider it is for, once its signature checks out."""
-    form = await request.post()
-    pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
-    fields = dict(pairs)
+    fields, signed = await _twilio_fields(request)
     store = request.app[STORE]
     numbers = [normalize(fields[name]) for name in ("To", "From") if fields.get(name)]
     for number in numbers:
@@ -62,7 +78,7 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Li
         raise Forbidden("AccountSid does not match the line's provider", code="bad_signature")
     url = request.app[SETTINGS].base_url + request.path_qs
     signature = request.headers.get("X-Twilio-Signature")
-    if not verify_twilio(url, pairs, signature, provider.credentials["auth_token"]):
+    if not verify_twilio(url, signed, signature, provider.credentials["auth_token"]):
         raise Forbidden("X-Twilio-Signature does not match", code="bad_signature")
     return fields, number, line, provider
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 from aiohttp.test_utils import TestClient
+from twilio.request_validator import RequestValidator
 
 from tests.support import (
     AGENT,
+    AUTH_TOKEN,
     CUSTOMER,
+    PUBLIC_URL,
     add_item,
     add_trigger,
     call_form,
@@ -118,3 +122,59 @@ async def test_unknown_number_creates_lead_on_line(client: TestClient) -> None: 
 
     await eventually(created)
     assert stranger != CUSTOMER
+
+
+async def test_signature_is_checked_against_the_public_url(client: TestClient) -> None:  # type: ignore[type-arg]
+    """Behind a proxy Twilio signs the public URL, not the address the gateway listens on."""
+    await configure(client)
+    form = call_form()
+    internal = str(client.make_url("/webhooks/twilio/voice"))
+    wrong = RequestValidator(AUTH_TOKEN).compute_signature(internal, form)
+    assert (await twilio_post(client, "/webhooks/twilio/voice", form, signature=wrong)).status == 403
+    other_token = RequestValidator("another-token").compute_signature(PUBLIC_URL + "/webhooks/twilio/voice", form)
+    assert (await twilio_post(client, "/webhooks/twilio/voice", form, signature=other_token)).status == 403
+    assert (await twilio_post(client, "/webhooks/twilio/voice", form)).status == 200
+
+
+async def test_query_string_is_part_of_the_signed_url(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    form = sms_form()
+    path = "/webhooks/twilio/sms?source=console"
+    good = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + path, form)
+    without_query = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL + "/webhooks/twilio/sms", form)
+    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": without_query})).status == 403
+    assert (await client.post(path, data=form, headers={"X-Twilio-Signature": good})).status == 200
+
+
+async def test_json_body_signed_with_body_sha256(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    await add_item(client)
+    body = json.dumps(sms_form(body="json hola"))
+    validator = RequestValidator(AUTH_TOKEN)
+    path = f"/webhooks/twilio/sms?bodySHA256={validator.compute_hash(body)}"
+    signature = validator.compute_signature(PUBLIC_URL + path, {})
+    headers = {"Content-Type": "application/json", "X-Twilio-Signature": signature}
+    assert (await client.post(path, data=body, headers=headers)).status == 200
+    tampered = body.replace("json hola", "json adios")
+    assert (await client.post(path, data=tampered, headers=headers)).status == 403
+
+    async def recorded() -> bool:
+        return "sms.incoming" in timeline_types(await item(client))
+
+    await eventually(recorded)
+    assert [e["data"]["text"] for e in (await item(client))["timeline"] if e["type"] == "sms.incoming"] == ["json hola"]
+
+
+async def test_hostile_bodies_get_4xx_never_500(client: TestClient) -> None:  # type: ignore[type-arg]
+    await configure(client)
+    cases: list[tuple[bytes, str]] = [
+        (b"\xff\xfe not utf8", "application/x-www-form-urlencoded"),
+        (b"[1, 2, 3]", "application/json"),
+        (b"{not json", "application/json"),
+        (b"CallSid=CA1&To=%2B34910000001&From=" + b"9" * 5000, "application/x-www-form-urlencoded"),
+    ]
+    for data, content_type in cases:
+        resp = await client.post(
+            "/webhooks/twilio/voice", data=data, headers={"Content-Type": content_type, "X-Twilio-Signature": "x"}
+        )
+        assert 400 <= resp.status < 500, (data[:20], resp.status, await resp.text())
