@@ -53,7 +53,7 @@ async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tup
                 raise ValueError("a Twilio JSON webhook is an object")
             return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float)}, raw
         form = await request.post()
-    except ValueError as exc:  # also UnicodeDecodeError: bytes that are not UTF-8
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
         raise ApiError(400, "malformed_webhook", f"the body cannot be read: {exc}") from None
     pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
     return dict(pairs), pairs
