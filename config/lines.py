@@ -18,9 +18,12 @@ ReplyText = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Strict(BaseModel):
-    """Unknown fields are refused: a typo in a config must not pass silently."""
+    """Unknown fields are refused: a typo in a config must not pass silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    NaN and infinities are refused too: stored, they would be echoed back as invalid JSON.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ProviderKind(StrEnum):
@@ -39,7 +42,8 @@ REQUIRED_CREDENTIALS: dict[ProviderKind, tuple[str, ...]] = {
 
 class Provider(Strict):
     kind: ProviderKind
-    credentials: dict[str, Annotated[str, Field(max_length=8192)]] = Field(default_factory=dict)
+    # validate_default: a twilio provider sent without any credentials is refused too.
+    credentials: dict[str, Annotated[str, Field(max_length=8192)]] = Field(default_factory=dict, validate_default=True)
     calls_per_second: Annotated[float, Field(gt=0, le=1000)] = 1.0
     sms_per_second: Annotated[float, Field(gt=0, le=1000)] = 1.0
 

@@ -83,7 +83,7 @@ def _secret(default: str | None = None) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str | None = None
+    redis_url: str | None = _secret()  # may carry a password (redis://:pw@host)
     data_dir: Path = Path("callgate-data")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -132,7 +132,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 def _from_file(path: Path) -> dict[str, str]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{CONFIG_FILE_VAR} file {str(path)!r} cannot be read: {exc}") from exc
     unknown = sorted(set(data) - set(_PARSERS))
     if unknown:

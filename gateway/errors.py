@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -14,6 +15,7 @@ from gateway.store.connection import UNAVAILABLE
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "X-Request-Id"
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,7 +66,9 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get(REQUEST_ID, "")[:64] or uuid.uuid4().hex
+    given = request.headers.get(REQUEST_ID, "")
+    # Echoed in a header and written to logs: only a short token of visible ASCII is kept.
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     try:
         response = await handler(request)
     except ApiError as exc:

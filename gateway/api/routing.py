@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from gateway.errors import ApiError, Forbidden
 
@@ -33,8 +35,10 @@ class Tokens:
 
     def scope_of(self, token: str) -> Scope | None:
         # Compare against both in constant time so timing does not tell which one was close.
-        is_admin = hmac.compare_digest(token.encode(), self.admin.encode())
-        is_api = hmac.compare_digest(token.encode(), self.api.encode())
+        # surrogateescape: a header with non-UTF-8 bytes is an invalid token, not a 500.
+        given = token.encode("utf-8", "surrogateescape")
+        is_admin = hmac.compare_digest(given, self.admin.encode())
+        is_api = hmac.compare_digest(given, self.api.encode())
         return Scope.ADMIN if is_admin else Scope.API if is_api else None
 
 
@@ -79,8 +83,41 @@ def _adapter(schema: Any) -> TypeAdapter[Any]:
     return TypeAdapter(schema)
 
 
-def _field_of(loc: Sequence[int | str]) -> str:
-    return ".".join(str(part) for part in loc)
+_ABSENT = object()
+
+
+def _child(node: Any, part: int | str) -> Any:
+    if isinstance(node, dict) and isinstance(part, str) and part in node:
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _ABSENT
+
+
+def _field_of(error: ErrorDetails, raw: bytes) -> str:
+    """The error's location as ``a.0.b``, in the names the client sent.
+
+    Pydantic inserts union members into a location (``fields.n.constrained-str``); a part
+    the body does not have is such a tag and is left out, unless it names a key absent from
+    an object: a required field, or a default that failed validation (whose input is the
+    default, not the object).
+    """
+    loc = error["loc"]
+    try:
+        node: Any = json.loads(raw)
+    except ValueError:
+        return ".".join(str(part) for part in loc)
+    parts: list[str] = []
+    for index, part in enumerate(loc):
+        child = _child(node, part)
+        if child is not _ABSENT:
+            parts.append(str(part))
+            node = child
+        elif (
+            index == len(loc) - 1 and isinstance(node, dict) and (error["type"] == "missing" or error["input"] != node)
+        ):
+            parts.append(str(part))
+    return ".".join(parts)
 
 
 async def read_body(request: web.Request, schema: Any) -> Any:
@@ -92,7 +129,7 @@ async def read_body(request: web.Request, schema: Any) -> Any:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
             raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
-        where = _field_of(first["loc"])
+        where = _field_of(first, raw)
         message = f"{where}: {first['msg']}" if where else str(first["msg"])
         raise ApiError(422, first["type"], message, where or None) from None
 

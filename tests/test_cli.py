@@ -1,0 +1,225 @@
+"""``callgate`` as an operator runs it: a real process, no Redis URL, a fresh data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any CALLGATE_ setting (no Redis URL, no tokens)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CALLGATE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def callgate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+def get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            status: int = resp.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def redis_servers_for(data_dir: Path) -> list[int]:
+    """Pids of live redis-server processes whose command line names ``data_dir``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if "redis-server" in cmdline and str(data_dir) in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], port: int, data_dir: Path) -> None:
+        self.process = process
+        self.port = port
+        self.data_dir = data_dir
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out, err = self.process.communicate()
+                pytest.fail(f"callgate serve exited {self.process.returncode}: {out}\n{err}")
+            if get_status(f"http://127.0.0.1:{self.port}/readyz") == 200:
+                return
+            time.sleep(0.1)
+        pytest.fail("callgate serve did not become ready within 20 s")
+
+    def stop(self) -> tuple[int, str, str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=20)
+        return self.process.returncode, out, err
+
+
+def serve(data_dir: Path) -> Served:
+    port = free_port()
+    env = clean_env(CALLGATE_DATA_DIR=str(data_dir), CALLGATE_PORT=str(port), CALLGATE_LOG_LEVEL="INFO")
+    process = subprocess.Popen(
+        callgate("serve"), env=env, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    return Served(process, port, data_dir)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    yield path
+    for pid in redis_servers_for(path):  # never leave a server behind, even when a test fails
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(90)
+def test_serve_with_an_embedded_redis(data_dir: Path) -> None:
+    served = serve(data_dir)
+    try:
+        served.wait_ready()
+        assert redis_servers_for(data_dir), "the embedded redis-server should be running"
+        assert get_status(f"http://127.0.0.1:{served.port}/healthz") == 200
+    finally:
+        code, out, err = served.stop()
+    assert code == 0, err
+
+    tokens = json.loads((data_dir / "tokens.json").read_text())
+    assert out.count(tokens["admin"]) == 1, out
+    assert out.count(tokens["api"]) == 1, out
+    assert "admin token" in out and "api token" in out
+    assert (data_dir / "redis").is_dir()
+    assert redis_servers_for(data_dir) == []
+
+    # A second start reuses the stored tokens and does not print them again.
+    again = serve(data_dir)
+    try:
+        again.wait_ready()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{again.port}/v1/lines", headers={"Authorization": f"Bearer {tokens['admin']}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        code, out, err = again.stop()
+    assert code == 0, err
+    assert tokens["admin"] not in out and tokens["api"] not in out
+    assert redis_servers_for(data_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CALLGATE_PORT", "abc"), ("CALLGATE_REDIS_URL", "http://x"), ("CALLGATE_MEDIA_ALLOW_PRIVATE", "maybe")],
+)
+def test_a_bad_setting_exits_2_with_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    env = clean_env(CALLGATE_DATA_DIR=str(tmp_path / "data"), **{variable: value})
+    result = subprocess.run(callgate("serve"), env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started or written
+
+
+def test_a_bad_config_file_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "callgate.toml"
+    config.write_text("prot = 8080\n")
+    env = clean_env(CALLGATE_DATA_DIR=str(tmp_path / "data"))
+    result = subprocess.run(
+        callgate("--config", str(config), "serve"), env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "prot" in result.stderr
+
+
+def test_unreachable_redis_exits_1_with_one_line(tmp_path: Path) -> None:
+    env = clean_env(CALLGATE_DATA_DIR=str(tmp_path / "data"), CALLGATE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    result = subprocess.run(callgate("serve"), env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "CALLGATE_REDIS_URL" in result.stderr.strip().splitlines()[-1]
+
+
+def test_tokens_command_prints_both(tmp_path: Path) -> None:
+    env = clean_env(CALLGATE_DATA_DIR=str(tmp_path / "data"))
+    first = subprocess.run(callgate("tokens"), env=env, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0, first.stderr
+    stored = json.loads((tmp_path / "data" / "tokens.json").read_text())
+    assert f"admin token: {stored['admin']}" in first.stdout
+    assert stored["api"] in first.stdout.split("api token:")[1]
+
+    second = subprocess.run(callgate("tokens"), env=env, capture_output=True, text=True, timeout=30)
+    assert second.stdout == first.stdout  # the same tokens every time
+
+    configured = subprocess.run(
+        callgate("tokens"),
+        env={
+            **env,
+            "CALLGATE_ADMIN_TOKEN": "admin-from-env-0123456789",
+            "CALLGATE_API_TOKEN": "api-from-env-0123456789ab",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "admin-from-env-0123456789" in configured.stdout
+    assert "api-from-env-0123456789ab" in configured.stdout
+
+
+def test_the_console_script_is_declared() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'callgate = "gateway.cli:main"' in pyproject
+
+
+def test_a_corrupt_tokens_file_exits_1_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tokens.json").write_text("{not json")
+    result = subprocess.run(
+        callgate("serve"), env=clean_env(CALLGATE_DATA_DIR=str(data)), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "tokens.json" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_worker_needs_a_shared_redis(tmp_path: Path) -> None:
+    result = subprocess.run(
+        callgate("worker"), env=clean_env(CALLGATE_DATA_DIR=str(tmp_path)), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert "CALLGATE_REDIS_URL" in result.stderr
