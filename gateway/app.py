@@ -18,7 +18,7 @@ from gateway.appkeys import REDIS_URL, SETTINGS, STORE
 from gateway.errors import error_middleware
 from gateway.metrics import METRICS, Metrics, metrics_middleware
 from gateway.store import Store
-from gateway.store.connection import UNAVAILABLE, connect
+from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import ensure_tokens
 from gateway.workers import running_workers
@@ -41,7 +41,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             await redis.ping()
         except UNAVAILABLE as exc:
-            raise StartupError(f"CALLGATE_REDIS_URL: Redis at {url} does not answer ({exc})") from None
+            raise StartupError(f"CALLGATE_REDIS_URL: Redis at {redacted(url)} does not answer ({exc})") from None
         app[STORE] = Store.open(redis, settings)
         app[REDIS_URL] = url
         yield

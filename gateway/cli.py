@@ -17,9 +17,9 @@ from config.settings import Settings, SettingsError, load_settings
 from gateway.app import StartupError, create_app
 from gateway.metrics import Metrics
 from gateway.store import Store
-from gateway.store.connection import UNAVAILABLE, connect
+from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedisError
-from gateway.tokens import ensure_tokens
+from gateway.tokens import TokensError, ensure_tokens
 from gateway.workers import running_workers
 
 log = logging.getLogger("callgate")
@@ -47,7 +47,9 @@ async def _work(settings: Settings) -> None:
         try:
             await redis.ping()
         except UNAVAILABLE as exc:
-            raise StartupError(f"CALLGATE_REDIS_URL: Redis at {settings.redis_url} does not answer ({exc})") from None
+            raise StartupError(
+                f"CALLGATE_REDIS_URL: Redis at {redacted(settings.redis_url)} does not answer ({exc})"
+            ) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_work(settings))
         elif args.command == "tokens":
             _tokens(settings)
-    except (StartupError, EmbeddedRedisError) as exc:
+    except (StartupError, EmbeddedRedisError, TokensError) as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 1
     return 0
