@@ -63,13 +63,10 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Li
     """The form, and the line and provider it is for, once its signature checks out."""
     fields, signed = await _twilio_fields(request)
     store = request.app[STORE]
-    numbers = [normalize(fields[name]) for name in ("To", "From") if fields.get(name)]
-    for number in numbers:
-        line = await store.lines.get(number)
-        if line is not None:
-            break
-    else:
+    found = await store.lines.first([normalize(fields[name]) for name in ("To", "From") if fields.get(name)])
+    if found is None:
         raise Forbidden("no line of this gateway is on this call or message", code="unknown_line")
+    number, line = found
     provider = await store.providers.get(line.provider)
     if provider is None or provider.kind is not ProviderKind.TWILIO:
         raise Forbidden(f"line {number} is not on a Twilio provider", code="unknown_line")

@@ -28,6 +28,15 @@ class Records(Generic[M]):
         raw = await self._redis.hget(self._key, name)
         return None if raw is None else self._model.model_validate_json(raw)
 
+    async def first(self, names: list[str]) -> tuple[str, M] | None:
+        """The first of ``names`` that is stored, with its record, in one round trip."""
+        if not names:
+            return None
+        for name, raw in zip(names, await self._redis.hmget(self._key, names), strict=True):
+            if raw is not None:
+                return name, self._model.model_validate_json(raw)
+        return None
+
     async def all(self) -> dict[str, M]:
         raw = await self._redis.hgetall(self._key)
         return {str(name): self._model.model_validate_json(value) for name, value in sorted(raw.items())}
