@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
@@ -23,7 +24,8 @@ API_TOKEN = "api-token-for-tests-0123456789ab"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 API = {"Authorization": f"Bearer {API_TOKEN}"}
 
-ClientFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[..., Awaitable[Client]]
 
 
 async def _answers(url: str) -> bool:
@@ -82,7 +84,7 @@ def settings(redis_url: str, prefix: str, tmp_path: Path, redis: Redis) -> Setti
 
 
 @pytest.fixture
-async def client(aiohttp_client: ClientFactory, settings: Settings) -> TestClient:  # type: ignore[type-arg]
+async def client(aiohttp_client: ClientFactory, settings: Settings) -> Client:
     return await aiohttp_client(create_app(settings))
 
 

@@ -8,10 +8,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
 from twilio.request_validator import RequestValidator
 
-from tests.conftest import ADMIN, API
+from tests.conftest import ADMIN, API, Client
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "twilio-auth-token-for-tests"
@@ -22,7 +21,7 @@ PUBLIC_URL = "https://gw.example.com"
 STAGES = ["NEW", "CALL_BACK", "CONTACTED", "WON"]
 
 
-async def configure(client: TestClient, *, forward_to: list[str] | None = None, lead: bool = False) -> None:  # type: ignore[type-arg]
+async def configure(client: Client, *, forward_to: list[str] | None = None, lead: bool = False) -> None:
     """A pipeline, a Twilio provider and one line on it."""
     for path, body in [
         ("/v1/pipelines/sales", {"stages": STAGES}),
@@ -40,7 +39,7 @@ async def configure(client: TestClient, *, forward_to: list[str] | None = None, 
         assert resp.status == 200, await resp.text()
 
 
-async def add_item(client: TestClient, item_id: str = "D1", stage: str = "NEW", phone: str = CUSTOMER) -> None:  # type: ignore[type-arg]
+async def add_item(client: Client, item_id: str = "D1", stage: str = "NEW", phone: str = CUSTOMER) -> None:
     card = {
         "pipeline": "sales",
         "stage": stage,
@@ -51,7 +50,7 @@ async def add_item(client: TestClient, item_id: str = "D1", stage: str = "NEW", 
     assert resp.status in (200, 201), await resp.text()
 
 
-async def add_trigger(client: TestClient, **fields: Any) -> str:  # type: ignore[type-arg]
+async def add_trigger(client: Client, **fields: Any) -> str:
     body = {"name": "t", "pipeline": "sales", "target_stage": "CALL_BACK", **fields}
     resp = await client.post("/v1/triggers", json=body, headers=ADMIN)
     assert resp.status == 201, await resp.text()
@@ -63,7 +62,7 @@ def sign(path: str, form: Mapping[str, str], token: str = AUTH_TOKEN) -> str:
 
 
 async def twilio_post(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     path: str,
     form: Mapping[str, str],
     *,
@@ -100,7 +99,7 @@ def sms_form(sid: str = "SM" + "1" * 32, body: str = "hola", **fields: str) -> d
     }
 
 
-async def item(client: TestClient, item_id: str = "D1") -> dict[str, Any]:  # type: ignore[type-arg]
+async def item(client: Client, item_id: str = "D1") -> dict[str, Any]:
     resp = await client.get(f"/v1/items/{item_id}", headers=API)
     assert resp.status == 200, await resp.text()
     data: dict[str, Any] = await resp.json()
@@ -116,7 +115,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         await asyncio.sleep(0.05)
 
 
-async def stage_of(client: TestClient, item_id: str = "D1") -> str:  # type: ignore[type-arg]
+async def stage_of(client: Client, item_id: str = "D1") -> str:
     return str((await item(client, item_id))["stage"])
 
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN
-
-Client = TestClient[web.Request, web.Application]
+from tests.conftest import ADMIN, Client
 
 LINE = "/v1/lines/%2B34910000001"
 SECRET = "twilio-auth-token-do-not-echo-7f3a9c"

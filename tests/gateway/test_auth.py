@@ -7,12 +7,8 @@ import re
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN, ADMIN_TOKEN, API, API_TOKEN
-
-Client = TestClient[web.Request, web.Application]
+from tests.conftest import ADMIN, ADMIN_TOKEN, API, API_TOKEN, Client
 
 ADMIN_CALLS = [
     ("GET", "/v1/providers"),

@@ -7,16 +7,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
-from tests.conftest import ADMIN, API, ClientFactory
-
-Client = TestClient[web.Request, web.Application]
+from tests.conftest import ADMIN, API, Client, ClientFactory
 
 ANA = "+34600111222"
 BOB = "+34600333444"

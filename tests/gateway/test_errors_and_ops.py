@@ -14,15 +14,13 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
 from config.settings import Settings
 from gateway.api.routing import ENDPOINTS
 from gateway.app import StartupError, create_app
-from tests.conftest import ADMIN, API, ClientFactory
-
-Client = TestClient[web.Request, web.Application]
+from tests.conftest import ADMIN, API, Client, ClientFactory
 
 
 def envelope(body: Any, code: str) -> dict[str, Any]:

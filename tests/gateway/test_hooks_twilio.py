@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from aiohttp.test_utils import TestClient
 from twilio.request_validator import RequestValidator
 
+from tests.conftest import Client
 from tests.support import (
     AGENT,
     AUTH_TOKEN,
@@ -26,7 +26,7 @@ from tests.support import (
 )
 
 
-async def test_incoming_call_answers_dial_twiml_and_fires_trigger(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_incoming_call_answers_dial_twiml_and_fires_trigger(client: Client) -> None:
     await configure(client)
     await add_item(client)
     await add_trigger(client, event="call.incoming", target_stage="CONTACTED")
@@ -48,7 +48,7 @@ async def test_incoming_call_answers_dial_twiml_and_fires_trigger(client: TestCl
     assert change["from"] == "NEW" and change["to"] == "CONTACTED" and change["act_as"] == "maria"
 
 
-async def test_missed_call_from_dial_action_moves_once_despite_retries(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_missed_call_from_dial_action_moves_once_despite_retries(client: Client) -> None:
     await configure(client)
     await add_item(client)
     await add_trigger(client, event="call.missed")
@@ -68,7 +68,7 @@ async def test_missed_call_from_dial_action_moves_once_despite_retries(client: T
     assert timeline_types(data).count("call.missed") == 1
 
 
-async def test_bad_or_missing_signature_is_403_and_changes_nothing(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_bad_or_missing_signature_is_403_and_changes_nothing(client: Client) -> None:
     await configure(client)
     await add_item(client)
     await add_trigger(client, event="call.incoming")
@@ -80,7 +80,7 @@ async def test_bad_or_missing_signature_is_403_and_changes_nothing(client: TestC
     assert data["stage"] == "NEW" and "call.incoming" not in timeline_types(data)
 
 
-async def test_unknown_line_is_403(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_unknown_line_is_403(client: Client) -> None:
     await configure(client)
     form = call_form(To="+34910009999")
     resp = await twilio_post(client, "/webhooks/twilio/voice", form)
@@ -88,7 +88,7 @@ async def test_unknown_line_is_403(client: TestClient) -> None:  # type: ignore[
     assert (await resp.json())["error"]["code"] == "unknown_line"
 
 
-async def test_sms_keyword_trigger(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_sms_keyword_trigger(client: Client) -> None:
     await configure(client)
     await add_item(client)
     await add_trigger(client, event="sms.incoming", keywords=["cancelar pedido"], target_stage="WON", allow_back=True)
@@ -106,7 +106,7 @@ async def test_sms_keyword_trigger(client: TestClient) -> None:  # type: ignore[
     assert timeline_types(await item(client)).count("sms.incoming") == 2
 
 
-async def test_unknown_number_creates_lead_on_line(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_unknown_number_creates_lead_on_line(client: Client) -> None:
     await configure(client, lead=True)
     stranger = "+34600999888"
     resp = await twilio_post(client, "/webhooks/twilio/sms", sms_form(From=stranger, body="info?"))
@@ -124,7 +124,7 @@ async def test_unknown_number_creates_lead_on_line(client: TestClient) -> None: 
     assert stranger != CUSTOMER
 
 
-async def test_signature_is_checked_against_the_public_url(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_signature_is_checked_against_the_public_url(client: Client) -> None:
     """Behind a proxy Twilio signs the public URL, not the address the gateway listens on."""
     await configure(client)
     form = call_form()
@@ -136,7 +136,7 @@ async def test_signature_is_checked_against_the_public_url(client: TestClient) -
     assert (await twilio_post(client, "/webhooks/twilio/voice", form)).status == 200
 
 
-async def test_query_string_is_part_of_the_signed_url(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_query_string_is_part_of_the_signed_url(client: Client) -> None:
     await configure(client)
     form = sms_form()
     path = "/webhooks/twilio/sms?source=console"
@@ -146,7 +146,7 @@ async def test_query_string_is_part_of_the_signed_url(client: TestClient) -> Non
     assert (await client.post(path, data=form, headers={"X-Twilio-Signature": good})).status == 200
 
 
-async def test_json_body_signed_with_body_sha256(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_json_body_signed_with_body_sha256(client: Client) -> None:
     await configure(client)
     await add_item(client)
     body = json.dumps(sms_form(body="json hola"))
@@ -165,7 +165,7 @@ async def test_json_body_signed_with_body_sha256(client: TestClient) -> None:  #
     assert [e["data"]["text"] for e in (await item(client))["timeline"] if e["type"] == "sms.incoming"] == ["json hola"]
 
 
-async def test_hostile_bodies_get_4xx_never_500(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_hostile_bodies_get_4xx_never_500(client: Client) -> None:
     await configure(client)
     cases: list[tuple[bytes, str]] = [
         (b"\xff\xfe not utf8", "application/x-www-form-urlencoded"),

@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
 
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, Client
 from tests.support import AGENT, CUSTOMER, LINE, add_item, add_trigger, eventually, item, stage_of, timeline_types
 from webhooks.signatures import sign_voximplant
 
@@ -17,7 +16,7 @@ SECRET = "voximplant-shared-secret"
 PATH = "/webhooks/voximplant/vox"
 
 
-async def _configure(client: TestClient) -> None:  # type: ignore[type-arg]
+async def _configure(client: Client) -> None:
     for path, body in [
         ("/v1/pipelines/sales", {"stages": ["NEW", "CALL_BACK", "WON"]}),
         ("/v1/providers/vox", {"kind": "voximplant", "credentials": {"webhook_secret": SECRET}}),
@@ -39,7 +38,7 @@ def _event(event: str, seq: int, **fields: Any) -> dict[str, Any]:
 
 
 async def _post(
-    client: TestClient,  # type: ignore[type-arg]
+    client: Client,
     payload: dict[str, Any],
     *,
     secret: str = SECRET,
@@ -56,7 +55,7 @@ async def _post(
     return await client.post(path, data=body, headers=headers)
 
 
-async def test_incoming_call_answers_agents_and_missed_moves_item(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_incoming_call_answers_agents_and_missed_moves_item(client: Client) -> None:
     await _configure(client)
     await add_item(client)
     await add_trigger(client, event="call.missed", target_stage="CALL_BACK")
@@ -75,7 +74,7 @@ async def test_incoming_call_answers_agents_and_missed_moves_item(client: TestCl
     assert types.count("call.missed") == 1 and types.count("call.incoming") == 1
 
 
-async def test_refusals_change_nothing(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_refusals_change_nothing(client: Client) -> None:
     await _configure(client)
     await add_item(client)
     await add_trigger(client, event="call.incoming", target_stage="WON")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import re
 
-from aiohttp.test_utils import TestClient
-
 from gateway.api.routing import ENDPOINTS
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, Client
 from tests.support import configure
 
 BODIES: list[bytes] = [
@@ -34,7 +32,7 @@ def _paths(template: str) -> list[str]:
     return [re.sub(r"{\w+}", value, template) for value in PATH_VALUES]
 
 
-async def test_every_endpoint_refuses_hostile_input_without_500(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_every_endpoint_refuses_hostile_input_without_500(client: Client) -> None:
     await configure(client)
     endpoints = client.app[ENDPOINTS]
     assert len(endpoints) > 15

@@ -6,12 +6,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
-from tests.conftest import ADMIN, API, ClientFactory
+from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.support import (
     CUSTOMER,
     LINE,
@@ -30,11 +29,11 @@ from tests.support import (
 MISSED = call_form(CallStatus="completed", DialCallStatus="busy")
 
 
-async def _moves(client: TestClient, item_id: str = "D1") -> list[dict[str, Any]]:  # type: ignore[type-arg]
+async def _moves(client: Client, item_id: str = "D1") -> list[dict[str, Any]]:
     return [e["data"] for e in (await item(client, item_id))["timeline"] if e["type"] == "item.stage_changed"]
 
 
-async def _settle(client: TestClient, count: int, item_id: str = "D1") -> None:  # type: ignore[type-arg]
+async def _settle(client: Client, count: int, item_id: str = "D1") -> None:
     async def enough() -> bool:
         types = timeline_types(await item(client, item_id))
         return len([t for t in types if not t.startswith("item.")]) >= count
@@ -43,7 +42,7 @@ async def _settle(client: TestClient, count: int, item_id: str = "D1") -> None: 
     await asyncio.sleep(0.2)  # let any (wrong) extra effect land before asserting its absence
 
 
-async def test_trigger_validation_errors(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_trigger_validation_errors(client: Client) -> None:
     await configure(client)
     cases: list[tuple[dict[str, Any], str]] = [
         ({"event": "call.missed", "pipeline": "nope"}, "pipeline"),
@@ -68,7 +67,7 @@ async def test_trigger_validation_errors(client: TestClient) -> None:  # type: i
     assert (await client.post("/v1/triggers", json={}, headers=API)).status == 403
 
 
-async def test_trigger_crud(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_trigger_crud(client: Client) -> None:
     await configure(client)
     first = await add_trigger(client, event="call.missed")
     second = await add_trigger(client, event="sms.incoming", keywords=["hola"])
@@ -79,7 +78,7 @@ async def test_trigger_crud(client: TestClient) -> None:  # type: ignore[type-ar
     assert (await client.delete(f"/v1/triggers/{first}", headers=ADMIN)).status == 404
 
 
-async def test_no_backwards_move_unless_allowed(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_no_backwards_move_unless_allowed(client: Client) -> None:
     await configure(client)
     await add_item(client, stage="CONTACTED")
     await add_trigger(client, event="call.missed", target_stage="CALL_BACK")
@@ -105,7 +104,7 @@ async def test_no_backwards_move_unless_allowed(client: TestClient) -> None:  # 
     }
 
 
-async def test_line_filter(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_line_filter(client: Client) -> None:
     await configure(client)
     await client.put("/v1/lines/+34910000002", json={"provider": "tw", "forward_to": []}, headers=ADMIN)
     await add_item(client)
@@ -121,7 +120,7 @@ async def test_line_filter(client: TestClient) -> None:  # type: ignore[type-arg
     assert await stage_of(client) == "CONTACTED"
 
 
-async def test_outgoing_call_fires_but_calls_we_placed_do_not(client: TestClient, redis: Redis, prefix: str) -> None:  # type: ignore[type-arg]
+async def test_outgoing_call_fires_but_calls_we_placed_do_not(client: Client, redis: Redis, prefix: str) -> None:
     await configure(client)
     await add_item(client)
     await add_item(client, "D2", phone="+34600111333")
@@ -141,7 +140,7 @@ async def test_outgoing_call_fires_but_calls_we_placed_do_not(client: TestClient
     assert "call.outgoing" not in timeline_types(await item(client, "D2"))
 
 
-async def test_out_of_order_status_does_not_move_call_backwards(client: TestClient, redis: Redis, prefix: str) -> None:  # type: ignore[type-arg]
+async def test_out_of_order_status_does_not_move_call_backwards(client: Client, redis: Redis, prefix: str) -> None:
     await configure(client)
     await add_item(client)
     sid = "CA" + "5" * 32
@@ -157,7 +156,7 @@ async def test_out_of_order_status_does_not_move_call_backwards(client: TestClie
     assert "call.answered" not in timeline_types(await item(client))
 
 
-async def test_callback_request_fires_trigger_and_creates_lead(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_callback_request_fires_trigger_and_creates_lead(client: Client) -> None:
     await configure(client, lead=True)
     await add_item(client)
     await add_trigger(client, event="callback.requested", target_stage="CALL_BACK")
@@ -184,7 +183,7 @@ async def test_callback_request_fires_trigger_and_creates_lead(client: TestClien
     assert bad.status == 422 and (await bad.json())["error"]["field"] == "phone"
 
 
-async def test_response_overdue_fires_unless_answered(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_response_overdue_fires_unless_answered(client: Client) -> None:
     await configure(client)
     await add_item(client)
     await add_item(client, "D2", phone="+34600111333")
@@ -222,7 +221,7 @@ async def test_overdue_timer_fires_after_restart(aiohttp_client: ClientFactory, 
 
 
 @pytest.mark.parametrize("token", ["same-token"])
-async def test_idempotency_token_dedupes_retries(client: TestClient, redis: Redis, prefix: str, token: str) -> None:  # type: ignore[type-arg]
+async def test_idempotency_token_dedupes_retries(client: Client, redis: Redis, prefix: str, token: str) -> None:
     await configure(client)
     await add_item(client)
     headers = {"I-Twilio-Idempotency-Token": token}
