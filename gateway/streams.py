@@ -37,6 +37,18 @@ Processor = Callable[[Entry], Awaitable[None]]
 Outcome = Callable[[str], None]
 
 
+def raise_if_cancelled() -> None:
+    """Honour a cancel that was requested but lost, in loops that run until cancelled.
+
+    Python 3.11's ``asyncio.wait_for`` (redis-py sends under it when a socket timeout is set)
+    returns normally when its inner call completes in the loop turn the cancel lands in
+    (fixed in 3.12): the task goes on, but still counts the request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def consumer_name(index: int) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
@@ -88,6 +100,7 @@ class StreamConsumer:
         next_claim = 0.0
         loop = asyncio.get_running_loop()
         while True:
+            raise_if_cancelled()
             try:
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + claim_every
@@ -97,10 +110,21 @@ class StreamConsumer:
                 log.warning("stream=%s consumer=%s redis unavailable: %s", self._config.name, self._name, exc)
                 await asyncio.sleep(0.5)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                # The stream was deleted (e.g. FLUSHALL or a Redis without persistence restarted).
-                await self.ensure_group()
+                # The stream was deleted (e.g. FLUSHALL or a Redis without persistence restarted):
+                # the next read gets NOGROUP, and Redis 7 ends a read blocked at that moment
+                # with UNBLOCKED.
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    await self.ensure_group()
+                else:
+                    await self._survive()
+            except Exception:
+                await self._survive()
+
+    async def _survive(self) -> None:
+        # A consumer outlives any one failure: a dead task would leave its group a consumer
+        # short with no sign but this log line.
+        log.exception("stream=%s consumer=%s unexpected error; going on", self._config.name, self._name)
+        await asyncio.sleep(1)
 
     async def read_new(self) -> list[Entry]:
         reply = await self._redis.xreadgroup(
@@ -136,8 +160,14 @@ class StreamConsumer:
         return entries
 
     async def _dead_letter(self, entry_id: str) -> None:
-        found = await self._redis.xrange(self._stream, min=entry_id, max=entry_id)
-        fields = dict(found[0][1]) if found else {}
+        # Every consumer of the group may find the same hopeless entry at once; the XCLAIM's
+        # idle filter lets only one of them take it, so it is dead-lettered once.
+        claimed = await self._redis.xclaim(
+            self._stream, self._group, self._name, min_idle_time=self._config.claim_idle_ms, message_ids=[entry_id]
+        )
+        if not claimed:
+            return
+        fields = dict(claimed[0][1] or {})
         error = await self._redis.hget(self._errors, entry_id) or "delivered too often without success"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self._dead, {**fields, "_id": entry_id, "_error": error[:2000]})

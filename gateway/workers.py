@@ -13,7 +13,7 @@ from gateway.metrics import Metrics
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE
 from gateway.store.events import EVENTS_STREAM
-from gateway.streams import StreamConfig, StreamConsumer, consumer_name
+from gateway.streams import StreamConfig, StreamConsumer, consumer_name, raise_if_cancelled
 from gateway.triggers import EventProcessor
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,14 @@ TIMER_POLL_SECONDS = 0.5
 
 async def poll_timers(store: Store) -> None:
     while True:
+        raise_if_cancelled()
         try:
             await store.events.fire_due(time.time())
         except UNAVAILABLE as exc:
             log.warning("timer poll: redis unavailable: %s", exc)
+        except Exception:
+            # Timers must keep firing after any one failure.
+            log.exception("timer poll failed; going on")
         await asyncio.sleep(TIMER_POLL_SECONDS)
 
 

@@ -1,0 +1,287 @@
+"""The durable stream core against a real Redis: ack after processing, claims of entries a
+failed or crashed consumer left pending, dead letters, and groups that survive deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.keys import Keys
+from gateway.store.connection import connect
+from gateway.store.events import EVENTS_STREAM
+from gateway.streams import Entry, Processor, StreamConfig, StreamConsumer
+from tests.conftest import ADMIN, API, ClientFactory
+from tests.support import eventually
+
+CONFIG = StreamConfig(name="t", claim_idle_ms=200, max_deliveries=3, block_ms=100)
+
+
+async def test_processed_entry_is_acked_and_deleted(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    recorder = Recorder()
+    consumer = make_consumer(redis, prefix, "A", recorder)
+    await consumer.ensure_group()
+    entry_id = await redis.xadd(keys.stream("t"), {"n": "1"})
+
+    async with running(consumer):
+        await eventually(lambda: done(redis, keys, 1, recorder))
+    assert [(e.id, dict(e.fields)) for e in recorder.calls] == [(entry_id, {"n": "1"})]
+    assert await redis.xlen(keys.stream("t")) == 0
+    assert (await redis.xpending(keys.stream("t"), "t"))["pending"] == 0
+
+
+async def test_failed_entry_stays_pending_and_another_consumer_claims_it(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    stream = keys.stream("t")
+    failing = Recorder(fail=True)
+    a = make_consumer(redis, prefix, "A", failing)
+    await a.ensure_group()
+    entry_id = await redis.xadd(stream, {"n": "1"})
+
+    await a.process(await a.read_new())
+    assert [e.id for e in failing.calls] == [entry_id]
+    pending = await redis.xpending_range(stream, "t", min="-", max="+", count=10)
+    assert [(p["message_id"], p["consumer"], p["times_delivered"]) for p in pending] == [(entry_id, "A", 1)]
+    assert await redis.xlen(stream) == 1
+    assert "RuntimeError: boom 1" in str(await redis.hget(f"{stream}:errors", entry_id))
+
+    # The processor of B reads the entry's delivery count while it holds it.
+    counts: list[int] = []
+
+    async def count_deliveries(entry: Entry) -> None:
+        info = await redis.xpending_range(stream, "t", min=entry.id, max=entry.id, count=1)
+        counts.append(int(info[0]["times_delivered"]))
+        assert info[0]["consumer"] == "B"
+
+    b = make_consumer(redis, prefix, "B", count_deliveries)
+    assert await b.claim_stale() == []  # not idle long enough yet: A may still be working on it
+
+    async def claimed() -> bool:
+        await b.process(await b.claim_stale())
+        return bool(counts)
+
+    await eventually(claimed)
+    assert counts == [2]
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, "t"))["pending"] == 0
+    assert not await redis.exists(f"{stream}:errors")
+
+
+async def test_entry_failing_every_delivery_is_dead_lettered_once(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    stream = keys.stream("t")
+    failing = Recorder(fail=True)
+    # Several consumers race for the same stale entry, as a worker's consumers do.
+    consumers = [make_consumer(redis, prefix, f"C{i}", failing) for i in range(4)]
+    await consumers[0].ensure_group()
+    entry_id = await redis.xadd(stream, {"n": "7", "kind": "x"})
+
+    async def dead() -> bool:
+        return bool(await redis.xlen(keys.dead("t")))
+
+    async with running(*consumers):
+        await eventually(dead)
+        await asyncio.sleep(3 * CONFIG.claim_idle_ms / 1000)  # room for a duplicate to show up
+    entries: Any = await redis.xrange(keys.dead("t"))  # decoded: (id, {field: value})
+    assert len(entries) == 1, entries
+    fields = entries[0][1]
+    assert fields["_id"] == entry_id
+    assert fields["_error"] == "RuntimeError: boom 7"
+    assert {k: v for k, v in fields.items() if not k.startswith("_")} == {"n": "7", "kind": "x"}
+    assert len(failing.calls) == CONFIG.max_deliveries  # each delivery ran the processor once
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, "t"))["pending"] == 0
+    assert not await redis.exists(f"{stream}:errors")
+
+
+async def test_dead_letters_api_lists_a_malformed_event(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], redis: Redis, prefix: str
+) -> None:
+    """A malformed events entry fails in the app's own workers until it is dead-lettered."""
+    settings = make_settings(max_deliveries=2)
+    client = await aiohttp_client(create_app(settings))
+    keys = Keys(prefix)
+    entry_id = await redis.xadd(keys.stream(EVENTS_STREAM), {"event": "not-json"})
+
+    async def listed() -> list[dict[str, Any]]:
+        resp = await client.get("/v1/dead-letters", headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        assert body["stream"] == EVENTS_STREAM
+        entries: list[dict[str, Any]] = body["entries"]
+        return entries
+
+    async def dead() -> bool:
+        return bool(await listed())
+
+    await eventually(dead, timeout=15)
+    await asyncio.sleep(1.5)  # a claim round later, still exactly one
+    entries = await listed()
+    assert len(entries) == 1, entries
+    assert entries[0]["_id"] == entry_id
+    assert entries[0]["event"] == "not-json"
+    assert entries[0]["_error"].startswith("JSONDecodeError: ")  # the processor's last error
+    assert await redis.xlen(keys.stream(EVENTS_STREAM)) == 0
+    assert (await redis.xpending(keys.stream(EVENTS_STREAM), EVENTS_STREAM))["pending"] == 0
+    assert (await client.get("/v1/dead-letters", headers=API)).status == 403
+    resp = await client.get("/v1/dead-letters", params={"stream": "nope"}, headers=ADMIN)
+    assert resp.status == 422
+
+
+async def test_entries_of_a_crashed_consumer_are_claimed_and_processed_once(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    stream = keys.stream("t")
+    recorder = Recorder()
+    effects = IdempotentEffect(redis, prefix)
+
+    async def process(entry: Entry) -> None:
+        await recorder(entry)
+        await effects(entry)
+
+    b, c = make_consumer(redis, prefix, "B", process), make_consumer(redis, prefix, "C", process)
+    await b.ensure_group()
+    ids = [await redis.xadd(stream, {"n": str(i)}) for i in range(20)]
+    # Consumer A reads everything and dies before acking any of it.
+    read: Any = await redis.xreadgroup("t", "A", {stream: ">"}, count=100)
+    assert [entry_id for entry_id, _ in read[0][1]] == ids
+
+    async with running(b, c):
+        await eventually(lambda: done(redis, keys, len(ids), recorder))
+        await asyncio.sleep(3 * CONFIG.claim_idle_ms / 1000)  # later claim rounds find nothing
+    assert Counter(e.id for e in recorder.calls) == Counter(ids)
+    assert await effects.applied() == Counter(ids)
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, "t"))["pending"] == 0
+
+
+async def test_ensure_group_is_idempotent(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    recorder = Recorder()
+    consumer = make_consumer(redis, prefix, "A", recorder)
+    await consumer.ensure_group()
+    await consumer.ensure_group()
+    first = await redis.xadd(keys.stream("t"), {"n": "1"})
+    assert [e.id for e in await consumer.read_new()] == [first]
+    # Creating it again neither fails nor rewinds the group to redeliver what was read.
+    await consumer.ensure_group()
+    assert await consumer.read_new() == []
+    groups = await redis.xinfo_groups(keys.stream("t"))
+    assert [(g["name"], g["pending"]) for g in groups] == [("t", 1)]
+
+
+async def test_run_recreates_a_deleted_stream(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    stream = keys.stream("t")
+    recorder = Recorder()
+    consumer = make_consumer(redis, prefix, "A", recorder)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await redis.xadd(stream, {"n": "1"})
+        await eventually(lambda: done(redis, keys, 1, recorder))
+        # Deleted while the consumer is blocked reading (NOGROUP, or Redis 7's UNBLOCKED).
+        await redis.delete(stream)
+        await asyncio.sleep(0.3)
+        assert not task.done(), task
+        await redis.xadd(stream, {"n": "2"})
+        await eventually(lambda: done(redis, keys, 2, recorder))
+        assert not task.done()
+        assert [e.fields["n"] for e in recorder.calls] == ["1", "2"]
+        assert [g["name"] for g in await redis.xinfo_groups(stream)] == ["t"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_cancelled_consumer_stops_even_while_it_acks(redis_url: str, redis: Redis, prefix: str) -> None:
+    """On Python 3.11 redis-py's ``wait_for`` around a send can drop a cancel that lands as
+    the send completes; the consumer must stop anyway, or a shutdown waits on it forever."""
+    client = connect(redis_url, blocking=True)  # the workers' client: sends under wait_for
+    keys = Keys(prefix)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def cancel_soon(entry: Entry) -> None:
+        # Lands in the next loop turn: while the consumer sends its XACK+XDEL.
+        asyncio.get_running_loop().call_soon(tasks[0].cancel)
+
+    consumer = StreamConsumer(client, keys, CONFIG, "A", cancel_soon)
+    try:
+        await consumer.ensure_group()
+        await redis.xadd(keys.stream("t"), {"n": "1"})
+        tasks.append(asyncio.create_task(consumer.run()))
+        finished, _ = await asyncio.wait(tasks, timeout=5)
+        assert finished, "the consumer ignored its cancel"
+        assert tasks[0].cancelled()
+        assert await redis.xlen(keys.stream("t")) == 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await client.aclose()
+
+
+# Helpers
+
+
+class Recorder:
+    """A processor that remembers every call and, when ``fail``, raises on each."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[Entry] = []
+
+    async def __call__(self, entry: Entry) -> None:
+        self.calls.append(entry)
+        if self.fail:
+            raise RuntimeError(f"boom {entry.fields.get('n')}")
+
+
+class IdempotentEffect:
+    """An effect applied at most once per entry id, however often it is processed."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._done = f"{prefix}effects:done"
+        self._log = f"{prefix}effects:log"
+
+    async def __call__(self, entry: Entry) -> None:
+        if await self._redis.sadd(self._done, entry.id):
+            await self._redis.rpush(self._log, entry.id)
+
+    async def applied(self) -> Counter[str]:
+        return Counter(str(entry_id) for entry_id in await self._redis.lrange(self._log, 0, -1))
+
+
+def make_consumer(
+    redis: Redis,
+    prefix: str,
+    name: str,
+    process: Processor,
+    config: StreamConfig = CONFIG,
+) -> StreamConsumer:
+    return StreamConsumer(redis, Keys(prefix), config, name, process)
+
+
+@contextlib.asynccontextmanager
+async def running(*consumers: StreamConsumer) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(c.run()) for c in consumers]
+    try:
+        yield
+        for task in tasks:
+            assert not task.done(), task  # a consumer must never die of what it met
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def done(redis: Redis, keys: Keys, count: int, recorder: Recorder, name: str = "t") -> bool:
+    """``count`` entries were processed and nothing is left in the stream."""
+    return len(recorder.calls) >= count and await redis.xlen(keys.stream(name)) == 0
