@@ -1,0 +1,608 @@
+"""Webhook ingest benchmark: callgate end to end beside a bare aiohttp+Redis floor.
+
+Concurrent senders post pre-signed Twilio ``<Dial action>`` webhooks (a missed call:
+``DialCallStatus=no-answer``, a distinct CallSid each, customers cycling over the items)
+to two servers run one after the other on this machine, in this run:
+
+* **floor**: a minimal aiohttp app in its own process that parses the form, checks
+  ``X-Twilio-Signature`` with the Twilio SDK's ``RequestValidator``, XADDs the event to a
+  stream and answers 200, plus one consumer task (XREADGROUP + XACK) in the same process;
+* **callgate**: ``python -m gateway.cli serve`` configured through its admin API with a
+  pipeline, a Twilio provider, a line, the items and a ``call.missed`` trigger.
+
+Both get the same client process, the same senders and the same events. Reported per
+server: acknowledged events/s, p50/p90/p99 acknowledge latency (send to 200), end-to-end
+events/s (events over the time until the consumer group has read and acknowledged every
+entry, checked on Redis directly) and errors. Callgate's timelines are then checked: one
+``call.missed`` per event and one ``item.stage_changed`` per item.
+
+Everything targets 127.0.0.1 and a key prefix unique to the run, deleted at the end.
+
+    python bench/ingest.py [--events N] [--concurrency C] [--redis-url URL] [--rounds R]
+
+``--rounds R`` alternates the two servers R times (fresh keys each time) and reports the
+medians, which keeps a burst of unrelated load on the machine from deciding the ratio; the
+CPU rows (server, senders, whole machine, from /proc) show whether anything else ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from twilio.request_validator import RequestValidator
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PUBLIC_URL = "https://bench.callgate.invalid"
+STATUS_PATH = "/webhooks/twilio/voice/status"
+ACCOUNT_SID = "AC" + "0" * 31 + "b"
+AUTH_TOKEN = "bench-twilio-auth-token-0123456789"
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+API_TOKEN = "bench-api-token-0123456789abcdef01"
+LINE = "+34910000001"
+AGENT = "+34600000009"
+STAGES = ["NEW", "CALL_BACK", "CONTACTED", "WON"]
+GROUP = "events"  # callgate's consumer group of its events stream; the floor uses the same name
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+FORM = "application/x-www-form-urlencoded"
+START_TIMEOUT = 30.0
+POLL_SECONDS = 0.005
+OTHERS_NOTICED = 0.25  # cores used beside the server and the senders (Redis included)
+TIMELINE_ROOM = 900  # events per item kept under callgate's default timeline_max (1000)
+FLOOR_REDIS = web.AppKey("floor_redis", Redis)
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def floor_app(redis_url: str, stream: str, token: str, public_url: str) -> web.Application:
+    """Verify the signature, XADD, 200; one consumer task reads and acks the stream."""
+    validator = RequestValidator(token)
+    app = web.Application()
+
+    async def hook(request: web.Request) -> web.Response:
+        form = await request.post()
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not validator.validate(public_url + request.path_qs, form, signature):
+            return web.Response(status=403, text="bad signature")
+        fields = {name: value for name, value in form.items() if isinstance(value, str)}
+        await request.app[FLOOR_REDIS].xadd(stream, {"event": json.dumps(fields)})
+        return web.Response(text=EMPTY_TWIML, content_type="application/xml")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def consume(redis: Redis) -> None:
+        name = f"floor-{os.getpid()}"
+        while True:
+            reply = await redis.xreadgroup(GROUP, name, {stream: ">"}, count=64, block=1000)
+            ids = [entry_id for _, entries in reply or [] for entry_id, _ in entries]
+            if ids:
+                await redis.xack(stream, GROUP, *ids)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        blocking = Redis.from_url(redis_url, decode_responses=True)
+        with contextlib.suppress(Exception):  # BUSYGROUP: the group already exists
+            await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        app[FLOOR_REDIS] = redis
+        consumer = asyncio.create_task(consume(blocking))
+        yield
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await redis.aclose()
+        await blocking.aclose()
+
+    app.router.add_post(STATUS_PATH, hook)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(resources)
+    return app
+
+
+def serve_floor(args: argparse.Namespace) -> int:
+    app = floor_app(args.redis_url, args.stream, AUTH_TOKEN, PUBLIC_URL)
+    web.run_app(app, host=HOST, port=args.port, print=None, access_log=None)
+    return 0
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the senders measured for one batch of requests."""
+
+    sent: int
+    errors: int
+    elapsed: float  # first send to last acknowledgment
+    latencies: list[float]  # seconds, one per acknowledged (200) request
+    started: float  # perf_counter at the first send
+    first_error: str
+
+
+def phone(index: int) -> str:
+    return f"+34611{index:06d}"
+
+
+def signed_requests(count: int, customers: Sequence[str]) -> list[tuple[bytes, str]]:
+    """Missed-call Dial-action webhooks, url-encoded and signed as Twilio would sign them."""
+    validator = RequestValidator(AUTH_TOKEN)
+    url = PUBLIC_URL + STATUS_PATH
+    requests = []
+    for i in range(count):
+        form = {
+            "CallSid": "CA" + uuid.uuid4().hex,
+            "AccountSid": ACCOUNT_SID,
+            "From": customers[i % len(customers)],
+            "To": LINE,
+            "CallStatus": "in-progress",
+            "Direction": "inbound",
+            "ApiVersion": "2010-04-01",
+            "DialCallStatus": "no-answer",
+            "DialCallSid": "CA" + uuid.uuid4().hex,
+        }
+        requests.append((urlencode(form).encode(), str(validator.compute_signature(url, form))))
+    return requests
+
+
+async def send_all(base_url: str, requests: Sequence[tuple[bytes, str]], concurrency: int) -> Load:
+    """``concurrency`` senders share the requests; each waits for its answer before the next."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    cursor = iter(requests)
+    url = base_url + STATUS_PATH
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        for body, signature in cursor:
+            headers = {"Content-Type": FORM, "X-Twilio-Signature": signature}
+            sent = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if status == 200:
+                latencies.append(time.perf_counter() - sent)
+            else:
+                errors.append(f"HTTP {status}")
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return Load(len(requests), len(errors), elapsed, latencies, started, errors[0] if errors else "")
+
+
+def _entry_id(raw: str | None) -> tuple[int, int]:
+    if not raw or raw == "0":
+        return (0, 0)
+    ms, _, seq = str(raw).partition("-")
+    return (int(ms), int(seq or 0))
+
+
+async def drained(redis: Redis, stream: str) -> bool:
+    """Every entry ever added was delivered to the group and acknowledged."""
+    client: Any = redis
+    info = await client.xinfo_stream(stream)
+    groups = await client.xinfo_groups(stream)
+    group = next((g for g in groups if g["name"] == GROUP), None)
+    if group is None or group["pending"]:
+        return False
+    return _entry_id(group["last-delivered-id"]) >= _entry_id(info["last-generated-id"])
+
+
+async def wait_drained(redis: Redis, stream: str, timeout: float) -> float:
+    """perf_counter when the stream is drained; raises after ``timeout`` seconds."""
+    deadline = time.perf_counter() + timeout
+    while not await drained(redis, stream):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{stream} not drained within {timeout:.0f} s")
+        await asyncio.sleep(POLL_SECONDS)
+    return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """Shares of the measured batch's wall time, from /proc (NaN where there is none)."""
+
+    server: float  # the server process, in cores
+    client: float  # this process (the senders), in cores
+    machine: float  # every process on the machine, in cores
+
+    def warning(self) -> str:
+        """Redis takes about 0.1 core here; much more beside the server and the senders is
+        another workload, and the run's figures are perturbed."""
+        others = self.machine - self.server - self.client
+        return f"; WARNING: other processes took {others:.2f} cores" if others > OTHERS_NOTICED else ""
+
+
+def _proc_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_seconds() -> float:
+    try:
+        jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return math.nan
+    idle = jiffies[3] + (jiffies[4] if len(jiffies) > 4 else 0)  # idle + iowait
+    return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pid: int) -> tuple[float, float, float, float]:
+    return time.perf_counter(), _proc_seconds(pid), time.process_time(), _machine_seconds()
+
+
+def cpu_used(before: tuple[float, float, float, float], after: tuple[float, float, float, float]) -> Cpu:
+    wall = after[0] - before[0]
+    return Cpu(*((after[i] - before[i]) / wall for i in (1, 2, 3)))
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def subprocess_server(
+    name: str, argv: list[str], env: dict[str, str], port: int
+) -> AsyncIterator[tuple[str, int]]:
+    """Start a server process, wait for /healthz, stop it (SIGINT, then kill) on exit."""
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://{HOST}:{port}"
+    try:
+        await wait_healthy(name, proc, base, Path(log.name))
+        yield base, proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        log.close()
+        problems = Path(log.name).read_text(errors="replace").strip()
+        if problems:
+            print(f"[{name} log, {log.name}]\n{problems[-3000:]}", file=sys.stderr)
+        else:
+            os.unlink(log.name)
+
+
+async def wait_healthy(name: str, proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.perf_counter() + START_TIMEOUT
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.perf_counter() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(base + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{name} did not answer /healthz within {START_TIMEOUT:.0f} s")
+
+
+async def configure_callgate(base: str, customers: Sequence[str]) -> None:
+    """A pipeline, a Twilio provider, a line, one item per customer and a call.missed trigger."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    api = {"Authorization": f"Bearer {API_TOKEN}"}
+    twilio = {"kind": "twilio", "credentials": {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}}
+    async with aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def call(method: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+            async with session.request(method, path, json=body, headers=headers) as resp:
+                if resp.status not in (200, 201):
+                    raise RuntimeError(f"{method} {path}: {resp.status} {await resp.text()}")
+
+        await call("PUT", "/v1/pipelines/sales", {"stages": STAGES}, admin)
+        await call("PUT", "/v1/providers/tw", twilio, admin)
+        await call("PUT", f"/v1/lines/{LINE}", {"provider": "tw", "forward_to": [AGENT]}, admin)
+        for start in range(0, len(customers), 50):
+            await asyncio.gather(
+                *(
+                    call("PUT", f"/v1/items/bench-{i}", card(customer), api)
+                    for i, customer in enumerate(customers[start : start + 50], start)
+                )
+            )
+        trigger = {"name": "missed", "event": "call.missed", "pipeline": "sales", "target_stage": "CALL_BACK"}
+        await call("POST", "/v1/triggers", trigger, admin)
+
+
+def card(customer: str) -> dict[str, Any]:
+    return {
+        "pipeline": "sales",
+        "stage": "NEW",
+        "responsible": "bench",
+        "contacts": [{"name": "Bench", "phones": [{"type": "MOBILE", "value": customer}]}],
+    }
+
+
+async def timeline_counts(redis: Redis, prefix: str, items: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for i in range(items):
+        for raw in await redis.lrange(f"{prefix}timeline:bench-{i}", 0, -1):
+            kind = json.loads(raw)["type"]
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Result:
+    name: str
+    load: Load
+    done_at: float  # perf_counter when the stream was drained
+    cpu: Cpu
+    check: str = ""
+
+    @property
+    def acked_rate(self) -> float:
+        return len(self.load.latencies) / self.load.elapsed
+
+    @property
+    def e2e_rate(self) -> float:
+        return self.load.sent / (self.done_at - self.load.started)
+
+    @property
+    def drain_lag(self) -> float:
+        return self.done_at - (self.load.started + self.load.elapsed)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.load.latencies)
+        if not ordered:
+            return math.nan
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000
+
+
+@dataclass(frozen=True)
+class Plan:
+    redis_url: str
+    prefix: str
+    events: int
+    warmup: int
+    concurrency: int
+    customers: list[str]
+    timeout: float
+
+
+async def measure(name: str, base: str, pid: int, plan: Plan, redis: Redis, stream: str) -> tuple[Load, Cpu]:
+    """Warm up (excluded), wait until drained, then the measured batch and the CPU it took."""
+    total = plan.warmup + plan.events
+    requests = signed_requests(total, plan.customers)
+    if plan.warmup:
+        warm = await send_all(base, requests[: plan.warmup], plan.concurrency)
+        if warm.errors:
+            raise RuntimeError(f"{name} warm-up: {warm.errors} errors, first: {warm.first_error}")
+        await wait_drained(redis, stream, plan.timeout)
+    before = cpu_snapshot(pid)
+    load = await send_all(base, requests[plan.warmup :], plan.concurrency)
+    return load, cpu_used(before, cpu_snapshot(pid))
+
+
+async def run_floor(plan: Plan, redis: Redis) -> Result:
+    stream = f"{plan.prefix}floor:stream"
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", "--port", str(port)]
+    argv += ["--redis-url", plan.redis_url, "--stream", stream]
+    async with subprocess_server("floor", argv, dict(os.environ), port) as (base, pid):
+        load, cpu = await measure("floor", base, pid, plan, redis, stream)
+        done = await wait_drained(redis, stream, plan.timeout)
+    return Result("floor", load, done, cpu)
+
+
+async def run_callgate(plan: Plan, redis: Redis, data_dir: Path) -> Result:
+    stream = f"{plan.prefix}stream:events"
+    port = free_port()
+    env = {
+        **os.environ,
+        "CALLGATE_REDIS_URL": plan.redis_url,
+        "CALLGATE_KEY_PREFIX": plan.prefix,
+        "CALLGATE_PUBLIC_URL": PUBLIC_URL,
+        "CALLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "CALLGATE_API_TOKEN": API_TOKEN,
+        "CALLGATE_HOST": HOST,
+        "CALLGATE_PORT": str(port),
+        "CALLGATE_DATA_DIR": str(data_dir),
+        "CALLGATE_LOG_LEVEL": "WARNING",
+    }
+    env.pop("CALLGATE_CONFIG", None)
+    argv = [sys.executable, "-m", "gateway.cli", "serve"]
+    async with subprocess_server("callgate", argv, env, port) as (base, pid):
+        await configure_callgate(base, plan.customers)
+        load, cpu = await measure("callgate", base, pid, plan, redis, stream)
+        done = await wait_drained(redis, stream, plan.timeout)
+    counts = await timeline_counts(redis, plan.prefix, len(plan.customers))
+    expected = {"call.missed": plan.warmup + plan.events, "item.stage_changed": len(plan.customers)}
+    got = {kind: counts.get(kind, 0) for kind in expected}
+    check = "ok" if got == expected else f"MISMATCH expected {expected}, timelines have {got}"
+    return Result("callgate", load, done, cpu, check)
+
+
+async def delete_prefix(redis: Redis, prefix: str) -> int:
+    deleted = 0
+    async for key in redis.scan_iter(match=prefix + "*", count=1000):
+        deleted += int(await redis.unlink(key))
+    return deleted
+
+
+# --------------------------------------------------------------------------- report
+
+
+ROWS: list[tuple[str, str, Callable[[Result], float]]] = [
+    ("acked events/s", ",.0f", lambda r: r.acked_rate),
+    ("ack latency p50 (ms)", ".1f", lambda r: r.percentile(0.50)),
+    ("ack latency p90 (ms)", ".1f", lambda r: r.percentile(0.90)),
+    ("ack latency p99 (ms)", ".1f", lambda r: r.percentile(0.99)),
+    ("end-to-end events/s", ",.0f", lambda r: r.e2e_rate),
+    ("drain after last ack (s)", ".2f", lambda r: r.drain_lag),
+    ("errors", ".0f", lambda r: r.load.errors),
+    ("server CPU (cores)", ".2f", lambda r: r.cpu.server),
+    ("sender CPU (cores)", ".2f", lambda r: r.cpu.client),
+    ("machine CPU busy (cores)", ".2f", lambda r: r.cpu.machine),
+]
+
+
+def table(results: dict[str, list[Result]]) -> str:
+    """One column per server; with several rounds each figure is the median over them."""
+    width = max(len(label) for label, _, _ in ROWS)
+    lines = [f"| {'':<{width}} | " + " | ".join(f"{name:>10}" for name in results) + " |"]
+    lines.append(f"|{'-' * (width + 2)}|" + "|".join("-" * 11 + ":" for _ in results) + "|")
+    for label, spec, figure in ROWS:
+        cells = [format(statistics.median(figure(r) for r in runs), spec) for runs in results.values()]
+        lines.append(f"| {label:<{width}} | " + " | ".join(f"{cell:>10}" for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+def redis_version(info: dict[str, Any]) -> str:
+    return str(info.get("redis_version", "?"))
+
+
+async def disturbances(redis: Redis) -> str:
+    """What else loads this machine or this Redis now: figures taken beside it are perturbed."""
+    notes = [f"load average {os.getloadavg()[0]:.2f}"]
+    with contextlib.suppress(Exception):  # CLIENT LIST may be disabled (ACL, renamed command)
+        clients = await redis.client_list()
+        monitors = sum(1 for c in clients if c.get("cmd") == "monitor" or "O" in c.get("flags", ""))
+        if monitors:
+            notes.append(f"WARNING: {monitors} MONITOR client(s) on this Redis slow every command")
+    return "; ".join(notes)
+
+
+async def bench(args: argparse.Namespace) -> int:
+    prefix = "{bench-" + uuid.uuid4().hex[:8] + "}:"
+    items = args.items or max(100, math.ceil((args.events + args.warmup) / TIMELINE_ROOM))
+    plan = Plan(
+        redis_url=args.redis_url,
+        prefix=prefix,
+        events=args.events,
+        warmup=args.warmup,
+        concurrency=args.concurrency,
+        customers=[phone(i) for i in range(items)],
+        timeout=args.timeout,
+    )
+    order = args.order.split(",")
+    results: dict[str, list[Result]] = {name: [] for name in order}
+    redis = Redis.from_url(args.redis_url, decode_responses=True, socket_timeout=10)
+    try:
+        server = redis_version(await redis.info("server"))
+        print(
+            f"machine: {os.cpu_count()} cpus, {platform.platform()}, python {platform.python_version()}, "
+            f"redis {server}; prefix {prefix}"
+        )
+        print(f"events {args.events} (+{args.warmup} warm-up), concurrency {args.concurrency}, items {items}")
+        print(f"before: {await disturbances(redis)}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-callgate-") as data_dir:
+            for round_ in range(args.rounds):
+                # Each round on fresh keys (same hash tag): new items, new streams.
+                fresh = replace(plan, prefix=f"{prefix}r{round_}:")
+                for name in order:
+                    if name == "floor":
+                        result = await run_floor(fresh, redis)
+                    else:
+                        result = await run_callgate(fresh, redis, Path(data_dir))
+                    results[name].append(result)
+                    print(
+                        f"  round {round_ + 1} {name}: {result.acked_rate:,.0f} acked/s, "
+                        f"p99 {result.percentile(0.99):.1f} ms; {await disturbances(redis)}{result.cpu.warning()}",
+                        flush=True,
+                    )
+    finally:
+        deleted = await delete_prefix(redis, prefix)
+        await redis.aclose()
+    print(f"cleanup: deleted {deleted} keys under {prefix}")
+    return report(results)
+
+
+def report(results: dict[str, list[Result]]) -> int:
+    print()
+    print(table(results))
+    pairs = zip(results["callgate"], results["floor"], strict=True)
+    ratios = [c.acked_rate / f.acked_rate if f.acked_rate else math.nan for c, f in pairs]
+    ratio = statistics.median(ratios)
+    verdict = "meets" if ratio >= 0.6 else "MISSES"
+    print()
+    rounds = f" (median of rounds: {', '.join(f'{r:.0%}' for r in ratios)})" if len(ratios) > 1 else ""
+    print(f"callgate/floor acked events/s: {ratio:.0%}{rounds} ({verdict} the 60% target)")
+    checks = sorted({r.check for r in results["callgate"]})
+    print(f"callgate timelines: {', '.join(checks)}")
+    failed = checks != ["ok"]
+    for runs in results.values():
+        for r in runs:
+            if r.load.errors:
+                failed = True
+                print(f"{r.name}: {r.load.errors} errors, first: {r.load.first_error}")
+    return 1 if failed else 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=5000, help="measured webhooks per server (default 5000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent senders (default 32)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis both servers use")
+    parser.add_argument("--warmup", type=int, default=500, help="unmeasured webhooks sent first (default 500)")
+    parser.add_argument("--items", type=int, default=0, help="items (distinct customers); default ~events/900, >=100")
+    parser.add_argument("--order", default="floor,callgate", choices=["floor,callgate", "callgate,floor"])
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times; medians")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a stream to drain")
+    parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--stream", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if min(args.events, args.concurrency, args.rounds) < 1 or min(args.warmup, args.items) < 0:
+        parser.error("--events, --concurrency and --rounds must be at least 1; --warmup and --items not negative")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_floor:
+        return serve_floor(args)
+    try:
+        return asyncio.run(bench(args))
+    except (RedisError, OSError, RuntimeError) as exc:
+        print(f"ingest: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
