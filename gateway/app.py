@@ -14,12 +14,13 @@ from gateway.api.crm import ENDPOINTS_CRM
 from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.routing import TOKENS, Tokens, add_endpoints
-from gateway.appkeys import REDIS_URL, SETTINGS, STORE
+from gateway.appkeys import REDIS_URL, SETTINGS, SNAPSHOTS, STORE
 from gateway.errors import error_middleware
 from gateway.metrics import METRICS, Metrics, metrics_middleware
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
+from gateway.store.records import Snapshots
 from gateway.tokens import ensure_tokens
 from gateway.workers import running_workers
 
@@ -42,7 +43,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await redis.ping()
         except UNAVAILABLE as exc:
             raise StartupError(f"CALLGATE_REDIS_URL: Redis at {redacted(url)} does not answer ({exc})") from None
-        app[STORE] = Store.open(redis, settings)
+        app[STORE] = Store.open(redis, settings, app[SNAPSHOTS])
         app[REDIS_URL] = url
         yield
     finally:
@@ -56,7 +57,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = connect(app[REDIS_URL], blocking=True)
     try:
-        async with running_workers(Store.open(redis, settings), settings, app[METRICS]):
+        async with running_workers(Store.open(redis, settings, app[SNAPSHOTS]), settings, app[METRICS]):
             yield
     finally:
         await redis.aclose()
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     app[SETTINGS] = settings
     app[TOKENS] = Tokens(admin=str(settings.admin_token), api=str(settings.api_token))
     app[METRICS] = Metrics()
+    app[SNAPSHOTS] = Snapshots()
     add_endpoints(app, [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM, *ENDPOINTS_AUTOMATION, *ENDPOINTS_HOOKS])
     app.cleanup_ctx.append(redis_ctx)
     if workers:

@@ -19,6 +19,7 @@ from gateway.metrics import Metrics
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedisError
+from gateway.store.records import Snapshots
 from gateway.tokens import TokensError, ensure_tokens
 from gateway.workers import running_workers
 
@@ -54,7 +55,7 @@ async def _work(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        async with running_workers(Store.open(redis, settings), settings, Metrics()):
+        async with running_workers(Store.open(redis, settings, Snapshots()), settings, Metrics()):
             log.info("worker running consumers=%d", settings.consumers)
             await stop.wait()
     finally:

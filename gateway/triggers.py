@@ -65,12 +65,9 @@ class EventProcessor:
 
     async def handle(self, event: Event) -> None:
         store = self._store
-        if event.kind in CALL_PROGRESS:
-            fresh = await store.events.progress(event)
-            if await store.events.placed_by_us(event):
-                return
-        else:
-            fresh = True
+        fresh, placed_by_us = await store.events.progress(event) if event.kind in CALL_PROGRESS else (True, False)
+        if placed_by_us:
+            return
         if is_answer(event):
             await store.events.mark_responded(event.customer, event.at)
         if event.kind is EventKind.RESPONSE_OVERDUE:
@@ -129,8 +126,12 @@ class EventProcessor:
         pipeline = await self._store.pipelines.get(trigger.pipeline)
         if pipeline is None:
             return
-        for item in items:
-            if item.card.pipeline != trigger.pipeline:
+        for index, item in enumerate(items):
+            # Checked first on the card as last seen, to skip the transaction when it cannot
+            # move (the usual case for repeat events); the transaction checks again.
+            if item.card.pipeline != trigger.pipeline or not may_move(
+                pipeline.stages, item.stage, trigger.target_stage, trigger.allow_back
+            ):
                 continue
             move = Move(
                 item_id=item.id,
@@ -142,9 +143,15 @@ class EventProcessor:
                 identity=identity(event),
                 cause=event.kind.value,
             )
-            left = await self._store.items.move(move, may_move)
-            if left is not None:
-                log.info("moved item=%s from=%s to=%s trigger=%s", item.id, left, trigger.target_stage, trigger.id)
+            outcome = await self._store.items.move(move, may_move)
+            if outcome is None:
+                continue
+            # The next trigger of this event sees the stage this one left the item in.
+            items[index], moved = outcome
+            if moved:
+                log.info(
+                    "moved item=%s from=%s to=%s trigger=%s", item.id, item.stage, trigger.target_stage, trigger.id
+                )
 
     async def _overdue(self, event: Event) -> None:
         """A timer came due: fire its trigger unless we answered the customer meanwhile."""

@@ -6,6 +6,7 @@ Classification follows providers.md sections 1-2: an inbound call is missed when
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -175,6 +176,7 @@ def dial_twiml(forward_to: Sequence[str], action_url: str, timeout: int = 20) ->
     return str(response)
 
 
+@functools.cache
 def empty_twiml() -> str:
     """Acknowledge a webhook without doing anything (SMS with no auto-reply, status callbacks)."""
     return str(MessagingResponse())

@@ -15,7 +15,7 @@ from config.triggers import Trigger
 from gateway.keys import Keys
 from gateway.store.events import Events
 from gateway.store.items import Items
-from gateway.store.records import Records
+from gateway.store.records import Records, Snapshots
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,16 @@ class Store:
     triggers: Records[Trigger]
 
     @classmethod
-    def open(cls, redis: Redis, settings: Settings) -> Store:
+    def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
+        """A store on ``redis``; stores of one process share ``snapshots`` of admin records."""
         keys = Keys(settings.key_prefix)
         return cls(
             redis=redis,
             keys=keys,
-            providers=Records(redis, keys.providers, Provider),
-            lines=Records(redis, keys.lines, Line),
-            pipelines=Records(redis, keys.pipelines, Pipeline),
+            providers=Records(redis, keys.providers, Provider, snapshots),
+            lines=Records(redis, keys.lines, Line, snapshots),
+            pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
             items=Items(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
             events=Events(redis, keys, settings.dedup_ttl_seconds),
-            triggers=Records(redis, keys.triggers, Trigger),
+            triggers=Records(redis, keys.triggers, Trigger, snapshots),
         )

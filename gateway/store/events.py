@@ -20,14 +20,14 @@ for i = 2, #KEYS do redis.call('SET', KEYS[i], id, 'EX', ARGV[1]) end
 return id
 """
 
-# Returns the rank the call had; the status only moves forward.
+# Returns the rank the call had and whether a job placed it; the status only moves forward.
 _PROGRESS = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
 if tonumber(ARGV[1]) >= current then
   redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'status', ARGV[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return current
+return {current, redis.call('HEXISTS', KEYS[1], 'job')}
 """
 
 # Due timers move into the events stream in one step, so a timer fires exactly once
@@ -67,15 +67,13 @@ class Events:
         stream = self._keys.stream(EVENTS_STREAM)
         return bool(await self._accept(keys=[stream, *dedup], args=[self._dedup_ttl, event.to_json()]))
 
-    async def progress(self, event: Event) -> bool:
-        """Record how far the call got; False when ``event`` is behind what we already saw."""
+    async def progress(self, event: Event) -> tuple[bool, bool]:
+        """Record how far the call got. Returns whether ``event`` is not behind what we
+        already saw, and whether callgate placed the call itself (a job's call)."""
         rank = CALL_PROGRESS[event.kind]
         key = self._keys.call(event.provider, event.ref)
-        previous = int(await self._progress(keys=[key], args=[rank, event.status or event.kind.value, _CALL_TTL]))
-        return rank >= previous
-
-    async def placed_by_us(self, event: Event) -> bool:
-        return bool(await self._redis.hexists(self._keys.call(event.provider, event.ref), "job"))
+        previous, placed = await self._progress(keys=[key], args=[rank, event.status or event.kind.value, _CALL_TTL])
+        return rank >= int(previous), bool(placed)
 
     async def mark_responded(self, customer: str, at: float) -> None:
         # GT keeps the latest answer when callbacks arrive out of order.

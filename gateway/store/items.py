@@ -172,25 +172,29 @@ class Items:
         args: list[str | int] = [self._effect_ttl, entry, self._timeline_max]
         return bool(await self._record_once(keys=[effect, self._keys.timeline(item_id)], args=args))
 
-    async def move(self, move: Move, decide: Callable[[list[str], str, str, bool], bool]) -> str | None:
-        """Apply a trigger's move once per (event, trigger, item); returns the stage left, if moved.
+    async def move(self, move: Move, decide: Callable[[list[str], str, str, bool], bool]) -> tuple[Item, bool] | None:
+        """Apply a trigger's move once per (event, trigger, item).
 
-        The effect marker is written in the same transaction as the stage, so a crash
-        leaves either both or neither, and re-processing the event moves nothing twice.
+        Returns the item as it stands afterwards and whether this call moved it (None when
+        the item is gone). The effect marker is written in the same transaction as the
+        stage, so a crash leaves either both or neither, and re-processing the event moves
+        nothing twice.
         """
         key = self._keys.item(move.item_id)
         effect = self._keys.effect(f"move:{move.identity}:{move.trigger_id}:{move.item_id}")
 
-        async def body(pipe: Pipeline) -> str | None:
+        async def body(pipe: Pipeline) -> tuple[Item, bool] | None:
             raw = await pipe.get(key)
             done = await pipe.exists(effect)
             pipe.multi()  # type: ignore[no-untyped-call]
-            if done or not raw:
+            if not raw:
                 return None
             item = Item.from_json(raw)
+            if done:
+                return item, False
             pipe.set(effect, "1", ex=self._effect_ttl)
             if not decide(move.stages, item.stage, move.target, move.allow_back):
-                return None
+                return item, False
             act_as = move.act_as or item.card.responsible
             moved = Item(item.id, item.card.model_copy(update={"stage": move.target}), item.created_at, now_iso())
             pipe.set(key, moved.to_json())
@@ -202,7 +206,7 @@ class Items:
                 "cause": move.cause,
             }
             self.append(pipe, item.id, timeline_entry("item.stage_changed", change))
-            return item.stage
+            return moved, True
 
         return await self._watched([key, effect], body)
 

@@ -1,45 +1,74 @@
 """Admin records (providers, lines, pipelines, triggers): one Redis hash per kind.
 
-They are few and read on every webhook, so each kind is one hash of JSON values that is
-read with one HGET or HGETALL.
+They are few, rarely written and read on every webhook and event, so each process keeps
+them parsed in memory for ``SNAPSHOT_SECONDS``: a write through this process is seen at
+once, a write through another process within that time.
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import time
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 M = TypeVar("M", bound=BaseModel)
 
+SNAPSHOT_SECONDS = 1.0
+
+
+class Snapshots:
+    """Parsed records per hash, shared by every store of one process (API and workers)."""
+
+    def __init__(self, ttl: float = SNAPSHOT_SECONDS) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry = self._entries.get(key)
+        return entry[1] if entry and entry[0] > time.monotonic() else None
+
+    def put(self, key: str, records: dict[str, Any]) -> None:
+        self._entries[key] = (time.monotonic() + self._ttl, records)
+
+    def drop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
 
 class Records(Generic[M]):
-    def __init__(self, redis: Redis, key: str, model: type[M]) -> None:
+    def __init__(self, redis: Redis, key: str, model: type[M], snapshots: Snapshots) -> None:
         self._redis = redis
         self._key = key
         self._model = model
+        self._snapshots = snapshots
+
+    async def _snapshot(self) -> dict[str, M]:
+        cached = self._snapshots.get(self._key)
+        if cached is None:
+            raw = await self._redis.hgetall(self._key)
+            cached = {str(name): self._model.model_validate_json(value) for name, value in raw.items()}
+            self._snapshots.put(self._key, cached)
+        return cached
 
     async def put(self, name: str, record: M) -> bool:
         """Store ``record`` under ``name``; True when it is new."""
-        return bool(await self._redis.hset(self._key, name, record.model_dump_json()))
+        created = bool(await self._redis.hset(self._key, name, record.model_dump_json()))
+        self._snapshots.drop(self._key)
+        return created
 
     async def get(self, name: str) -> M | None:
-        raw = await self._redis.hget(self._key, name)
-        return None if raw is None else self._model.model_validate_json(raw)
+        return (await self._snapshot()).get(name)
 
     async def first(self, names: list[str]) -> tuple[str, M] | None:
-        """The first of ``names`` that is stored, with its record, in one round trip."""
-        if not names:
-            return None
-        for name, raw in zip(names, await self._redis.hmget(self._key, names), strict=True):
-            if raw is not None:
-                return name, self._model.model_validate_json(raw)
-        return None
+        """The first of ``names`` that is stored, with its record."""
+        records = await self._snapshot()
+        return next(((name, records[name]) for name in names if name in records), None)
 
     async def all(self) -> dict[str, M]:
-        raw = await self._redis.hgetall(self._key)
-        return {str(name): self._model.model_validate_json(value) for name, value in sorted(raw.items())}
+        return dict(sorted((await self._snapshot()).items()))
 
     async def delete(self, name: str) -> bool:
-        return bool(await self._redis.hdel(self._key, name))
+        deleted = bool(await self._redis.hdel(self._key, name))
+        self._snapshots.drop(self._key)
+        return deleted

@@ -230,3 +230,18 @@ async def test_idempotency_token_dedupes_retries(client: Client, redis: Redis, p
     await _settle(client, 1)
     assert timeline_types(await item(client)).count("sms.incoming") == 1
     assert await redis.exists(f"{prefix}dedup:token:tw:{token}")
+
+
+async def test_triggers_of_one_event_apply_in_order_each_on_the_last_stage(client: Client) -> None:
+    await configure(client)
+    await add_item(client, stage="CONTACTED")
+    await add_trigger(client, event="call.missed", target_stage="NEW", allow_back=True)
+    await add_trigger(client, event="call.missed", target_stage="CALL_BACK")
+    assert (await twilio_post(client, "/webhooks/twilio/voice/status", MISSED)).status == 200
+
+    async def moved_twice() -> bool:
+        return len(await _moves(client)) == 2
+
+    await eventually(moved_twice)
+    assert [(m["from"], m["to"]) for m in await _moves(client)] == [("CONTACTED", "NEW"), ("NEW", "CALL_BACK")]
+    assert await stage_of(client) == "CALL_BACK"
