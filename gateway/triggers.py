@@ -80,7 +80,7 @@ class EventProcessor:
         for trigger in triggers:
             if trigger.event is TriggerEvent.RESPONSE_OVERDUE:
                 if event.kind.value in AWAITING_ANSWER and trigger.line in (None, event.line):
-                    await store.events.arm(event.at + (trigger.seconds or 0), overdue_event(trigger, event))
+                    await store.events.arm(overdue_event(trigger, event))
             elif trigger_matches(trigger, event.kind.value, event.line, event.text):
                 await self._fire(trigger, event, items)
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from config.lines import Line, Provider, ProviderKind
+from config.lines import Line, ProviderKind
 from config.phones import normalize
 from gateway.api.routing import Endpoint
 from gateway.appkeys import SETTINGS, STORE
@@ -59,7 +59,7 @@ async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tup
     return dict(pairs), pairs
 
 
-async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Line, Provider]:
+async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], Line]:
     """The form, and the line and provider it is for, once its signature checks out."""
     fields, signed = await _twilio_fields(request)
     store = request.app[STORE]
@@ -77,11 +77,11 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Li
     signature = request.headers.get("X-Twilio-Signature")
     if not verify_twilio(url, signed, signature, provider.credentials["auth_token"]):
         raise Forbidden("X-Twilio-Signature does not match", code="bad_signature")
-    return fields, number, line, provider
+    return fields, line
 
 
 async def _twilio_event(request: web.Request, parse: Parser) -> tuple[Event | None, Line]:
-    fields, _, line, _ = await _twilio_line(request)
+    fields, line = await _twilio_line(request)
     try:
         event = parse(fields, line.provider, time.time())
     except MalformedWebhook as exc:

@@ -83,9 +83,9 @@ class Events:
         score = await self._redis.zscore(self._keys.responded, customer)
         return score is not None and score > since
 
-    async def arm(self, due: float, event: Event) -> None:
-        """Schedule ``event`` (a ``response.overdue``) for ``due``; arming twice is harmless."""
-        await self._redis.zadd(self._keys.timers, {event.to_json(): due})
+    async def arm(self, timer: Event) -> None:
+        """Schedule ``timer`` (a ``response.overdue``) for its ``at``; arming twice is harmless."""
+        await self._redis.zadd(self._keys.timers, {timer.to_json(): timer.at})
 
     async def fire_due(self, now: float, limit: int = 100) -> int:
         stream = self._keys.stream(EVENTS_STREAM)
