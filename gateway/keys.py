@@ -54,6 +54,11 @@ class Keys:
         """Entries of ``stream(name)`` that failed ``max_deliveries`` times, with their error."""
         return f"{self.prefix}stream:{name}:dead"
 
+    def errors(self, name: str) -> str:
+        """Hash: entry id of ``stream(name)`` -> its last processing error, kept while the
+        entry is pending so the dead letter can say why it failed."""
+        return f"{self.prefix}stream:{name}:errors"
+
     def dedup(self, identity: str) -> str:
         """Set when a provider delivery is stored; its retries find it and add nothing.
 

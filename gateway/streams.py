@@ -83,7 +83,7 @@ class StreamConsumer:
         self._on_outcome = on_outcome
         self._stream = keys.stream(config.name)
         self._dead = keys.dead(config.name)
-        self._errors = f"{self._stream}:errors"
+        self._errors = keys.errors(config.name)
         self._group = config.name
 
     async def ensure_group(self) -> None:
@@ -183,10 +183,8 @@ class StreamConsumer:
         for entry in entries:
             try:
                 await self._process(entry)
-            except asyncio.CancelledError:
-                raise
             except UNAVAILABLE:
-                raise
+                raise  # not the entry's fault: leave it pending and let run() wait Redis out
             except Exception as exc:
                 log.exception("stream=%s entry=%s failed", self._config.name, entry.id)
                 await self._redis.hset(self._errors, entry.id, f"{type(exc).__name__}: {exc}")

@@ -143,7 +143,7 @@ class EventProcessor:
                 identity=identity(event),
                 cause=event.kind.value,
             )
-            outcome = await self._store.items.move(move, may_move)
+            outcome = await self._store.items.move(move)
             if outcome is None:
                 continue
             # The next trigger of this event sees the stage this one left the item in.

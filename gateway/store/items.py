@@ -13,6 +13,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
 from config.cards import Card
+from config.triggers import may_move
 from gateway.keys import Keys
 
 T = TypeVar("T")
@@ -117,12 +118,20 @@ class Items:
         pipe.rpush(key, entry)
         pipe.ltrim(key, -self._timeline_max, -1)
 
-    async def put(self, item_id: str, card: Card) -> tuple[Item, bool]:
-        """Create or replace the card; returns it and whether it is new.
+    def _save(self, pipe: Pipeline, item: Item, old: Item | None) -> None:
+        """Queue the card and the phone index changes it makes against ``old``.
 
-        The phone index gains the card's new numbers and loses the ones it dropped in the
-        same transaction, so a lookup by number never finds a stale card.
+        In the card's transaction, so a lookup by number never finds a stale card.
         """
+        old_numbers = old.card.numbers() if old else set()
+        pipe.set(self._keys.item(item.id), item.to_json())
+        for number in old_numbers - item.card.numbers():
+            pipe.srem(self._keys.phone(number), item.id)
+        for number in item.card.numbers() - old_numbers:
+            pipe.sadd(self._keys.phone(number), item.id)
+
+    async def put(self, item_id: str, card: Card) -> tuple[Item, bool]:
+        """Create or replace the card; returns it and whether it is new."""
         key = self._keys.item(item_id)
 
         async def body(pipe: Pipeline) -> tuple[Item, bool]:
@@ -130,13 +139,8 @@ class Items:
             old = Item.from_json(raw) if raw else None
             stamp = now_iso()
             item = Item(item_id, card, old.created_at if old else stamp, stamp)
-            old_numbers = old.card.numbers() if old else set()
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            pipe.set(key, item.to_json())
-            for number in old_numbers - card.numbers():
-                pipe.srem(self._keys.phone(number), item_id)
-            for number in card.numbers() - old_numbers:
-                pipe.sadd(self._keys.phone(number), item_id)
+            self._save(pipe, item, old)
             if old is None:
                 self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage}))
             elif old.stage != card.stage or old.card.pipeline != card.pipeline:
@@ -158,9 +162,7 @@ class Items:
             stamp = now_iso()
             item = Item(item_id, card, stamp, stamp)
             pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.set(key, item.to_json())
-            for number in card.numbers():
-                pipe.sadd(self._keys.phone(number), item_id)
+            self._save(pipe, item, None)
             self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage, **data}))
             return item
 
@@ -172,7 +174,7 @@ class Items:
         args: list[str | int] = [self._effect_ttl, entry, self._timeline_max]
         return bool(await self._record_once(keys=[effect, self._keys.timeline(item_id)], args=args))
 
-    async def move(self, move: Move, decide: Callable[[list[str], str, str, bool], bool]) -> tuple[Item, bool] | None:
+    async def move(self, move: Move) -> tuple[Item, bool] | None:
         """Apply a trigger's move once per (event, trigger, item).
 
         Returns the item as it stands afterwards and whether this call moved it (None when
@@ -193,11 +195,11 @@ class Items:
             if done:
                 return item, False
             pipe.set(effect, "1", ex=self._effect_ttl)
-            if not decide(move.stages, item.stage, move.target, move.allow_back):
+            if not may_move(move.stages, item.stage, move.target, move.allow_back):
                 return item, False
             act_as = move.act_as or item.card.responsible
             moved = Item(item.id, item.card.model_copy(update={"stage": move.target}), item.created_at, now_iso())
-            pipe.set(key, moved.to_json())
+            self._save(pipe, moved, item)
             change = {
                 "from": item.stage,
                 "to": move.target,
