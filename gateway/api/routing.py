@@ -105,7 +105,7 @@ def _field_of(error: ErrorDetails, raw: bytes) -> str:
     loc = error["loc"]
     try:
         node: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return ".".join(str(part) for part in loc)
     parts: list[str] = []
     for index, part in enumerate(loc):
