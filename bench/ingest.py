@@ -98,7 +98,8 @@ def floor_app(redis_url: str, stream: str, token: str, public_url: str) -> web.A
     async def consume(redis: Redis) -> None:
         name = f"floor-{os.getpid()}"
         while True:
-            reply = await redis.xreadgroup(GROUP, name, {stream: ">"}, count=64, block=1000)
+            # redis-py types this reply as a union of every protocol's shape; RESP2 gives lists.
+            reply: Any = await redis.xreadgroup(GROUP, name, {stream: ">"}, count=64, block=1000)
             ids = [entry_id for _, entries in reply or [] for entry_id, _ in entries]
             if ids:
                 await redis.xack(stream, GROUP, *ids)
