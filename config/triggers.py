@@ -5,23 +5,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, model_validator
 
 from config.lines import Label, Name, Strict
 from config.phones import E164
-
-
-class TriggerEvent(StrEnum):
-    CALL_INCOMING = "call.incoming"
-    CALL_OUTGOING = "call.outgoing"
-    CALL_MISSED = "call.missed"
-    SMS_INCOMING = "sms.incoming"
-    CALLBACK_REQUESTED = "callback.requested"
-    RESPONSE_OVERDUE = "response.overdue"
-
+from config.vocabulary import TriggerEvent
 
 Keyword = Annotated[str, Field(min_length=1, max_length=100)]
 
@@ -51,12 +41,6 @@ class TriggerSpec(Strict):
 class Trigger(TriggerSpec):
     id: str
     created_at: float
-
-
-# Events after which an unanswered customer is waiting on us (response.overdue arms a timer),
-# and events that count as our answer (they void the timers armed before them).
-AWAITING_ANSWER = frozenset({"call.missed", "sms.incoming"})
-ANSWERS = frozenset({"call.outgoing", "call.answered", "sms.status"})
 
 
 def _words(text: str) -> list[str]:

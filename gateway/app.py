@@ -13,10 +13,10 @@ from gateway.api.automation import ENDPOINTS_AUTOMATION
 from gateway.api.crm import ENDPOINTS_CRM
 from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
-from gateway.api.routing import TOKENS, Tokens, add_endpoints
-from gateway.appkeys import REDIS_URL, SETTINGS, SNAPSHOTS, STORE
+from gateway.api.routing import Tokens, add_endpoints
+from gateway.appkeys import METRICS, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS
 from gateway.errors import error_middleware
-from gateway.metrics import METRICS, Metrics, metrics_middleware
+from gateway.metrics import Metrics, metrics_middleware
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedis

@@ -1,6 +1,8 @@
-"""The typed keys under which the app keeps its resources."""
+"""The typed keys under which the app keeps its resources, all of them in one place."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -8,7 +10,14 @@ from config.settings import Settings
 from gateway.store import Store
 from gateway.store.records import Snapshots
 
+if TYPE_CHECKING:  # these modules read their key from here
+    from gateway.api.routing import Endpoint, Tokens
+    from gateway.metrics import Metrics
+
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 REDIS_URL = web.AppKey("redis_url", str)
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
+TOKENS: web.AppKey[Tokens] = web.AppKey("tokens")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from gateway.appkeys import METRICS
 from gateway.errors import Handler
 
 
@@ -41,9 +42,6 @@ class Metrics:
             ["stream", "outcome"],
             registry=self.registry,
         )
-
-
-METRICS = web.AppKey("metrics", Metrics)
 
 
 def _route(request: web.Request) -> str:

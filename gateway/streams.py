@@ -198,10 +198,3 @@ class StreamConsumer:
                 pipe.xdel(self._stream, *done)
                 pipe.hdel(self._errors, *done)
                 await pipe.execute()
-
-
-async def dead_letters(redis: Redis, keys: Keys, stream: str, count: int = 100) -> list[dict[str, str]]:
-    """The newest dead-lettered entries, newest first, each with ``_id`` and ``_error``."""
-    client: Any = redis
-    entries = await client.xrevrange(keys.dead(stream), count=count)
-    return [{"dead_id": entry_id, **fields} for entry_id, fields in entries]

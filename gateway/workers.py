@@ -9,12 +9,13 @@ import time
 from collections.abc import AsyncIterator
 
 from config.settings import Settings
+from gateway.engine.processor import EventProcessor
 from gateway.metrics import Metrics
 from gateway.store import Store
+from gateway.store.calls import RESPONDED_TTL
 from gateway.store.connection import UNAVAILABLE
-from gateway.store.events import EVENTS_STREAM
+from gateway.store.inbox import EVENTS_STREAM
 from gateway.streams import StreamConfig, StreamConsumer, consumer_name, raise_if_cancelled
-from gateway.triggers import EventProcessor
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ async def poll_timers(store: Store) -> None:
     while True:
         raise_if_cancelled()
         try:
-            await store.events.fire_due(time.time())
+            now = time.time()
+            await store.timers.fire_due(now)
+            await store.calls.forget_answers_before(now - RESPONDED_TTL)
         except UNAVAILABLE as exc:
             log.warning("timer poll: redis unavailable: %s", exc)
         except Exception:

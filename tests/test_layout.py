@@ -109,3 +109,10 @@ def test_the_server_detector() -> None:
     assert is_aiohttp_server("aiohttp.test_utils")
     assert not is_aiohttp_server("aiohttp")
     assert not is_aiohttp_server("aiohttp.ClientSession")
+
+
+@pytest.mark.parametrize("path", [p for p in ALL if relative(p).startswith("gateway/api/")], ids=relative)
+def test_handlers_never_touch_the_redis_client(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    touches = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "redis"]
+    assert touches == [], f"{relative(path)} uses .redis on lines {touches}: call the store's aggregates"

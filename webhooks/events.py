@@ -8,30 +8,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-
-class EventKind(StrEnum):
-    CALL_INCOMING = "call.incoming"
-    CALL_OUTGOING = "call.outgoing"
-    CALL_MISSED = "call.missed"
-    CALL_ANSWERED = "call.answered"
-    CALL_COMPLETED = "call.completed"
-    SMS_INCOMING = "sms.incoming"
-    SMS_STATUS = "sms.status"
-    CALLBACK_REQUESTED = "callback.requested"
-    RESPONSE_OVERDUE = "response.overdue"
-
-
-# How far a call has progressed; a callback that ranks below what a call already reached
-# arrived out of order and must not move the call (or its job) backwards.
-CALL_PROGRESS: dict[EventKind, int] = {
-    EventKind.CALL_INCOMING: 1,
-    EventKind.CALL_OUTGOING: 1,
-    EventKind.CALL_ANSWERED: 2,
-    EventKind.CALL_MISSED: 3,
-    EventKind.CALL_COMPLETED: 3,
-}
+from config.vocabulary import EventKind
 
 
 @dataclass(frozen=True)
@@ -56,6 +34,12 @@ class Event:
     direction: str = ""
     sequence: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """What makes two events the same for their effects: a call's missed fires once even
+        when both the Dial action and the call's own status callback report it."""
+        return f"{self.kind.value}:{self.provider}:{self.ref}"
 
     def to_json(self) -> str:
         # vars(), not asdict(): no deep copy on the webhook hot path (extra is flat str->str).

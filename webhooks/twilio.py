@@ -14,8 +14,9 @@ from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
 from config.phones import normalize
+from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
-from webhooks.events import Event, EventKind
+from webhooks.events import Event
 
 _NOT_REACHED = ("no-answer", "busy", "failed", "canceled")
 

@@ -11,8 +11,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from config.phones import normalize
+from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
-from webhooks.events import Event, EventKind
+from webhooks.events import Event
 
 # ":" separates the parts of the dedup key, so a call id must not contain one.
 _CallId = Annotated[str, StringConstraints(pattern=r"^[!-9;-~]{1,128}$")]

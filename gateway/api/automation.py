@@ -11,13 +11,13 @@ from aiohttp import web
 from config.lines import Label, Strict
 from config.phones import E164
 from config.triggers import Trigger, TriggerSpec
+from config.vocabulary import EventKind
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import STORE
 from gateway.errors import Invalid, NotFound
-from gateway.store.events import EVENTS_STREAM
-from gateway.streams import dead_letters
-from webhooks.events import Event, EventKind
+from gateway.store.inbox import EVENTS_STREAM
+from webhooks.events import Event
 
 
 class CallbackRequest(Strict):
@@ -70,7 +70,7 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
         at=time.time(),
         extra={"name": body.name} if body.name else {},
     )
-    new = await store.events.accept(event)
+    new = await store.inbox.accept(event)
     return web.json_response({"id": key, "status": "accepted" if new else "duplicate"}, status=202)
 
 
@@ -79,7 +79,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     stream = request.query.get("stream", EVENTS_STREAM)
     if stream != EVENTS_STREAM:
         raise Invalid("stream", f"stream: one of {EVENTS_STREAM}")
-    return web.json_response({"stream": stream, "entries": await dead_letters(store.redis, store.keys, stream)})
+    return web.json_response({"stream": stream, "entries": await store.dead_letters.newest(stream)})
 
 
 _ADMIN, _API = Scope.ADMIN, Scope.API

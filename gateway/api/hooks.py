@@ -15,12 +15,12 @@ from aiohttp import web
 
 from config.lines import Line, ProviderKind
 from config.phones import normalize
+from config.vocabulary import EventKind
 from gateway.api.routing import Endpoint
-from gateway.appkeys import SETTINGS, STORE
+from gateway.appkeys import METRICS, SETTINGS, STORE
 from gateway.errors import ApiError, Forbidden
-from gateway.metrics import METRICS
 from webhooks.errors import MalformedWebhook
-from webhooks.events import Event, EventKind
+from webhooks.events import Event
 from webhooks.signatures import (
     VOXIMPLANT_SIGNATURE_HEADER,
     VOXIMPLANT_TIMESTAMP_HEADER,
@@ -38,7 +38,7 @@ Parser = Callable[[Mapping[str, str], str, float], Event | None]
 
 
 async def _accept(request: web.Request, event: Event, token: str | None = None) -> None:
-    new = await request.app[STORE].events.accept(event, token)
+    new = await request.app[STORE].inbox.accept(event, token)
     request.app[METRICS].events.labels(event.kind.value, "accepted" if new else "duplicate").inc()
 
 

@@ -8,9 +8,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api.openapi import build_openapi
-from gateway.api.routing import ENDPOINTS, Endpoint
-from gateway.appkeys import STORE
-from gateway.metrics import METRICS
+from gateway.api.routing import Endpoint
+from gateway.appkeys import ENDPOINTS, METRICS, STORE
 from gateway.store.connection import UNAVAILABLE
 
 
@@ -27,7 +26,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        await request.app[STORE].redis.ping()
+        await request.app[STORE].ping()
     except UNAVAILABLE:
         return web.json_response({"error": {"code": "unavailable", "message": "redis is not answering"}}, status=503)
     return web.json_response({"status": "ready"})

@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
+from gateway.appkeys import ENDPOINTS, TOKENS
 from gateway.errors import ApiError, Forbidden
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -40,9 +41,6 @@ class Tokens:
         is_admin = hmac.compare_digest(given, self.admin.encode())
         is_api = hmac.compare_digest(given, self.api.encode())
         return Scope.ADMIN if is_admin else Scope.API if is_api else None
-
-
-TOKENS = web.AppKey("tokens", Tokens)
 
 
 @dataclass(frozen=True)
@@ -144,9 +142,6 @@ def _bind(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
 
     handle.__name__ = endpoint.handler.__name__
     return handle
-
-
-ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints", list)
 
 
 def add_endpoints(app: web.Application, endpoints: Sequence[Endpoint]) -> None:

@@ -13,21 +13,28 @@ from config.lines import Line, Pipeline, Provider
 from config.settings import Settings
 from config.triggers import Trigger
 from gateway.keys import Keys
-from gateway.store.events import Events
+from gateway.store.calls import Calls
+from gateway.store.dead_letters import DeadLetters
+from gateway.store.inbox import Inbox
 from gateway.store.items import Items
 from gateway.store.records import Records, Snapshots
+from gateway.store.timers import Timers
 
 
 @dataclass(frozen=True)
 class Store:
+    # The client is for the stream consumers (gateway.streams); handlers use the aggregates.
     redis: Redis
     keys: Keys
     providers: Records[Provider]
     lines: Records[Line]
     pipelines: Records[Pipeline]
     items: Items
-    events: Events
+    inbox: Inbox
+    calls: Calls
+    timers: Timers
     triggers: Records[Trigger]
+    dead_letters: DeadLetters
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -40,6 +47,13 @@ class Store:
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
             items=Items(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
-            events=Events(redis, keys, settings.dedup_ttl_seconds),
+            inbox=Inbox(redis, keys, settings.dedup_ttl_seconds),
+            calls=Calls(redis, keys),
+            timers=Timers(redis, keys),
             triggers=Records(redis, keys.triggers, Trigger, snapshots),
+            dead_letters=DeadLetters(redis, keys),
         )
+
+    async def ping(self) -> None:
+        """Raise one of ``connection.UNAVAILABLE`` unless Redis answers."""
+        await self.redis.ping()

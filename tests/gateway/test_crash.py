@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
-from gateway.store.events import EVENTS_STREAM
+from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, ClientFactory
 from tests.support import add_item, add_trigger, call_form, configure, eventually, twilio_post
 

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestServer
 from pydantic import BaseModel
 
 from config.settings import Settings
-from gateway.api.routing import ENDPOINTS
 from gateway.app import StartupError, create_app
+from gateway.appkeys import ENDPOINTS
 from tests.conftest import ADMIN, API, Client, ClientFactory
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.api.routing import ENDPOINTS
+from gateway.appkeys import ENDPOINTS
 from tests.conftest import ADMIN, Client
 from tests.support import configure
 

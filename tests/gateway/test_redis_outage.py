@@ -16,7 +16,7 @@ from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.embedded import EmbeddedRedis
-from gateway.store.events import EVENTS_STREAM
+from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import ClientFactory
 from tests.support import (
     add_item,

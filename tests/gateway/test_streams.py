@@ -15,7 +15,7 @@ from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.connection import connect
-from gateway.store.events import EVENTS_STREAM
+from gateway.store.inbox import EVENTS_STREAM
 from gateway.streams import Entry, Processor, StreamConfig, StreamConsumer
 from tests.conftest import ADMIN, API, ClientFactory
 from tests.support import eventually

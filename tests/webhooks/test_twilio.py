@@ -3,8 +3,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
+from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
-from webhooks.events import Event, EventKind
+from webhooks.events import Event
 from webhooks.twilio import (
     dial_twiml,
     empty_twiml,

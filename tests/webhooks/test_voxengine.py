@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from webhooks.events import Event, EventKind
+from config.vocabulary import EventKind
+from webhooks.events import Event
 from webhooks.signatures import verify_voximplant
 from webhooks.voximplant import parse_voximplant
 

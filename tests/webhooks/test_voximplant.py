@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
-from webhooks.events import Event, EventKind
+from webhooks.events import Event
 from webhooks.voximplant import parse_voximplant
 
 GOOD = {

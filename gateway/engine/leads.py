@@ -1,0 +1,47 @@
+"""The items an event is about: found by the customer's number, or a lead created for it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from config.cards import Card, Party, Phone
+from config.lines import Line
+from config.vocabulary import LEAD_KINDS
+from gateway.store import Store
+from gateway.store.items import Item
+from webhooks.events import Event
+
+log = logging.getLogger(__name__)
+
+
+def lead_id(customer: str) -> str:
+    """Deterministic, so an event processed twice finds the lead its first run created."""
+    return "lead-" + hashlib.sha256(customer.encode()).hexdigest()[:16]
+
+
+class Leads:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def items_for(self, event: Event) -> list[Item]:
+        items = await self._store.items.by_phone(event.customer)
+        if items or event.kind not in LEAD_KINDS or not event.customer.startswith("+"):
+            return items
+        line = await self._store.lines.get(event.line) if event.line else None
+        if line is None or line.lead is None:
+            return items
+        return [await self._create(line, event)]
+
+    async def _create(self, line: Line, event: Event) -> Item:
+        assert line.lead is not None
+        contact = Party(name=event.extra.get("name", ""), phones=[Phone(value=event.customer)])
+        card = Card(
+            pipeline=line.lead.pipeline,
+            stage=line.lead.stage,
+            fields={"phone": event.customer, "source": event.kind.value, "line": event.line},
+            contacts=[contact],
+        )
+        item = await self._store.items.create_if_absent(lead_id(event.customer), card, {"source": event.kind.value})
+        log.info("lead item=%s customer=%s line=%s", item.id, event.customer, event.line)
+        return item

@@ -1,0 +1,32 @@
+"""The event as an entry on the timeline of each item it is about, once."""
+
+from __future__ import annotations
+
+from gateway.store import Store
+from gateway.store.items import Item, timeline_entry
+from webhooks.events import Event
+
+
+def entry_of(event: Event) -> str:
+    data: dict[str, object] = {
+        "line": event.line,
+        "customer": event.customer,
+        "provider": event.provider,
+        "ref": event.ref,
+    }
+    if event.status:
+        data["status"] = event.status
+    if event.text:
+        data["text"] = event.text
+    data.update(event.extra)
+    return timeline_entry(event.kind.value, data, event.at)
+
+
+class Timeline:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def record(self, event: Event, items: list[Item]) -> None:
+        entry = entry_of(event)
+        for item in items:
+            await self._store.items.record(item.id, event.identity, entry)

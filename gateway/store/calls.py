@@ -1,0 +1,49 @@
+"""Calls and answers: how far each provider call got, and when we last reached a customer."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from config.vocabulary import CALL_PROGRESS
+from gateway.keys import Keys
+from webhooks.events import Event
+
+# Returns the rank the call had and whether a job placed it; the status only moves forward.
+_PROGRESS = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
+if tonumber(ARGV[1]) >= current then
+  redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'status', ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {current, redis.call('HEXISTS', KEYS[1], 'job')}
+"""
+
+_CALL_TTL = 2 * 24 * 3600
+# An answer older than the longest overdue delay can no longer void a timer.
+RESPONDED_TTL = 31 * 24 * 3600
+
+
+class Calls:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._progress = redis.register_script(_PROGRESS)
+
+    async def progress(self, event: Event) -> tuple[bool, bool]:
+        """Record how far the call got. Returns whether ``event`` is not behind what we
+        already saw, and whether callgate placed the call itself (a job's call)."""
+        rank = CALL_PROGRESS[event.kind]
+        key = self._keys.call(event.provider, event.ref)
+        previous, placed = await self._progress(keys=[key], args=[rank, event.status or event.kind.value, _CALL_TTL])
+        return rank >= int(previous), bool(placed)
+
+    async def mark_responded(self, customer: str, at: float) -> None:
+        # GT keeps the latest answer when callbacks arrive out of order.
+        await self._redis.zadd(self._keys.responded, {customer: at}, gt=True)
+
+    async def responded_since(self, customer: str, since: float) -> bool:
+        score = await self._redis.zscore(self._keys.responded, customer)
+        return score is not None and score > since
+
+    async def forget_answers_before(self, moment: float) -> None:
+        await self._redis.zremrangebyscore(self._keys.responded, "-inf", moment)
