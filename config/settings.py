@@ -101,6 +101,7 @@ class Settings:
     max_deliveries: int = 5
     timeline_max: int = 1000
     dedup_ttl_seconds: int = 7 * 24 * 3600
+    feed_max: int = 10000
     log_level: str = "INFO"
 
     @property
@@ -125,6 +126,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_deliveries": _positive,
     "timeline_max": _positive,
     "dedup_ttl_seconds": _positive,
+    "feed_max": _positive,
     "log_level": _log_level,
 }
 

@@ -11,6 +11,7 @@ from config.settings import Settings
 from gateway.api.admin import ENDPOINTS_ADMIN
 from gateway.api.automation import ENDPOINTS_AUTOMATION
 from gateway.api.crm import ENDPOINTS_CRM
+from gateway.api.feed import ENDPOINTS_FEED
 from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.routing import Tokens, add_endpoints
@@ -74,7 +75,10 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     app[TOKENS] = Tokens(admin=str(settings.admin_token), api=str(settings.api_token))
     app[METRICS] = Metrics()
     app[SNAPSHOTS] = Snapshots()
-    add_endpoints(app, [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM, *ENDPOINTS_AUTOMATION, *ENDPOINTS_HOOKS])
+    add_endpoints(
+        app,
+        [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM, *ENDPOINTS_AUTOMATION, *ENDPOINTS_FEED, *ENDPOINTS_HOOKS],
+    )
     app.cleanup_ctx.append(redis_ctx)
     if workers:
         app.cleanup_ctx.append(workers_ctx)

@@ -88,6 +88,12 @@ class Keys:
         an overdue timer armed before it is void. Pruned past the longest overdue delay."""
         return f"{self.prefix}responded"
 
+    @property
+    def feed(self) -> str:
+        """Stream of what reached the gateway (accepted events, refused webhooks) for
+        ``GET /v1/events``; capped at ``feed_max`` entries, the oldest dropped."""
+        return f"{self.prefix}feed"
+
     def idempotency(self, scope: str, key: str) -> str:
         """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""
         return f"{self.prefix}idem:{scope}:{key}"

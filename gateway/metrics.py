@@ -36,6 +36,12 @@ class Metrics:
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "callgate_webhook_refusals",
+            "Webhooks refused, by provider kind and reason (the error code)",
+            ["provider", "reason"],
+            registry=self.registry,
+        )
         self.stream_entries = Counter(
             "callgate_stream_entries",
             "Stream entries processed by stream and outcome",

@@ -16,6 +16,7 @@ from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import STORE
 from gateway.errors import Invalid, NotFound
+from gateway.ingest import accept
 from gateway.store.inbox import EVENTS_STREAM
 from webhooks.events import Event
 
@@ -70,7 +71,7 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
         at=time.time(),
         extra={"name": body.name} if body.name else {},
     )
-    new = await store.inbox.accept(event)
+    new = await accept(request, event)
     return web.json_response({"id": key, "status": "accepted" if new else "duplicate"}, status=202)
 
 

@@ -6,9 +6,10 @@ the error middleware answers 503, so the provider retries instead of losing it.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from aiohttp import web
@@ -17,8 +18,9 @@ from config.lines import Line, ProviderKind
 from config.phones import normalize
 from config.vocabulary import EventKind
 from gateway.api.routing import Endpoint
-from gateway.appkeys import METRICS, SETTINGS, STORE
-from gateway.errors import ApiError, Forbidden
+from gateway.appkeys import SETTINGS, STORE
+from gateway.errors import ApiError
+from gateway.ingest import Refused, accept, refuse
 from webhooks.errors import MalformedWebhook
 from webhooks.events import Event
 from webhooks.signatures import (
@@ -35,11 +37,30 @@ DIAL_TIMEOUT_SECONDS = 20
 STATUS_PATH = "/webhooks/twilio/voice/status"
 
 Parser = Callable[[Mapping[str, str], str, float], Event | None]
+Hook = Callable[[web.Request], Awaitable[web.Response]]
+
+PUBLIC_URL_HINT = "if the provider posts to another URL (a proxy, a tunnel), set CALLGATE_PUBLIC_URL to its base"
 
 
-async def _accept(request: web.Request, event: Event, token: str | None = None) -> None:
-    new = await request.app[STORE].inbox.accept(event, token)
-    request.app[METRICS].events.labels(event.kind.value, "accepted" if new else "duplicate").inc()
+def _visible_refusals(kind: ProviderKind) -> Callable[[Hook], Hook]:
+    """Every 4xx a webhook handler raises is logged, counted and put in the feed."""
+
+    def wrap(handler: Hook) -> Hook:
+        @functools.wraps(handler)
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                return await handler(request)
+            except Refused as exc:
+                await refuse(request, exc, kind.value)
+                raise
+            except ApiError as exc:
+                refusal = Refused(exc.status, exc.code, exc.message, provider=kind.value, field=exc.field)
+                await refuse(request, refusal, kind.value)
+                raise refusal from None
+
+        return handle
+
+    return wrap
 
 
 async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tuple[str, str]] | str]:
@@ -63,20 +84,36 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], Line]:
     """The form, and the line and provider it is for, once its signature checks out."""
     fields, signed = await _twilio_fields(request)
     store = request.app[STORE]
-    found = await store.lines.first([normalize(fields[name]) for name in ("To", "From") if fields.get(name)])
+    numbers = [normalize(fields[name]) for name in ("To", "From") if fields.get(name)]
+    found = await store.lines.first(numbers)
     if found is None:
-        raise Forbidden("no line of this gateway is on this call or message", code="unknown_line")
+        shown = ", ".join(numbers) or "none"
+        raise Refused(
+            403,
+            "unknown_line",
+            f"no line of this gateway is on this call or message (To/From: {shown})",
+            provider="twilio",
+            line=numbers[0] if numbers else "",
+        )
     number, line = found
     provider = await store.providers.get(line.provider)
     if provider is None or provider.kind is not ProviderKind.TWILIO:
-        raise Forbidden(f"line {number} is not on a Twilio provider", code="unknown_line")
+        raise Refused(403, "unknown_line", f"line {number} is not on a Twilio provider", provider="twilio", line=number)
     account = provider.credentials["account_sid"]
     if fields.get("AccountSid", account) != account:
-        raise Forbidden("AccountSid does not match the line's provider", code="bad_signature")
-    url = request.app[SETTINGS].base_url + request.path_qs
+        message = f"AccountSid {fields['AccountSid']} is not the account of provider {line.provider}"
+        raise Refused(403, "wrong_account", message, provider=line.provider, line=number)
     signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        message = "X-Twilio-Signature header is missing: only Twilio's signed requests are accepted"
+        raise Refused(403, "missing_signature", message, provider=line.provider, line=number)
+    url = request.app[SETTINGS].base_url + request.path_qs
     if not verify_twilio(url, signed, signature, provider.credentials["auth_token"]):
-        raise Forbidden("X-Twilio-Signature does not match", code="bad_signature")
+        message = (
+            f"X-Twilio-Signature does not match the signature computed for {url} with the auth token of "
+            f"provider {line.provider}; {PUBLIC_URL_HINT}"
+        )
+        raise Refused(403, "bad_signature", message, provider=line.provider, line=number)
     return fields, line
 
 
@@ -85,9 +122,11 @@ async def _twilio_event(request: web.Request, parse: Parser) -> tuple[Event | No
     try:
         event = parse(fields, line.provider, time.time())
     except MalformedWebhook as exc:
-        raise ApiError(400, "malformed_webhook", exc.message, exc.field) from None
+        raise Refused(
+            400, "malformed_webhook", exc.message, provider=line.provider, line=fields.get("To", ""), field=exc.field
+        ) from None
     if event is not None:
-        await _accept(request, event, request.headers.get("I-Twilio-Idempotency-Token"))
+        await accept(request, event, request.headers.get("I-Twilio-Idempotency-Token"))
     return event, line
 
 
@@ -95,6 +134,7 @@ def _twiml(body: str) -> web.Response:
     return web.Response(text=body, content_type=TWIML)
 
 
+@_visible_refusals(ProviderKind.TWILIO)
 async def twilio_voice(request: web.Request) -> web.Response:
     """An inbound call: record it, then ring the line's agents with a Dial whose action
     reports how it ended (that report is what makes a call missed)."""
@@ -104,53 +144,61 @@ async def twilio_voice(request: web.Request) -> web.Response:
     if not agents:
         # Nobody can answer this call: it is missed now, not when a status arrives later.
         missed = replace(event, kind=EventKind.CALL_MISSED, status="no-agents", dedup=f"{event.dedup}:no-agents")
-        await _accept(request, missed)
+        await accept(request, missed)
     action = request.app[SETTINGS].base_url + STATUS_PATH
     return _twiml(dial_twiml(agents, action, DIAL_TIMEOUT_SECONDS))
 
 
+@_visible_refusals(ProviderKind.TWILIO)
 async def twilio_voice_status(request: web.Request) -> web.Response:
     await _twilio_event(request, parse_voice_status)
     return _twiml(empty_twiml())
 
 
+@_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms(request: web.Request) -> web.Response:
     await _twilio_event(request, parse_sms)
     return _twiml(empty_twiml())
 
 
+@_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms_status(request: web.Request) -> web.Response:
     await _twilio_event(request, parse_sms_status)
     return _twiml(empty_twiml())
 
 
+@_visible_refusals(ProviderKind.VOXIMPLANT)
 async def voximplant(request: web.Request) -> web.Response:
     """An event from the VoxEngine scenario callgate ships (voice/voxengine/inbound.js)."""
     name = request.match_info["provider"]
     store = request.app[STORE]
     provider = await store.providers.get(name)
     if provider is None or provider.kind is not ProviderKind.VOXIMPLANT:
-        raise Forbidden(f"no Voximplant provider named {name}", code="unknown_provider")
+        raise Refused(403, "unknown_provider", f"no Voximplant provider named {name}", provider=name)
     body = await request.read()
     settings = request.app[SETTINGS]
-    signed = verify_voximplant(
-        provider.credentials["webhook_secret"],
-        request.headers.get(VOXIMPLANT_TIMESTAMP_HEADER),
-        request.headers.get(VOXIMPLANT_SIGNATURE_HEADER),
-        body,
-        time.time(),
-        settings.webhook_tolerance_seconds,
-    )
-    if not signed:
-        raise Forbidden("X-Callgate-Signature does not match (or the timestamp is stale)", code="bad_signature")
+    stamp = request.headers.get(VOXIMPLANT_TIMESTAMP_HEADER)
+    signature = request.headers.get(VOXIMPLANT_SIGNATURE_HEADER)
+    if not stamp or not signature:
+        message = f"{VOXIMPLANT_TIMESTAMP_HEADER} and {VOXIMPLANT_SIGNATURE_HEADER} are required: use callgate's VoxEngine scenario"
+        raise Refused(403, "missing_signature", message, provider=name)
+    tolerance = settings.webhook_tolerance_seconds
+    if not verify_voximplant(provider.credentials["webhook_secret"], stamp, signature, body, time.time(), tolerance):
+        message = (
+            f"{VOXIMPLANT_SIGNATURE_HEADER} does not match the body signed with provider {name}'s webhook_secret, "
+            f"or {VOXIMPLANT_TIMESTAMP_HEADER} is more than {tolerance} s off this server's clock"
+        )
+        raise Refused(403, "bad_signature", message, provider=name)
     try:
         event = parse_voximplant(body, name)
     except MalformedWebhook as exc:
-        raise ApiError(400, "malformed_webhook", exc.message, exc.field) from None
+        raise Refused(400, "malformed_webhook", exc.message, provider=name, field=exc.field) from None
     line = await store.lines.get(event.line)
     if line is None or line.provider != name:
-        raise Forbidden(f"{event.line} is not a line of provider {name}", code="unknown_line")
-    await _accept(request, event)
+        raise Refused(
+            403, "unknown_line", f"{event.line} is not a line of provider {name}", provider=name, line=event.line
+        )
+    await accept(request, event)
     if event.kind is EventKind.CALL_INCOMING:
         agents = line.forward_to if line.voice else []
         return web.json_response({"forward_to": agents, "timeout": DIAL_TIMEOUT_SECONDS})

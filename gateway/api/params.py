@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -37,3 +38,36 @@ def phone(value: str | None, field: str) -> str:
         return to_e164(value)
     except InvalidPhone as exc:
         raise Invalid(field, f"{field}: {exc}") from None
+
+
+def optional_phone(request: web.Request, key: str) -> str | None:
+    value = request.query.get(key)
+    return None if value is None else phone(value, key)
+
+
+def iso_time(request: web.Request, key: str) -> float | None:
+    """An ISO-8601 time in the query as unix seconds; without an offset it is UTC."""
+    value = request.query.get(key)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace(" ", "+"))
+    except ValueError:
+        raise Invalid(key, f"{key}: not an ISO-8601 time (e.g. 2026-01-31T09:00:00Z)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def limit(request: web.Request, default: int = 50, most: int = 500) -> int:
+    value = request.query.get("limit")
+    if value is None:
+        return default
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= most:
+        raise Invalid("limit", f"limit: a whole number from 1 to {most}")
+    return int(value)
+
+
+def matching(request: web.Request, key: str, pattern: re.Pattern[str], shape: str) -> str | None:
+    value = request.query.get(key)
+    if value is not None and not pattern.fullmatch(value):
+        raise Invalid(key, f"{key}: {shape}")
+    return value

@@ -15,6 +15,7 @@ from config.triggers import Trigger
 from gateway.keys import Keys
 from gateway.store.calls import Calls
 from gateway.store.dead_letters import DeadLetters
+from gateway.store.feed import Feed
 from gateway.store.inbox import Inbox
 from gateway.store.items import Items
 from gateway.store.records import Records, Snapshots
@@ -35,6 +36,7 @@ class Store:
     timers: Timers
     triggers: Records[Trigger]
     dead_letters: DeadLetters
+    feed: Feed
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -52,6 +54,7 @@ class Store:
             timers=Timers(redis, keys),
             triggers=Records(redis, keys.triggers, Trigger, snapshots),
             dead_letters=DeadLetters(redis, keys),
+            feed=Feed(redis, keys, settings.feed_max),
         )
 
     async def ping(self) -> None:

@@ -72,10 +72,10 @@ async def test_bad_or_missing_signature_is_403_and_changes_nothing(client: Clien
     await configure(client)
     await add_item(client)
     await add_trigger(client, event="call.incoming")
-    for signature in ["", "bm90IGEgc2lnbmF0dXJl"]:
+    for signature, code in [("", "missing_signature"), ("bm90IGEgc2lnbmF0dXJl", "bad_signature")]:
         resp = await twilio_post(client, "/webhooks/twilio/voice", call_form(), signature=signature)
         assert resp.status == 403
-        assert (await resp.json())["error"]["code"] == "bad_signature"
+        assert (await resp.json())["error"]["code"] == code
     data = await item(client)
     assert data["stage"] == "NEW" and "call.incoming" not in timeline_types(data)
 

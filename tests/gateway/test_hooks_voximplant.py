@@ -92,5 +92,6 @@ async def test_refusals_change_nothing(client: Client) -> None:
         assert (await resp.json())["error"]["code"] == code
     unsigned = await client.post(PATH, json=incoming)
     assert unsigned.status == 403
+    assert (await unsigned.json())["error"]["code"] == "missing_signature"
     data = await item(client)
     assert data["stage"] == "NEW" and "call.incoming" not in timeline_types(data)

@@ -1,0 +1,65 @@
+"""Taking events in: store once, count, trace in the feed; and refusing webhooks visibly."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from aiohttp import web
+
+from gateway.appkeys import METRICS, STORE
+from gateway.errors import ApiError
+from gateway.store.connection import UNAVAILABLE
+from webhooks.events import Event
+
+log = logging.getLogger(__name__)
+
+
+class Refused(ApiError):
+    """A webhook turned away, with what an operator needs to see why: the provider it
+    claimed, the line it was for, and ``details`` (e.g. the URL a signature was checked
+    against). Logged, counted and recorded in the feed once, by :func:`refuse`."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, provider: str, line: str = "", field: str | None = None
+    ) -> None:
+        super().__init__(status, code, message, field)
+        self.provider = provider
+        self.line = line
+
+
+async def accept(request: web.Request, event: Event, token: str | None = None) -> bool:
+    """Store ``event`` durably unless already seen; True when it is new."""
+    store = request.app[STORE]
+    new = await store.inbox.accept(event, token)
+    request.app[METRICS].events.labels(event.kind.value, "accepted" if new else "duplicate").inc()
+    if new:
+        log.debug(
+            "accepted %s provider=%s line=%s customer=%s ref=%s",
+            event.kind.value,
+            event.provider,
+            event.line,
+            event.customer,
+            event.ref,
+        )
+        await store.feed.record_event(event)
+    return new
+
+
+async def refuse(request: web.Request, refusal: Refused, provider_kind: str) -> None:
+    """One WARNING, one count and one feed entry for a refused webhook."""
+    line = f" line={refusal.line}" if refusal.line else ""
+    log.warning(
+        "webhook refused: %s provider=%s%s path=%s reason=%s",
+        refusal.message,
+        refusal.provider,
+        line,
+        request.path,
+        refusal.code,
+    )
+    request.app[METRICS].refusals.labels(provider_kind, refusal.code).inc()
+    # Without Redis the refusal still stands; the log line above is its trace.
+    with contextlib.suppress(*UNAVAILABLE):
+        await request.app[STORE].feed.record_refusal(
+            refusal.code, refusal.message, provider=refusal.provider, line=refusal.line, path=request.path
+        )

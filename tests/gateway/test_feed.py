@@ -1,0 +1,147 @@
+"""The events feed and visible refusals: what reached the gateway, accepted or refused."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.appkeys import STORE
+from tests.conftest import ADMIN, API, Client, ClientFactory
+from tests.support import CUSTOMER, LINE, PUBLIC_URL, call_form, configure, sms_form, twilio_post
+
+STRANGER = "+34600999888"
+
+
+async def _events(client: Client, **query: str) -> dict[str, Any]:
+    resp = await client.get("/v1/events", params=query, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    data: dict[str, Any] = await resp.json()
+    return data
+
+
+async def test_sms_from_unknown_number_on_a_line_without_lead_is_in_the_feed(client: Client) -> None:
+    await configure(client)  # no lead: the SMS matches no item and creates none
+    resp = await twilio_post(client, "/webhooks/twilio/sms", sms_form(From=STRANGER, body="info?"))
+    assert resp.status == 200
+    events = (await _events(client))["events"]
+    assert [(e["kind"], e["customer"], e["line"], e["text"]) for e in events] == [
+        ("sms.incoming", STRANGER, LINE, "info?")
+    ]
+    assert events[0]["provider"] == "tw" and events[0]["at"].endswith("Z")
+    found = await client.get("/v1/items", params={"phone": STRANGER}, headers=API)
+    assert (await found.json())["items"] == []
+
+
+async def test_duplicates_are_recorded_once(client: Client) -> None:
+    await configure(client)
+    for _ in range(3):
+        assert (await twilio_post(client, "/webhooks/twilio/sms", sms_form())).status == 200
+    assert len((await _events(client))["events"]) == 1
+
+
+async def test_callback_requests_are_in_the_feed(client: Client) -> None:
+    await configure(client)
+    resp = await client.post("/v1/callback-requests", json={"phone": CUSTOMER, "line": LINE}, headers=API)
+    assert resp.status == 202
+    assert [e["kind"] for e in (await _events(client, customer=CUSTOMER))["events"]] == ["callback.requested"]
+
+
+async def test_missing_and_wrong_signatures_are_logged_counted_and_recorded_apart(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    await configure(client)
+    path = "/webhooks/twilio/sms"
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        missing = await twilio_post(client, path, sms_form(), signature="")
+        wrong = await twilio_post(client, path, sms_form(), signature="bm90IGEgc2lnbmF0dXJl")
+    assert (missing.status, (await missing.json())["error"]["code"]) == (403, "missing_signature")
+    assert (wrong.status, (await wrong.json())["error"]["code"]) == (403, "bad_signature")
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "missing" in warnings[0] and "reason=missing_signature" in warnings[0]
+    assert f"line={LINE}" in warnings[0] and "provider=tw" in warnings[0]
+    # The exact URL the signature was computed for, and what to change when it is not Twilio's.
+    assert f"computed for {PUBLIC_URL}{path} " in warnings[1] and "CALLGATE_PUBLIC_URL" in warnings[1]
+    assert "reason=bad_signature" in warnings[1]
+
+    metrics = await (await client.get("/metrics")).text()
+    assert 'callgate_webhook_refusals_total{provider="twilio",reason="missing_signature"} 1.0' in metrics
+    assert 'callgate_webhook_refusals_total{provider="twilio",reason="bad_signature"} 1.0' in metrics
+
+    refused = (await _events(client, kind="webhook.refused"))["events"]
+    assert [e["reason"] for e in refused] == ["bad_signature", "missing_signature"]  # newest first
+    assert all(e["line"] == LINE and e["path"] == path for e in refused)
+    assert PUBLIC_URL + path in refused[0]["message"]
+
+
+async def test_unknown_line_and_malformed_webhooks_are_refusals_too(client: Client) -> None:
+    await configure(client)
+    unknown = await twilio_post(client, "/webhooks/twilio/voice", call_form(To="+34910009999", From=STRANGER))
+    assert unknown.status == 403
+    voximplant = await client.post("/webhooks/voximplant/nobody", json={})
+    assert voximplant.status == 403
+    refused = (await _events(client, kind="webhook.refused"))["events"]
+    assert [(e["reason"], e["provider"]) for e in refused] == [
+        ("unknown_provider", "nobody"),
+        ("unknown_line", "twilio"),
+    ]
+    assert "+34910009999" in refused[1]["message"]
+
+
+async def test_filters_and_cursor_pages(client: Client) -> None:
+    feed = client.app[STORE].feed
+    for index in range(7):
+        line = LINE if index % 2 else "+34910000002"
+        await feed.record("sms.incoming", provider="tw", line=line, customer=CUSTOMER, details={"ref": str(index)})
+    await feed.record("call.missed", provider="tw", line=LINE, customer=STRANGER, details={"ref": "7"})
+
+    pages: list[list[str]] = []
+    cursor: str | None = None
+    while True:
+        query = {"line": LINE, "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = await _events(client, **query)
+        pages.append([e["ref"] for e in page["events"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [["7", "5"], ["3", "1"]]
+    assert [e["ref"] for e in (await _events(client, kind="call.missed"))["events"]] == ["7"]
+    assert [e["ref"] for e in (await _events(client, customer=STRANGER))["events"]] == ["7"]
+    by_both = await _events(client, customer=CUSTOMER, line="+34910000002", limit="10")
+    assert [e["ref"] for e in by_both["events"]] == ["6", "4", "2", "0"] and by_both["next_cursor"] is None
+    assert (await _events(client, since="2999-01-01T00:00:00Z"))["events"] == []
+    assert len((await _events(client, since="2000-01-01T00:00:00+01:00"))["events"]) == 8
+
+
+async def test_retention_keeps_the_newest(aiohttp_client: ClientFactory, make_settings: Any) -> None:
+    settings: Settings = make_settings(feed_max=3)
+    client = await aiohttp_client(create_app(settings))
+    for index in range(5):
+        await client.app[STORE].feed.record("sms.incoming", details={"ref": str(index)})
+    assert [e["ref"] for e in (await _events(client))["events"]] == ["4", "3", "2"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"line": "not-a-number"}, "line"),
+        ({"since": "yesterday"}, "since"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+        ({"cursor": "abc"}, "cursor"),
+        ({"kind": "SMS INCOMING"}, "kind"),
+    ],
+)
+async def test_bad_filters_are_422_naming_the_field(client: Client, query: dict[str, str], field: str) -> None:
+    resp = await client.get("/v1/events", params=query, headers=ADMIN)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["field"] == field
+
+
+async def test_the_feed_needs_the_admin_token(client: Client) -> None:
+    assert (await client.get("/v1/events", headers=API)).status == 403
