@@ -21,11 +21,16 @@ PUBLIC_URL = "https://gw.example.com"
 STAGES = ["NEW", "CALL_BACK", "CONTACTED", "WON"]
 
 
-async def configure(client: Client, *, forward_to: list[str] | None = None, lead: bool = False) -> None:
+async def configure(
+    client: Client, *, forward_to: list[str] | None = None, lead: bool = False, shared_key: str | None = None
+) -> None:
     """A pipeline, a Twilio provider and one line on it."""
+    credentials = {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}
+    if shared_key is not None:
+        credentials["shared_key"] = shared_key
     for path, body in [
         ("/v1/pipelines/sales", {"stages": STAGES}),
-        ("/v1/providers/tw", {"kind": "twilio", "credentials": {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}}),
+        ("/v1/providers/tw", {"kind": "twilio", "credentials": credentials}),
         (
             f"/v1/lines/{LINE}",
             {
@@ -73,30 +78,96 @@ async def twilio_post(
     return await client.post(path, data=dict(form), headers=sent)
 
 
+def _geo(prefix: str, country: str) -> dict[str, str]:
+    # Twilio sends the geo fields it cannot fill as empty strings.
+    return {f"{prefix}City": "", f"{prefix}State": "", f"{prefix}Zip": "", f"{prefix}Country": country}
+
+
 def call_form(sid: str = "CA" + "1" * 32, **fields: str) -> dict[str, str]:
-    return {
+    """The voice webhook request with every field Twilio documents (voice-webhooks page)."""
+    base = {
         "CallSid": sid,
         "AccountSid": ACCOUNT_SID,
         "From": CUSTOMER,
         "To": LINE,
         "CallStatus": "ringing",
-        "Direction": "inbound",
         "ApiVersion": "2010-04-01",
-        **fields,
+        "Direction": "inbound",
+        "ForwardedFrom": "",
+        "CallerName": "",
+        "CallToken": "%7B%22parentCallInfoToken%22%3A%22eyJhbGciOiJFUzI1NiJ9%22%7D",
+        "StirVerstat": "TN-Validation-Passed-A",
+        **_geo("From", "ES"),
+        **_geo("To", "ES"),
+        **_geo("Caller", "ES"),
+        **_geo("Called", "ES"),
     }
+    base.update(fields)
+    # The legacy Caller/Called mirror From/To.
+    base.setdefault("Caller", base["From"])
+    base.setdefault("Called", base["To"])
+    return base
+
+
+def status_form(
+    sid: str = "CA" + "1" * 32, status: str = "completed", sequence: str = "0", **fields: str
+) -> dict[str, str]:
+    """A call StatusCallback (call-resource page): the voice fields plus the progress ones."""
+    form = call_form(
+        sid,
+        CallStatus=status,
+        CallbackSource="call-progress-events",
+        Timestamp="Tue, 24 Nov 2026 07:00:00 +0000",
+        SequenceNumber=sequence,
+        SipResponseCode="200" if status == "completed" else "",
+        **fields,
+    )
+    if status == "completed":
+        form.setdefault("CallDuration", "42")
+        form.setdefault("Duration", "1")
+    return form
 
 
 def sms_form(sid: str = "SM" + "1" * 32, body: str = "hola", **fields: str) -> dict[str, str]:
-    return {
+    """An inbound message webhook with every field Twilio documents (messaging webhook-request)."""
+    base = {
         "MessageSid": sid,
         "SmsSid": sid,
+        "SmsMessageSid": sid,
         "AccountSid": ACCOUNT_SID,
+        "MessagingServiceSid": "",
         "From": CUSTOMER,
         "To": LINE,
         "Body": body,
         "NumMedia": "0",
-        **fields,
+        "NumSegments": "1",
+        "SmsStatus": "received",
+        "ApiVersion": "2010-04-01",
+        **_geo("From", "ES"),
+        **_geo("To", "ES"),
     }
+    base.update(fields)
+    return base
+
+
+def sms_status_form(sid: str = "SM" + "1" * 32, status: str = "sent", **fields: str) -> dict[str, str]:
+    """A message status callback: From is our line, To the customer."""
+    form = {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "SmsStatus": status,
+        "MessageStatus": status,
+        "AccountSid": ACCOUNT_SID,
+        "From": LINE,
+        "To": CUSTOMER,
+        "ApiVersion": "2010-04-01",
+    }
+    if status in ("delivered", "undelivered"):
+        form["RawDlrDoneDate"] = "2611240700"
+    if status in ("failed", "undelivered"):
+        form["ErrorCode"] = "30003"
+    form.update(fields)
+    return form
 
 
 async def item(client: Client, item_id: str = "D1") -> dict[str, Any]:

@@ -11,8 +11,14 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import (
+    HMAC_SHA1,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 
+TWILIO_SIGNATURE_SETTINGS_HEADER = SIGNATURE_SETTINGS_HEADER
 VOXIMPLANT_TIMESTAMP_HEADER = "X-Callgate-Timestamp"
 VOXIMPLANT_SIGNATURE_HEADER = "X-Callgate-Signature"
 
@@ -38,29 +44,46 @@ def _group(pairs: Iterable[tuple[str, str]]) -> _FormFields:
     return fields
 
 
+def twilio_signing(credentials: Mapping[str, str], settings_header: str | None) -> tuple[str, str]:
+    """The secret and algorithm a Twilio webhook was signed with.
+
+    A request carrying ``X-Twilio-Webhooks-Signature-Settings`` (``key=<SharedKey id>,
+    algorithm=HMAC_SHA256``) was signed with a SharedKey of the Webhooks configuration API:
+    its secret is the provider's ``shared_key`` credential, never the auth token. Without the
+    header it is the classic HMAC-SHA1 with the account's auth token. A missing secret is
+    returned as "" and fails verification.
+    """
+    if settings_header is None:
+        return credentials.get("auth_token", ""), HMAC_SHA1
+    return credentials.get("shared_key", ""), str(get_signature_algorithm(settings_header))
+
+
 def verify_twilio(
     url: str,
     params: Mapping[str, str] | list[tuple[str, str]] | str,
     signature: str | None,
-    auth_token: str,
+    secret: str,
+    algorithm: str = HMAC_SHA1,
 ) -> bool:
     """Check ``X-Twilio-Signature`` for a request Twilio made to ``url``.
 
-    ``url`` is the full public URL (public base + path + query). ``params`` are the form
-    fields (a MultiDict's ``items()`` keeps repeated keys), or the raw body for a JSON
-    webhook, whose URL then carries ``bodySHA256``.
+    ``url`` is the full public URL exactly as Twilio requested it (public base + the raw path
+    and query, percent-encoding untouched). ``params`` are the form fields (a MultiDict's
+    ``items()`` keeps repeated keys), or the raw body for a JSON webhook, whose URL then
+    carries ``bodySHA256``. ``secret`` is the auth token or a SharedKey secret, ``algorithm``
+    ``HMAC_SHA1`` or ``HMAC_SHA256`` (see ``twilio_signing``); the SDK refuses any other.
     """
-    # An empty token would make the HMAC key public knowledge.
-    if not signature or not auth_token:
+    # An empty secret would make the HMAC key public knowledge.
+    if not signature or not secret:
         return False
-    validator = RequestValidator(auth_token)
+    validator = RequestValidator(secret)
     if isinstance(params, str):
         # Without bodySHA256 in the signed URL nothing ties a JSON body to the signature.
         if "bodySHA256" not in parse_qs(urlsplit(url).query):
             return False
-        return bool(validator.validate(url, params, signature))
+        return bool(validator.validate(url, params, signature, algorithm))
     pairs = params if isinstance(params, list) else params.items()
-    return bool(validator.validate(url, _group(pairs), signature))
+    return bool(validator.validate(url, _group(pairs), signature, algorithm))
 
 
 def sign_voximplant(secret: str, timestamp: int, body: bytes) -> str:

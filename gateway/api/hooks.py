@@ -24,8 +24,10 @@ from gateway.ingest import Refused, accept, refuse
 from webhooks.errors import MalformedWebhook
 from webhooks.events import Event
 from webhooks.signatures import (
+    TWILIO_SIGNATURE_SETTINGS_HEADER,
     VOXIMPLANT_SIGNATURE_HEADER,
     VOXIMPLANT_TIMESTAMP_HEADER,
+    twilio_signing,
     verify_twilio,
     verify_voximplant,
 )
@@ -107,10 +109,15 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], Line]:
     if not signature:
         message = "X-Twilio-Signature header is missing: only Twilio's signed requests are accepted"
         raise Refused(403, "missing_signature", message, provider=line.provider, line=number)
-    url = request.app[SETTINGS].base_url + request.path_qs
-    if not verify_twilio(url, signed, signature, provider.credentials["auth_token"]):
+    # The raw target, not a normalised path_qs: Twilio signs the URL as it requested it, so
+    # "%7E" must stay "%7E" and a lowercase "%2f" stay lowercase.
+    url = request.app[SETTINGS].base_url + request.raw_path
+    settings_header = request.headers.get(TWILIO_SIGNATURE_SETTINGS_HEADER)
+    secret, algorithm = twilio_signing(provider.credentials, settings_header)
+    if not verify_twilio(url, signed, signature, secret, algorithm):
+        key = "auth token" if settings_header is None else f"shared_key ({algorithm})"
         message = (
-            f"X-Twilio-Signature does not match the signature computed for {url} with the auth token of "
+            f"X-Twilio-Signature does not match the signature computed for {url} with the {key} of "
             f"provider {line.provider}; {PUBLIC_URL_HINT}"
         )
         raise Refused(403, "bad_signature", message, provider=line.provider, line=number)

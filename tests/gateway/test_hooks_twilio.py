@@ -6,6 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from twilio.request_validator import RequestValidator
+from yarl import URL
 
 from tests.conftest import Client
 from tests.support import (
@@ -19,6 +20,7 @@ from tests.support import (
     configure,
     eventually,
     item,
+    sign,
     sms_form,
     stage_of,
     timeline_types,
@@ -178,3 +180,38 @@ async def test_hostile_bodies_get_4xx_never_500(client: Client) -> None:
             "/webhooks/twilio/voice", data=data, headers={"Content-Type": content_type, "X-Twilio-Signature": "x"}
         )
         assert 400 <= resp.status < 500, (data[:20], resp.status, await resp.text())
+
+
+async def test_signature_covers_the_url_exactly_as_twilio_sent_it(client: Client) -> None:
+    """ "%7E" and a lowercase "%2f" stay as sent: aiohttp's normalised path would be "~" and "/"."""
+    await configure(client)
+    form = sms_form()
+    path = "/webhooks/twilio/sms?source=crm%7Eweb&next=a%2fb"
+    exact = sign(path, form)
+    normalised = sign("/webhooks/twilio/sms?source=crm~web&next=a/b", form)
+    assert exact != normalised
+    sent = URL(path, encoded=True)
+    assert (await client.post(sent, data=form, headers={"X-Twilio-Signature": normalised})).status == 403
+    assert (await client.post(sent, data=form, headers={"X-Twilio-Signature": exact})).status == 200
+
+
+async def test_shared_key_hmac_sha256_signature(client: Client) -> None:
+    """Webhooks configuration API: a SharedKey signs with the algorithm the settings header names."""
+    shared_key = "webhooks-shared-key-secret-0123"
+    await configure(client, shared_key=shared_key)
+    await add_item(client)
+    await add_trigger(client, event="sms.incoming", target_stage="CONTACTED")
+    form = sms_form(body="firmado con SharedKey")
+    path = "/webhooks/twilio/sms"
+    settings = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_0123456789,algorithm=HMAC_SHA256"}
+    sha256 = RequestValidator(shared_key).compute_signature(PUBLIC_URL + path, form, "HMAC_SHA256")
+    # The auth token's SHA-1 signature, or the shared key's without the header, is refused.
+    assert (await twilio_post(client, path, form, headers=settings)).status == 403
+    assert (await twilio_post(client, path, form, signature=sha256)).status == 403
+    resp = await twilio_post(client, path, form, signature=sha256, headers=settings)
+    assert resp.status == 200, await resp.text()
+
+    async def moved() -> bool:
+        return await stage_of(client) == "CONTACTED"
+
+    await eventually(moved)

@@ -1,9 +1,11 @@
+import base64
 import hashlib
+import hmac
 
 import pytest
 from twilio.request_validator import RequestValidator
 
-from webhooks.signatures import sign_voximplant, verify_twilio, verify_voximplant
+from webhooks.signatures import sign_voximplant, twilio_signing, verify_twilio, verify_voximplant
 
 TOKEN = "12345"
 URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
@@ -100,6 +102,55 @@ def test_twilio_json_body() -> None:
 
 def test_twilio_json_body_needs_body_hash_in_url() -> None:
     assert not verify_twilio(URL, JSON_BODY, sign(URL, {}), TOKEN)
+
+
+def test_twilio_percent_encoding_is_signed_as_sent() -> None:
+    """Twilio signs the URL it requested; a normalised form ("~" for "%7E") is another URL."""
+    sent = "https://gw.example.com/webhooks/twilio/sms?name=Ana%7ELopez&path=a%2fb"
+    signature = sign(sent, FORM)
+    assert verify_twilio(sent, FORM, signature, TOKEN)
+    assert not verify_twilio(
+        "https://gw.example.com/webhooks/twilio/sms?name=Ana~Lopez&path=a/b", FORM, signature, TOKEN
+    )
+    assert not verify_twilio(
+        "https://gw.example.com/webhooks/twilio/sms?name=Ana%7ELopez&path=a%2Fb", FORM, signature, TOKEN
+    )
+
+
+SHARED_KEY = "shared-key-secret-0123456789"
+SETTINGS_HEADER = "key=webhooks_sharedkey_0123456789abcdef,algorithm=HMAC_SHA256"
+
+
+def test_twilio_hmac_sha256_shared_key() -> None:
+    # Computed by hand, not by the SDK: base64(HMAC-SHA256(secret, url + sorted name+value)).
+    message = URL + "".join(name + FORM[name] for name in sorted(FORM))
+    expected = base64.b64encode(hmac.new(SHARED_KEY.encode(), message.encode(), hashlib.sha256).digest()).decode()
+    assert RequestValidator(SHARED_KEY).compute_signature(URL, FORM, "HMAC_SHA256") == expected
+    assert verify_twilio(URL, FORM, expected, SHARED_KEY, "HMAC_SHA256")
+    assert not verify_twilio(URL, FORM, expected, SHARED_KEY)  # the same secret under SHA-1
+    assert not verify_twilio(URL, FORM, expected, TOKEN, "HMAC_SHA256")
+    assert not verify_twilio(URL, {**FORM, "Digits": "9"}, expected, SHARED_KEY, "HMAC_SHA256")
+    assert not verify_twilio(URL, FORM, expected, SHARED_KEY, "HMAC_SHA512")  # unknown: refused
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, (TOKEN, "HMAC_SHA1")),
+        (SETTINGS_HEADER, (SHARED_KEY, "HMAC_SHA256")),
+        ("key=webhooks_sharedkey_1,algorithm=HMAC_SHA1", (SHARED_KEY, "HMAC_SHA1")),
+        ("key=webhooks_sharedkey_1", (SHARED_KEY, "HMAC_SHA1")),
+    ],
+)
+def test_twilio_signing_picks_secret_and_algorithm(header: str | None, expected: tuple[str, str]) -> None:
+    assert twilio_signing({"auth_token": TOKEN, "shared_key": SHARED_KEY}, header) == expected
+
+
+def test_twilio_signing_without_a_shared_key_fails_closed() -> None:
+    secret, algorithm = twilio_signing({"auth_token": TOKEN}, SETTINGS_HEADER)
+    assert secret == ""
+    # Never the auth token: a SharedKey-signed request must not verify against another secret.
+    assert not verify_twilio(URL, FORM, sign(URL, FORM), secret, algorithm)
 
 
 SECRET = "vox-secret"
