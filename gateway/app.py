@@ -15,9 +15,11 @@ from gateway.api.feed import ENDPOINTS_FEED
 from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.routing import Tokens, add_endpoints
-from gateway.appkeys import METRICS, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS
-from gateway.errors import error_middleware
+from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS
+from gateway.datadir import tighten
+from gateway.errors import Spell, error_middleware
 from gateway.metrics import Metrics, metrics_middleware
+from gateway.serving import server_log
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
@@ -66,15 +68,18 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     """The gateway: API, webhooks and (unless ``workers`` is False) the event workers."""
+    tighten(settings.data_dir)
     settings, _ = ensure_tokens(settings)
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware],
         client_max_size=settings.max_body_bytes,
+        handler_args={"logger": server_log()},
     )
     app[SETTINGS] = settings
     app[TOKENS] = Tokens(admin=str(settings.admin_token), api=str(settings.api_token))
     app[METRICS] = Metrics()
     app[SNAPSHOTS] = Snapshots()
+    app[OUT_OF_MEMORY] = Spell()
     add_endpoints(
         app,
         [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM, *ENDPOINTS_AUTOMATION, *ENDPOINTS_FEED, *ENDPOINTS_HOOKS],

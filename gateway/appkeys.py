@@ -12,6 +12,7 @@ from gateway.store.records import Snapshots
 
 if TYPE_CHECKING:  # these modules read their key from here
     from gateway.api.routing import Endpoint, Tokens
+    from gateway.errors import Spell
     from gateway.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,3 +22,4 @@ SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
+OUT_OF_MEMORY: web.AppKey[Spell] = web.AppKey("out_of_memory")

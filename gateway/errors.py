@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from aiohttp import web
 
-from gateway.store.connection import UNAVAILABLE
+from gateway.appkeys import OUT_OF_MEMORY
+from gateway.store.connection import UNAVAILABLE, out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,21 @@ class Forbidden(ApiError):
         super().__init__(403, code, message)
 
 
+class Spell:
+    """A condition that repeats on every request while it lasts (Redis out of memory): logged
+    when it begins, then again only after ``quiet`` seconds without it, so an hour of refused
+    writes is one log line and not one per request."""
+
+    def __init__(self, quiet: float = 60.0) -> None:
+        self._quiet = quiet
+        self._last = -quiet
+
+    def begins(self, now: float) -> bool:
+        new = now - self._last >= self._quiet
+        self._last = now
+        return new
+
+
 def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
     body: dict[str, str] = {"code": code, "message": message}
     if field is not None:
@@ -84,8 +101,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.warning("redis unavailable request_id=%s path=%s error=%s", request_id, request.path, exc)
         response = error_response(503, "unavailable", "storage is unavailable; retry later")
         response.headers["Retry-After"] = "1"
-    except Exception:
-        log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
-        response = error_response(500, "internal", f"internal error; request id {request_id}")
+    except Exception as exc:
+        if out_of_memory(exc):
+            if request.app[OUT_OF_MEMORY].begins(time.monotonic()):
+                log.error("redis out of memory; writes answer 503 until it frees up: %s", exc)
+            response = error_response(503, "unavailable", "storage is full; retry later")
+            response.headers["Retry-After"] = "5"
+        elif isinstance(exc, ConnectionResetError) and request.transport is None:
+            # The client hung up mid-body: nobody is left to answer, and nothing is wrong here.
+            log.info("client disconnected request_id=%s path=%s", request_id, request.path)
+            response = error_response(400, "incomplete_request", "the client disconnected mid-request")
+        else:
+            log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
+            response = error_response(500, "internal", f"internal error; request id {request_id}")
     response.headers[REQUEST_ID] = request_id
     return response

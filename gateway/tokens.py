@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from config.settings import Settings
+from gateway.datadir import private_dir
 
 TOKENS_FILE = "tokens.json"
 
@@ -31,7 +32,7 @@ def ensure_tokens(settings: Settings) -> tuple[Settings, bool]:
         generated = not {"admin", "api"} <= stored.keys()
         if generated:
             stored = {"admin": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32), **stored}
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w") as handle:
                 json.dump(stored, handle)

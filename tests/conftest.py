@@ -94,3 +94,19 @@ def make_settings(settings: Settings) -> Callable[..., Settings]:
         return replace(settings, **changes)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
+    """A Redis of this test alone (append-only, on a unix socket), stopped at the end."""
+    server = EmbeddedRedis(tmp_path / "private")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def private_settings(private_redis: EmbeddedRedis, make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(redis_url=private_redis.url)

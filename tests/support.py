@@ -192,3 +192,27 @@ async def stage_of(client: Client, item_id: str = "D1") -> str:
 
 def timeline_types(data: Mapping[str, Any]) -> list[str]:
     return [entry["type"] for entry in data["timeline"]]
+
+
+async def raw_request(client: Client, request: bytes) -> bytes:
+    """Send ``request`` as raw bytes (headers no HTTP client would send) and read the answer."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def missed_call() -> dict[str, str]:
+    """A Dial action reporting that nobody answered: a missed call."""
+    return call_form(CallStatus="in-progress", DialCallStatus="no-answer", DialCallSid="CA" + "2" * 32)
+
+
+async def watch_missed_calls(client: Client) -> None:
+    """A line, the item D1 of its customer and a trigger moving it on a missed call."""
+    await configure(client)
+    await add_item(client)
+    await add_trigger(client, event="call.missed")

@@ -60,7 +60,7 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
     if body.line is not None and await store.lines.get(body.line) is None:
         raise Invalid("line", f"line: {body.line} is not a line of this gateway")
     # A form resubmitted with the same Idempotency-Key is the same request.
-    key = request.headers.get("Idempotency-Key", "")[:255] or uuid.uuid4().hex
+    key = params.header_token(request, "Idempotency-Key") or uuid.uuid4().hex
     event = Event(
         kind=EventKind.CALLBACK_REQUESTED,
         provider="web",

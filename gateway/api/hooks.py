@@ -17,6 +17,7 @@ from aiohttp import web
 from config.lines import Line, ProviderKind
 from config.phones import normalize
 from config.vocabulary import EventKind
+from gateway.api import params
 from gateway.api.routing import Endpoint
 from gateway.appkeys import SETTINGS, STORE
 from gateway.errors import ApiError
@@ -76,7 +77,8 @@ async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tup
                 raise ValueError("a Twilio JSON webhook is an object")
             return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float)}, raw
         form = await request.post()
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
+    # UnicodeDecodeError is a ValueError; LookupError is a charset Python does not know.
+    except (ValueError, RecursionError, LookupError) as exc:
         raise ApiError(400, "malformed_webhook", f"the body cannot be read: {exc}") from None
     pairs = [(name, value) for name, value in form.items() if isinstance(value, str)]
     return dict(pairs), pairs
@@ -133,7 +135,7 @@ async def _twilio_event(request: web.Request, parse: Parser) -> tuple[Event | No
             400, "malformed_webhook", exc.message, provider=line.provider, line=fields.get("To", ""), field=exc.field
         ) from None
     if event is not None:
-        await accept(request, event, request.headers.get("I-Twilio-Idempotency-Token"))
+        await accept(request, event, params.header_token(request, "I-Twilio-Idempotency-Token"))
     return event, line
 
 

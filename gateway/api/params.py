@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from config.phones import InvalidPhone, to_e164
-from gateway.errors import Invalid
+from gateway.errors import ApiError, Invalid
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Visible ASCII only: a header value becomes part of a Redis key and of logs.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def name(request: web.Request, key: str) -> str:
@@ -70,4 +72,17 @@ def matching(request: web.Request, key: str, pattern: re.Pattern[str], shape: st
     value = request.query.get(key)
     if value is not None and not pattern.fullmatch(value):
         raise Invalid(key, f"{key}: {shape}")
+    return value
+
+
+def header_token(request: web.Request, header: str) -> str | None:
+    """An id a client or provider sends in ``header`` (an idempotency key), or None when absent.
+
+    aiohttp hands over non-UTF-8 bytes as surrogates, which no Redis key can hold: 400.
+    """
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    if not _HEADER_TOKEN.fullmatch(value):
+        raise ApiError(400, "invalid_header", f"{header}: 1-255 visible ASCII characters")
     return value

@@ -8,11 +8,24 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # What "Redis is not answering" looks like; the HTTP layer turns it into a 503 so a provider
 # retries (or uses its fallback URL) instead of getting a 200 for an event we did not store.
-UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+# redis-py wraps socket errors in these; a bare OSError is someone else's (a client that
+# hung up mid-body), not Redis's.
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Redis at maxmemory refuses writes until memory frees up: as transient as an outage.
+
+    A refused write inside a script arrives as a plain ResponseError naming the OOM.
+    """
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+    )
 
 
 def redacted(url: str) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from gateway.datadir import PRIVATE_UMASK, private_dir
+
 log = logging.getLogger(__name__)
 
 # A unix socket path must fit in sockaddr_un (108 bytes on Linux).
@@ -56,7 +58,8 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     async def start(self, timeout: float = 10.0) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data.parent)
+        private_dir(self.data)
         if await self._answers():
             raise EmbeddedRedisError(f"another gateway's embedded Redis already serves {self.socket}")
         self.socket.unlink(missing_ok=True)
@@ -82,6 +85,7 @@ class EmbeddedRedis:
             str(self.data / "redis.log"),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            umask=PRIVATE_UMASK,  # its append-only file holds provider auth tokens
         )
         deadline = asyncio.get_running_loop().time() + timeout
         while not await self._answers():

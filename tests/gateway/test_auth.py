@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
 import pytest
 
 from tests.conftest import ADMIN, ADMIN_TOKEN, API, API_TOKEN, Client
+from tests.support import raw_request
 
 ADMIN_CALLS = [
     ("GET", "/v1/providers"),
@@ -63,17 +63,6 @@ async def test_bad_token_is_401(client: Client, header: str) -> None:
 async def test_scheme_is_case_insensitive(client: Client) -> None:
     resp = await client.get("/v1/items/D1", headers={"Authorization": f"bearer {API_TOKEN}"})
     assert resp.status == 404  # authorised: the item just does not exist
-
-
-async def raw_request(client: Client, request: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(request)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def test_a_token_that_is_not_utf8_is_401_not_500(client: Client) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -21,32 +19,17 @@ from tests.conftest import ClientFactory
 from tests.support import (
     add_item,
     add_trigger,
-    call_form,
     configure,
     eventually,
     item,
+    missed_call,
     stage_of,
     timeline_types,
     twilio_post,
+    watch_missed_calls,
 )
 
 STATUS_PATH = "/webhooks/twilio/voice/status"
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
-    """A Redis of this test alone (append-only, on a unix socket), stopped at the end."""
-    server = EmbeddedRedis(tmp_path / "private")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-def private_settings(private_redis: EmbeddedRedis, make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(redis_url=private_redis.url)
 
 
 async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
@@ -56,9 +39,7 @@ async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     client = await aiohttp_client(create_app(private_settings))
-    await configure(client)
-    await add_item(client)
-    await add_trigger(client, event="call.missed")
+    await watch_missed_calls(client)
     form = missed_call()
 
     await private_redis.stop()
@@ -131,9 +112,7 @@ async def test_hung_redis_is_503_and_recovers(
 ) -> None:
     """A Redis that accepts connections but never answers (SIGSTOP: a stalled server)."""
     client = await aiohttp_client(create_app(private_settings))
-    await configure(client)
-    await add_item(client)
-    await add_trigger(client, event="call.missed")
+    await watch_missed_calls(client)
     probe = Redis.from_url(private_redis.url, decode_responses=True)
     try:
         pid = int((await probe.info("server"))["process_id"])
@@ -161,8 +140,3 @@ async def test_hung_redis_is_503_and_recovers(
 
 
 # Helpers
-
-
-def missed_call() -> dict[str, str]:
-    """A Dial action reporting that nobody answered: a missed call."""
-    return call_form(CallStatus="in-progress", DialCallStatus="no-answer", DialCallSid="CA" + "2" * 32)
