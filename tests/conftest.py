@@ -110,3 +110,9 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[EmbeddedRedis]:
 @pytest.fixture
 def private_settings(private_redis: EmbeddedRedis, make_settings: Callable[..., Settings]) -> Settings:
     return make_settings(redis_url=private_redis.url)
+
+
+@pytest.fixture
+async def private_client(aiohttp_client: ClientFactory, private_settings: Settings) -> Client:
+    """The app on ``private_redis``."""
+    return await aiohttp_client(create_app(private_settings))

@@ -13,9 +13,10 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from gateway.api.hooks import STATUS_PATH
 from gateway.app import create_app
 from gateway.store.embedded import EmbeddedRedis
-from tests.conftest import ADMIN, API, ClientFactory
+from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.support import (
     CUSTOMER,
     configure,
@@ -28,28 +29,22 @@ from tests.support import (
     watch_missed_calls,
 )
 
-STATUS_PATH = "/webhooks/twilio/voice/status"
-
 
 async def test_redis_out_of_memory_is_a_503_logged_once_per_spell(
-    private_redis: EmbeddedRedis,
-    private_settings: Settings,
-    aiohttp_client: ClientFactory,
-    caplog: pytest.LogCaptureFixture,
+    private_redis: EmbeddedRedis, private_client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = await aiohttp_client(create_app(private_settings))
-    await watch_missed_calls(client)
+    await watch_missed_calls(private_client)
     admin = Redis.from_url(private_redis.url)
     try:
         await admin.config_set("maxmemory-policy", "noeviction")
         await admin.config_set("maxmemory", "1")  # every write is refused from now on
         with caplog.at_level(logging.INFO):
             for _ in range(3):
-                resp = await twilio_post(client, STATUS_PATH, missed_call())
+                resp = await twilio_post(private_client, STATUS_PATH, missed_call())
                 assert resp.status == 503, await resp.text()
                 assert resp.headers["Retry-After"].isdigit()
                 assert (await resp.json())["error"]["code"] == "unavailable"
-                resp = await client.put("/v1/pipelines/other", json={"stages": ["NEW"]}, headers=ADMIN)
+                resp = await private_client.put("/v1/pipelines/other", json={"stages": ["NEW"]}, headers=ADMIN)
                 assert resp.status == 503, await resp.text()
                 assert resp.headers["Retry-After"].isdigit()
         spells = [r for r in caplog.records if "out of memory" in r.getMessage()]
@@ -59,11 +54,11 @@ async def test_redis_out_of_memory_is_a_503_logged_once_per_spell(
         await admin.config_set("maxmemory", "0")  # memory is back: the provider's retry lands
     finally:
         await admin.aclose()
-    resp = await twilio_post(client, STATUS_PATH, missed_call())
+    resp = await twilio_post(private_client, STATUS_PATH, missed_call())
     assert resp.status == 200, await resp.text()
 
     async def moved() -> bool:
-        return await stage_of(client) == "CALL_BACK"
+        return await stage_of(private_client) == "CALL_BACK"
 
     await eventually(moved)
 

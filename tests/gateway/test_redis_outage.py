@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.inbox import EVENTS_STREAM
-from tests.conftest import ClientFactory
+from tests.conftest import Client, ClientFactory
 from tests.support import (
     add_item,
     add_trigger,
@@ -33,12 +33,9 @@ STATUS_PATH = "/webhooks/twilio/voice/status"
 
 
 async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
-    private_redis: EmbeddedRedis,
-    private_settings: Settings,
-    aiohttp_client: ClientFactory,
-    caplog: pytest.LogCaptureFixture,
+    private_redis: EmbeddedRedis, private_client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = await aiohttp_client(create_app(private_settings))
+    client = private_client
     await watch_missed_calls(client)
     form = missed_call()
 
