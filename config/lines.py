@@ -40,6 +40,9 @@ REQUIRED_CREDENTIALS: dict[ProviderKind, tuple[str, ...]] = {
 }
 
 
+_TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+
+
 class Provider(Strict):
     kind: ProviderKind
     # validate_default: a twilio provider sent without any credentials is refused too.
@@ -54,6 +57,8 @@ class Provider(Strict):
         for key in REQUIRED_CREDENTIALS.get(kind, ()) if kind else ():
             if not credentials.get(key):
                 raise ValueError(f"credentials.{key} is required for a {kind} provider")
+        if kind is ProviderKind.TWILIO and not _TWILIO_ACCOUNT_SID.fullmatch(credentials["account_sid"]):
+            raise ValueError("credentials.account_sid: a Twilio Account SID is AC followed by 32 hex digits")
         return credentials
 
     def public_view(self) -> dict[str, object]:

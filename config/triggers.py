@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from config.lines import Label, Name, Strict
 from config.phones import E164
@@ -38,9 +39,53 @@ class TriggerSpec(Strict):
         return self
 
 
+class TriggerBody(TriggerSpec):
+    """The body of ``POST /v1/triggers`` and ``PUT /v1/triggers/{id}``: the spec, and where
+    the trigger goes in the order triggers apply in (1 = first; default: last when created,
+    where it was when edited)."""
+
+    position: Annotated[int, Field(ge=1, le=10_000)] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"position"})
+
+
 class Trigger(TriggerSpec):
     id: str
-    created_at: float
+    created_at: str  # ISO-8601
+    updated_at: str = ""
+    # Sort key of the order triggers apply in; rewritten for all triggers when one is placed.
+    rank: int = 0
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _iso(cls, value: object) -> object:
+        # Triggers stored before times were ISO-8601 kept unix seconds.
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return value
+
+    def view(self, position: int) -> dict[str, object]:
+        data = self.model_dump(mode="json", exclude={"rank"})
+        return {**data, "updated_at": self.updated_at or self.created_at, "position": position}
+
+
+def in_order(triggers: Iterable[Trigger]) -> list[Trigger]:
+    """Triggers in the order they apply in."""
+    return sorted(triggers, key=lambda t: (t.rank, t.created_at, t.id))
+
+
+def placed(triggers: Sequence[Trigger], trigger: Trigger, position: int | None) -> list[Trigger]:
+    """``triggers`` (in order) with ``trigger`` added or replaced: at ``position`` (1-based,
+    past the end means last), else where it was, else last. Returns the triggers whose
+    record must be written: all of them renumbered when the order changes."""
+    others = [t for t in triggers if t.id != trigger.id]
+    if position is None:
+        if any(t.id == trigger.id for t in triggers):
+            return [trigger]
+        return [trigger.model_copy(update={"rank": max((t.rank for t in others), default=0) + 1})]
+    others.insert(position - 1, trigger)
+    return [t.model_copy(update={"rank": rank}) for rank, t in enumerate(others, start=1)]
 
 
 def _words(text: str) -> list[str]:

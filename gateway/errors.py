@@ -54,6 +54,20 @@ class Invalid(ApiError):
         super().__init__(422, code, message, field)
 
 
+class UnknownReference(Invalid):
+    """A field names a record that does not exist (a provider, pipeline, stage or line)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message, code="unknown_reference")
+
+
+class InUse(ApiError):
+    """A change would leave other records pointing at nothing (409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, "in_use", message)
+
+
 class Forbidden(ApiError):
     def __init__(self, message: str, code: str = "forbidden") -> None:
         super().__init__(403, code, message)
@@ -81,6 +95,16 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
     return web.json_response({"error": body}, status=status)
 
 
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    """aiohttp's own errors, saying which path or method they are about."""
+    if exc.status == 404:
+        return f"no endpoint at {request.path}; GET /openapi.json lists them"
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return f"{request.method} is not allowed on {request.path}" + (f"; allowed: {allowed}" if allowed else "")
+    return exc.text or HTTPStatus(exc.status).phrase
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     given = request.headers.get(REQUEST_ID, "")
@@ -93,8 +117,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = HTTPStatus(exc.status).phrase
-        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.text or reason)
+        response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), _http_message(request, exc))
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except UNAVAILABLE as exc:

@@ -42,6 +42,17 @@ class Keys:
         """
         return f"{self.prefix}phone:{e164}"
 
+    @property
+    def items(self) -> str:
+        """Sorted set: every item id, scored by its ``updated_at`` (unix ms), for
+        ``GET /v1/items`` in update order. Written in the card's transaction."""
+        return f"{self.prefix}items"
+
+    def stage_items(self, pipeline: str, stage: str) -> str:
+        """Sorted set: the ids of the items in one stage, scored like ``items``: listing a
+        stage, and refusing to drop a stage items sit in, without reading every card."""
+        return f"{self.prefix}stage:{pipeline}:{stage}"
+
     def timeline(self, item_id: str) -> str:
         """List of JSON entries, oldest first, trimmed to ``timeline_max`` (append-only)."""
         return f"{self.prefix}timeline:{item_id}"

@@ -1,4 +1,9 @@
-"""Admin API: providers, lines and pipelines (admin token)."""
+"""Admin API: providers, lines and pipelines (admin token).
+
+Records refer to each other (a line to its provider, a trigger to its line and stage, an
+item to its stage): a change that would leave such a reference pointing at nothing is a 409
+naming what still uses it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,22 @@ from config.lines import Line, Pipeline, Provider
 from gateway.api import params
 from gateway.api.routing import Endpoint, Scope
 from gateway.appkeys import STORE
-from gateway.errors import ApiError, Invalid, NotFound
+from gateway.errors import InUse, NotFound, UnknownReference
+from gateway.store import Store
 
 
 async def put_provider(request: web.Request, body: Provider) -> web.Response:
     name = params.name(request, "name")
     await request.app[STORE].providers.put(name, body)
     return web.json_response({"name": name, **body.public_view()})
+
+
+async def get_provider(request: web.Request) -> web.Response:
+    name = params.name(request, "name")
+    provider = await request.app[STORE].providers.get(name)
+    if provider is None:
+        raise NotFound(f"provider {name}")
+    return web.json_response({"name": name, **provider.public_view()})
 
 
 async def list_providers(request: web.Request) -> web.Response:
@@ -27,7 +41,7 @@ async def delete_provider(request: web.Request) -> web.Response:
     store = request.app[STORE]
     users = sorted(number for number, line in (await store.lines.all()).items() if line.provider == name)
     if users:
-        raise ApiError(409, "in_use", f"provider {name} is used by line(s) {', '.join(users)}")
+        raise InUse(f"provider {name} is used by line(s) {', '.join(users)}")
     if not await store.providers.delete(name):
         raise NotFound(f"provider {name}")
     return web.Response(status=204)
@@ -37,15 +51,25 @@ async def put_line(request: web.Request, body: Line) -> web.Response:
     number = params.phone(request.match_info["number"], "number")
     store = request.app[STORE]
     if await store.providers.get(body.provider) is None:
-        raise Invalid("provider", f"provider: no provider named {body.provider!r}; PUT /v1/providers first")
+        raise UnknownReference("provider", f"provider: no provider named {body.provider!r}; PUT /v1/providers first")
     if body.lead is not None:
         pipeline = await store.pipelines.get(body.lead.pipeline)
         if pipeline is None:
-            raise Invalid("lead.pipeline", f"lead.pipeline: no pipeline {body.lead.pipeline!r}")
+            raise UnknownReference("lead.pipeline", f"lead.pipeline: no pipeline {body.lead.pipeline!r}")
         if body.lead.stage not in pipeline.stages:
-            raise Invalid("lead.stage", f"lead.stage: {body.lead.stage!r} is not a stage of {body.lead.pipeline}")
+            raise UnknownReference(
+                "lead.stage", f"lead.stage: {body.lead.stage!r} is not a stage of {body.lead.pipeline}"
+            )
     await store.lines.put(number, body)
     return web.json_response({"number": number, **body.model_dump(mode="json")})
+
+
+async def get_line(request: web.Request) -> web.Response:
+    number = params.phone(request.match_info["number"], "number")
+    line = await request.app[STORE].lines.get(number)
+    if line is None:
+        raise NotFound(f"line {number}")
+    return web.json_response({"number": number, **line.model_dump(mode="json")})
 
 
 async def list_lines(request: web.Request) -> web.Response:
@@ -55,15 +79,63 @@ async def list_lines(request: web.Request) -> web.Response:
 
 async def delete_line(request: web.Request) -> web.Response:
     number = params.phone(request.match_info["number"], "number")
-    if not await request.app[STORE].lines.delete(number):
+    store = request.app[STORE]
+    watchers = sorted(t.id for t in (await store.triggers.all()).values() if t.line == number)
+    if watchers:
+        raise InUse(f"line {number} is watched by trigger(s) {', '.join(watchers)}; delete or edit them first")
+    if not await store.lines.delete(number):
         raise NotFound(f"line {number}")
     return web.Response(status=204)
 
 
+async def _stage_users(store: Store, pipeline_id: str, stages: set[str]) -> list[str]:
+    """What refers to ``stages`` of the pipeline: triggers, lines' leads and items in them."""
+    users = [
+        f"trigger {t.id} targets {t.target_stage}"
+        for t in (await store.triggers.all()).values()
+        if t.pipeline == pipeline_id and t.target_stage in stages
+    ]
+    users += [
+        f"line {number} creates leads in {line.lead.stage}"
+        for number, line in (await store.lines.all()).items()
+        if line.lead is not None and line.lead.pipeline == pipeline_id and line.lead.stage in stages
+    ]
+    for stage, ids in (await store.items.in_stages(pipeline_id, sorted(stages))).items():
+        users.append(f"items in {stage} (e.g. {', '.join(ids)})")
+    return users
+
+
 async def put_pipeline(request: web.Request, body: Pipeline) -> web.Response:
     pipeline_id = params.name(request, "id")
-    await request.app[STORE].pipelines.put(pipeline_id, body)
+    store = request.app[STORE]
+    old = await store.pipelines.get(pipeline_id)
+    dropped = set(old.stages) - set(body.stages) if old else set()
+    users = await _stage_users(store, pipeline_id, dropped) if dropped else []
+    if users:
+        raise InUse(f"stage(s) {', '.join(sorted(dropped))} of {pipeline_id} are still used: {'; '.join(users)}")
+    await store.pipelines.put(pipeline_id, body)
     return web.json_response({"id": pipeline_id, **body.model_dump(mode="json")})
+
+
+async def get_pipeline(request: web.Request) -> web.Response:
+    pipeline_id = params.name(request, "id")
+    pipeline = await request.app[STORE].pipelines.get(pipeline_id)
+    if pipeline is None:
+        raise NotFound(f"pipeline {pipeline_id}")
+    return web.json_response({"id": pipeline_id, **pipeline.model_dump(mode="json")})
+
+
+async def delete_pipeline(request: web.Request) -> web.Response:
+    pipeline_id = params.name(request, "id")
+    store = request.app[STORE]
+    pipeline = await store.pipelines.get(pipeline_id)
+    if pipeline is None:
+        raise NotFound(f"pipeline {pipeline_id}")
+    users = await _stage_users(store, pipeline_id, set(pipeline.stages))
+    if users:
+        raise InUse(f"pipeline {pipeline_id} is still used: {'; '.join(users)}")
+    await store.pipelines.delete(pipeline_id)
+    return web.Response(status=204)
 
 
 async def list_pipelines(request: web.Request) -> web.Response:
@@ -83,6 +155,7 @@ ENDPOINTS_ADMIN = [
         tag="admin",
     ),
     Endpoint("GET", "/v1/providers", list_providers, "Providers (secret values masked)", _ADMIN, tag="admin"),
+    Endpoint("GET", "/v1/providers/{name}", get_provider, "One provider (secret values masked)", _ADMIN, tag="admin"),
     Endpoint(
         "DELETE",
         "/v1/providers/{name}",
@@ -102,15 +175,28 @@ ENDPOINTS_ADMIN = [
         tag="admin",
     ),
     Endpoint("GET", "/v1/lines", list_lines, "Lines", _ADMIN, tag="admin"),
-    Endpoint("DELETE", "/v1/lines/{number}", delete_line, "Delete a line", _ADMIN, status=204, tag="admin"),
+    Endpoint("GET", "/v1/lines/{number}", get_line, "One line", _ADMIN, tag="admin"),
+    Endpoint(
+        "DELETE", "/v1/lines/{number}", delete_line, "Delete a line no trigger watches", _ADMIN, status=204, tag="admin"
+    ),
     Endpoint(
         "PUT",
         "/v1/pipelines/{id}",
         put_pipeline,
-        "Create or replace a pipeline (stage order = progress)",
+        "Create or replace a pipeline (stage order = progress); dropping a stage still in use is a 409",
         _ADMIN,
         Pipeline,
         tag="admin",
     ),
     Endpoint("GET", "/v1/pipelines", list_pipelines, "Pipelines", _ADMIN, tag="admin"),
+    Endpoint("GET", "/v1/pipelines/{id}", get_pipeline, "One pipeline", _ADMIN, tag="admin"),
+    Endpoint(
+        "DELETE",
+        "/v1/pipelines/{id}",
+        delete_pipeline,
+        "Delete a pipeline no trigger, line or item uses",
+        _ADMIN,
+        status=204,
+        tag="admin",
+    ),
 ]

@@ -10,14 +10,16 @@ from aiohttp import web
 
 from config.lines import Label, Strict
 from config.phones import E164
-from config.triggers import Trigger, TriggerSpec
+from config.triggers import Trigger, TriggerBody, TriggerSpec, in_order, placed
 from config.vocabulary import EventKind
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import STORE
-from gateway.errors import Invalid, NotFound
+from gateway.errors import Invalid, NotFound, UnknownReference
 from gateway.ingest import accept
+from gateway.store import Store
 from gateway.store.inbox import EVENTS_STREAM
+from gateway.store.items import now_iso
 from webhooks.events import Event
 
 
@@ -29,23 +31,62 @@ class CallbackRequest(Strict):
     line: E164 | None = None
 
 
-async def create_trigger(request: web.Request, body: TriggerSpec) -> web.Response:
-    store = request.app[STORE]
+async def _check_references(store: Store, body: TriggerSpec) -> None:
     pipeline = await store.pipelines.get(body.pipeline)
     if pipeline is None:
-        raise Invalid("pipeline", f"pipeline: no pipeline {body.pipeline!r}")
+        raise UnknownReference("pipeline", f"pipeline: no pipeline {body.pipeline!r}")
     if body.target_stage not in pipeline.stages:
-        raise Invalid("target_stage", f"target_stage: {body.target_stage!r} is not a stage of {body.pipeline}")
+        raise UnknownReference("target_stage", f"target_stage: {body.target_stage!r} is not a stage of {body.pipeline}")
     if body.line is not None and await store.lines.get(body.line) is None:
-        raise Invalid("line", f"line: {body.line} is not a line of this gateway")
-    trigger = Trigger(**body.model_dump(), id="trg_" + secrets.token_hex(6), created_at=time.time())
-    await store.triggers.put(trigger.id, trigger)
-    return web.json_response(trigger.model_dump(mode="json"), status=201)
+        raise UnknownReference("line", f"line: {body.line} is not a line of this gateway")
+
+
+async def _ordered(store: Store) -> list[Trigger]:
+    return in_order((await store.triggers.all()).values())
+
+
+async def _place(store: Store, trigger: Trigger, position: int | None) -> web.Response:
+    """Store ``trigger`` at its place in the order and answer with it as it now stands."""
+    written = placed(await _ordered(store), trigger, position)
+    await store.triggers.put_many({t.id: t for t in written})
+    ordered = await _ordered(store)
+    index = next(i for i, t in enumerate(ordered) if t.id == trigger.id)
+    return web.json_response(ordered[index].view(index + 1))
+
+
+async def create_trigger(request: web.Request, body: TriggerBody) -> web.Response:
+    store = request.app[STORE]
+    await _check_references(store, body)
+    trigger = Trigger.model_validate({**body.spec(), "id": "trg_" + secrets.token_hex(6), "created_at": now_iso()})
+    response = await _place(store, trigger, body.position)
+    response.set_status(201)
+    return response
+
+
+async def put_trigger(request: web.Request, body: TriggerBody) -> web.Response:
+    """Edit a trigger in place: same id, same place in the order unless ``position`` says."""
+    trigger_id = params.name(request, "id")
+    store = request.app[STORE]
+    old = await store.triggers.get(trigger_id)
+    if old is None:
+        raise NotFound(f"trigger {trigger_id}")
+    await _check_references(store, body)
+    trigger = Trigger.model_validate({**old.model_dump(), **body.spec(), "updated_at": now_iso()})
+    return await _place(store, trigger, body.position)
+
+
+async def get_trigger(request: web.Request) -> web.Response:
+    trigger_id = params.name(request, "id")
+    ordered = await _ordered(request.app[STORE])
+    for index, trigger in enumerate(ordered):
+        if trigger.id == trigger_id:
+            return web.json_response(trigger.view(index + 1))
+    raise NotFound(f"trigger {trigger_id}")
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    triggers = sorted((await request.app[STORE].triggers.all()).values(), key=lambda t: (t.created_at, t.id))
-    return web.json_response({"triggers": [t.model_dump(mode="json") for t in triggers]})
+    ordered = await _ordered(request.app[STORE])
+    return web.json_response({"triggers": [t.view(i) for i, t in enumerate(ordered, start=1)]})
 
 
 async def delete_trigger(request: web.Request) -> web.Response:
@@ -86,13 +127,30 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 _ADMIN, _API = Scope.ADMIN, Scope.API
 ENDPOINTS_AUTOMATION = [
     Endpoint(
-        "POST", "/v1/triggers", create_trigger, "Create a trigger", _ADMIN, TriggerSpec, status=201, tag="automation"
+        "POST",
+        "/v1/triggers",
+        create_trigger,
+        "Create a trigger (last in the order, or at position)",
+        _ADMIN,
+        TriggerBody,
+        status=201,
+        tag="automation",
+    ),
+    Endpoint("GET", "/v1/triggers/{id}", get_trigger, "One trigger", _ADMIN, tag="automation"),
+    Endpoint(
+        "PUT",
+        "/v1/triggers/{id}",
+        put_trigger,
+        "Edit a trigger in place (keeps its id and place in the order unless position is given)",
+        _ADMIN,
+        TriggerBody,
+        tag="automation",
     ),
     Endpoint(
         "GET",
         "/v1/triggers",
         list_triggers,
-        "Triggers, oldest first (the order they apply in)",
+        "Triggers in the order they apply in (position 1 first)",
         _ADMIN,
         tag="automation",
     ),

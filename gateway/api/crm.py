@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from config.cards import Card
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import STORE
-from gateway.errors import Invalid, NotFound
+from gateway.errors import NotFound, UnknownReference
 from gateway.store import Store
+from gateway.store.items import ItemQuery
 
 
 async def _check_stage(store: Store, card: Card) -> None:
     pipeline = await store.pipelines.get(card.pipeline)
     if pipeline is None:
-        raise Invalid("pipeline", f"pipeline: no pipeline {card.pipeline!r}; an admin must PUT /v1/pipelines first")
+        raise UnknownReference(
+            "pipeline", f"pipeline: no pipeline {card.pipeline!r}; an admin must PUT /v1/pipelines first"
+        )
     if card.stage not in pipeline.stages:
-        raise Invalid(
+        raise UnknownReference(
             "stage", f"stage: {card.stage!r} is not a stage of {card.pipeline} ({', '.join(pipeline.stages)})"
         )
 
@@ -40,22 +45,72 @@ async def get_item(request: web.Request) -> web.Response:
 
 
 async def find_items(request: web.Request) -> web.Response:
-    phone = params.phone(request.query.get("phone"), "phone")
-    items = await request.app[STORE].items.by_phone(phone)
-    return web.json_response({"items": [item.view() for item in items]})
+    """By phone (the items a number belongs to), or every item in update order, a page at
+    a time; either narrowed to a pipeline, a stage, or items updated since a time."""
+    store = request.app[STORE]
+    query = ItemQuery(
+        pipeline=params.matching(request, "pipeline", params.NAME, "a pipeline id"),
+        stage=params.matching(request, "stage", params.NAME, "a stage name"),
+        since_ms=_ms(params.iso_time(request, "updated_since")),
+        after=_cursor(params.matching(request, "cursor", _CURSOR, "a next_cursor from an earlier page")),
+        limit=params.limit(request),
+    )
+    phone = params.optional_phone(request, "phone")
+    if phone is None:
+        items, cursor = await store.items.page(query)
+        return web.json_response({"items": [item.view() for item in items], "next_cursor": cursor})
+    since = query.since_ms or 0
+    found = [i for i in await store.items.by_phone(phone) if query.matches(i) and i.updated_ms() >= since]
+    return web.json_response({"items": [item.view() for item in found], "next_cursor": None})
 
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+def _cursor(value: str | None) -> tuple[int, str] | None:
+    if value is None:
+        return None
+    ms, _, item_id = value.partition(":")
+    return int(ms), item_id
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    item_id = params.item_id(request)
+    if not await request.app[STORE].items.delete(item_id):
+        raise NotFound(f"item {item_id}")
+    return web.Response(status=204)
+
+
+_CURSOR = re.compile(r"[0-9]{1,16}:[A-Za-z0-9_.:-]{1,128}")
 
 _API = Scope.API
 ENDPOINTS_CRM = [
     Endpoint("PUT", "/v1/items/{id}", put_item, "Create or replace a customer card", _API, Card, tag="crm"),
     Endpoint("GET", "/v1/items/{id}", get_item, "A card with its stage and timeline", _API, tag="crm"),
     Endpoint(
+        "DELETE",
+        "/v1/items/{id}",
+        delete_item,
+        "Delete a card with its phone index entries and timeline",
+        _API,
+        status=204,
+        tag="crm",
+    ),
+    Endpoint(
         "GET",
         "/v1/items",
         find_items,
-        "The items a phone number belongs to",
+        "The items a phone number belongs to, or every item in update order (oldest first), a page at a time",
         _API,
-        query=(Param("phone", "E.164 number, + encoded or not", required=True),),
+        query=(
+            Param("phone", "E.164 number, + encoded or not: the items holding it"),
+            Param("pipeline", "only items in this pipeline"),
+            Param("stage", "only items in this stage"),
+            Param("updated_since", "only items updated at or after this ISO-8601 time"),
+            Param("cursor", "the next_cursor of the previous page"),
+            Param("limit", "page size, 1-500 (default 50)"),
+        ),
         tag="crm",
     ),
 ]

@@ -10,7 +10,7 @@ from aiohttp import web
 from config.phones import InvalidPhone, to_e164
 from gateway.errors import ApiError, Invalid
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 # Visible ASCII only: a header value becomes part of a Redis key and of logs.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
@@ -18,7 +18,7 @@ _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
 
 def name(request: web.Request, key: str) -> str:
     value = request.match_info[key]
-    if not _NAME.match(value):
+    if not NAME.match(value):
         raise Invalid(key, f"{key}: 1-64 letters, digits, '_', '.' or '-'")
     return value
 

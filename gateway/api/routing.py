@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -128,8 +129,20 @@ async def read_body(request: web.Request, schema: Any) -> Any:
         if first["type"] == "json_invalid":
             raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
         where = _field_of(first, raw)
-        message = f"{where}: {first['msg']}" if where else str(first["msg"])
-        raise ApiError(422, first["type"], message, where or None) from None
+        text = _PYDANTIC_PREFIX.sub("", str(first["msg"]))
+        # A validator's own message may already start with the field it is about.
+        message = f"{where}: {text}" if where and not text.startswith((f"{where}:", f"{where}.")) else text
+        raise ApiError(422, _code(first["type"]), message, where or None) from None
+
+
+# Pydantic prefixes a validator's own message with the kind of exception it raised.
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def _code(pydantic_type: str) -> str:
+    """One code per kind of problem, whatever pydantic calls it: a field the body lacks, a
+    field the schema lacks, or a value that breaks a rule (the message says which)."""
+    return {"missing": "missing", "extra_forbidden": "unknown_field"}.get(pydantic_type, "invalid")
 
 
 def _bind(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.triggers import trigger_matches
+from config.triggers import in_order, trigger_matches
 from config.vocabulary import CALL_PROGRESS, EventKind, is_answer
 from gateway.engine.leads import Leads
 from gateway.engine.moves import Moves
@@ -37,7 +37,7 @@ class EventProcessor:
         items = await self._leads.items_for(event)
         if fresh:
             await self._timeline.record(event, items)
-        triggers = sorted((await store.triggers.all()).values(), key=lambda t: (t.created_at, t.id))
+        triggers = in_order((await store.triggers.all()).values())
         await self._timers.arm(event, triggers)
         for trigger in triggers:
             if trigger_matches(trigger, event.kind.value, event.line, event.text):

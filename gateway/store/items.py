@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -24,6 +24,10 @@ def now_iso(at: float | None = None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _ms(iso: str) -> int:
+    return round(datetime.fromisoformat(iso).timestamp() * 1000)
+
+
 @dataclass(frozen=True)
 class Item:
     id: str
@@ -34,6 +38,9 @@ class Item:
     @property
     def stage(self) -> str:
         return self.card.stage
+
+    def updated_ms(self) -> int:
+        return _ms(self.updated_at)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -72,6 +79,26 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
 end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class ItemQuery:
+    """Filters of ``GET /v1/items``; ``after`` is the cursor: (updated ms, id), exclusive."""
+
+    pipeline: str | None = None
+    stage: str | None = None
+    since_ms: int | None = None
+    after: tuple[int, str] | None = None
+    limit: int = 50
+
+    def matches(self, item: Item) -> bool:
+        return (self.pipeline is None or item.card.pipeline == self.pipeline) and (
+            self.stage is None or item.stage == self.stage
+        )
+
+
+# Cards read per round trip while filtering a page.
+_CHUNK = 200
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,11 @@ class Items:
             pipe.srem(self._keys.phone(number), item.id)
         for number in item.card.numbers() - old_numbers:
             pipe.sadd(self._keys.phone(number), item.id)
+        updated = {item.id: item.updated_ms()}
+        pipe.zadd(self._keys.items, updated)
+        if old is not None and (old.card.pipeline, old.stage) != (item.card.pipeline, item.stage):
+            pipe.zrem(self._keys.stage_items(old.card.pipeline, old.stage), item.id)
+        pipe.zadd(self._keys.stage_items(item.card.pipeline, item.stage), updated)
 
     async def put(self, item_id: str, card: Card) -> tuple[Item, bool]:
         """Create or replace the card; returns it and whether it is new."""
@@ -211,6 +243,66 @@ class Items:
             return moved, True
 
         return await self._watched([key, effect], body)
+
+    async def delete(self, item_id: str) -> bool:
+        """Remove the card with everything keyed by it: its phone index entries, its place
+        in the listings and its timeline. False when there was no such item."""
+        key = self._keys.item(item_id)
+
+        async def body(pipe: Pipeline) -> bool:
+            raw = await pipe.get(key)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if not raw:
+                return False
+            item = Item.from_json(raw)
+            pipe.delete(key, self._keys.timeline(item_id))
+            for number in item.card.numbers():
+                pipe.srem(self._keys.phone(number), item_id)
+            pipe.zrem(self._keys.items, item_id)
+            pipe.zrem(self._keys.stage_items(item.card.pipeline, item.stage), item_id)
+            return True
+
+        return await self._watched([key], body)
+
+    async def page(self, query: ItemQuery) -> tuple[list[Item], str | None]:
+        """Items matching ``query`` in update order (oldest first), and the cursor of the
+        next page (None when this page is the last)."""
+        source = (
+            self._keys.stage_items(query.pipeline, query.stage)
+            if query.pipeline is not None and query.stage is not None
+            else self._keys.items
+        )
+        low = query.after[0] if query.after else query.since_ms if query.since_ms is not None else "-inf"
+        found: list[tuple[Item, str]] = []
+        offset = 0
+        while True:
+            chunk = cast(
+                list[tuple[str, float]],
+                await self._redis.zrangebyscore(source, low, "+inf", start=offset, num=_CHUNK, withscores=True),
+            )
+            # The cursor is the listing's position, not the card's updated_at: a card updated
+            # while the client pages moves to the end of the listing and is met again there.
+            places = [(member, int(score)) for member, score in chunk]
+            places = [(m, ms) for m, ms in places if query.after is None or (ms, m) > query.after]
+            raws = await self._redis.mget([self._keys.item(m) for m, _ in places]) if places else []
+            for (member, ms), raw in zip(places, raws, strict=True):
+                item = Item.from_json(raw) if raw else None
+                if item is not None and query.matches(item):
+                    found.append((item, f"{ms}:{member}"))
+                    if len(found) > query.limit:
+                        return [item for item, _ in found[: query.limit]], found[query.limit - 1][1]
+            if len(chunk) < _CHUNK:
+                return [item for item, _ in found], None
+            offset += _CHUNK
+
+    async def in_stages(self, pipeline: str, stages: Iterable[str], most: int = 5) -> dict[str, list[str]]:
+        """Up to ``most`` item ids in each of ``stages`` that holds any."""
+        found: dict[str, list[str]] = {}
+        for stage in stages:
+            ids = await self._redis.zrange(self._keys.stage_items(pipeline, stage), 0, most - 1)
+            if ids:
+                found[stage] = [str(i) for i in ids]
+        return found
 
     async def get(self, item_id: str) -> Item | None:
         raw = await self._redis.get(self._keys.item(item_id))

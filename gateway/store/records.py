@@ -57,6 +57,11 @@ class Records(Generic[M]):
         self._snapshots.drop(self._key)
         return created
 
+    async def put_many(self, records: dict[str, M]) -> None:
+        """Store several records in one step (a reordering is seen whole or not at all)."""
+        await self._redis.hset(self._key, mapping={name: r.model_dump_json() for name, r in records.items()})
+        self._snapshots.drop(self._key)
+
     async def get(self, name: str) -> M | None:
         return (await self._snapshot()).get(name)
 

@@ -10,7 +10,8 @@ from tests.conftest import ADMIN, Client
 
 LINE = "/v1/lines/%2B34910000001"
 SECRET = "twilio-auth-token-do-not-echo-7f3a9c"
-TWILIO = {"kind": "twilio", "credentials": {"account_sid": "AC0123", "auth_token": SECRET}, "calls_per_second": 2}
+SID = "AC" + "0123456789abcdef" * 2
+TWILIO = {"kind": "twilio", "credentials": {"account_sid": SID, "auth_token": SECRET}, "calls_per_second": 2}
 
 
 async def put(client: Client, path: str, body: Any) -> tuple[int, Any]:
@@ -61,13 +62,13 @@ async def test_provider_credentials_are_never_echoed(client: Client) -> None:
     resp = await client.put("/v1/providers/tw", json=TWILIO, headers=ADMIN)
     assert resp.status == 200
     assert SECRET not in await resp.text()
-    assert "AC0123" not in await resp.text()
+    assert SID not in await resp.text()
 
     resp = await client.get("/v1/providers", headers=ADMIN)
     text = await resp.text()
     assert resp.status == 200 and '"tw"' in text
     assert SECRET not in text
-    assert "AC0123" not in text
+    assert SID not in text
 
 
 async def test_provider_replace(client: Client) -> None:
@@ -286,7 +287,7 @@ async def test_malformed_json_is_400(client: Client, sandbox: None, path: str, v
 @pytest.mark.parametrize(("path", "valid"), BODY_ENDPOINTS)
 async def test_unknown_field_is_422(client: Client, sandbox: None, path: str, valid: Any) -> None:
     error = await expect_422(client, path, {**valid, "surprise": True}, "surprise")
-    assert error["code"] == "extra_forbidden"
+    assert error["code"] == "unknown_field"
     status, _ = await put(client, path, valid)
     assert status == 200
 
