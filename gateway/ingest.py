@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.appkeys import METRICS, STORE
 from gateway.errors import ApiError
 from gateway.store.connection import UNAVAILABLE
+from gateway.store.inbox import Arrival
 from webhooks.events import Event
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,16 @@ class Refused(ApiError):
         self.line = line
 
 
-async def accept(request: web.Request, event: Event, token: str | None = None) -> bool:
-    """Store ``event`` durably unless already seen; True when it is new."""
+async def accept(request: web.Request, event: Event, token: str | None = None, fingerprint: str = "") -> bool:
+    """Store ``event`` durably unless already seen; True when it is new.
+
+    409 when ``fingerprint`` (see ``Inbox.accept``) differs from the one its identity holds.
+    """
     store = request.app[STORE]
-    new = await store.inbox.accept(event, token)
+    arrival = await store.inbox.accept(event, token, fingerprint)
+    if arrival is Arrival.CONFLICT:
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
+    new = arrival is Arrival.NEW
     request.app[METRICS].events.labels(event.kind.value, "accepted" if new else "duplicate").inc()
     if new:
         log.debug(

@@ -77,10 +77,12 @@ class Keys:
         """
         return f"{self.prefix}dedup:{identity}"
 
-    def effect(self, identity: str) -> str:
-        """Set in the same transaction as an effect (a stage move), so re-processing an
-        event after a crash finds it done. TTL as dedup."""
-        return f"{self.prefix}effect:{identity}"
+    def effects(self, item_id: str) -> str:
+        """Sorted set of the effect markers of one item (score = when made), written in the
+        same transaction as the effect. No TTL: re-processing an event, or a provider
+        replaying it after its dedup key expired, finds it done while the item keeps the
+        entries it guards (trimmed with the timeline)."""
+        return f"{self.prefix}effects:{item_id}"
 
     def call(self, provider: str, ref: str) -> str:
         """Hash of one provider call: ``rank`` and ``status`` only ever move forward, so an

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 import uuid
@@ -112,7 +113,9 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
         at=time.time(),
         extra={"name": body.name} if body.name else {},
     )
-    new = await accept(request, event)
+    # The same key with another body is another request: 409, not a silent "duplicate".
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    new = await accept(request, event, fingerprint=fingerprint)
     return web.json_response({"id": key, "status": "accepted" if new else "duplicate"}, status=202)
 
 

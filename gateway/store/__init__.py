@@ -48,7 +48,7 @@ class Store:
             providers=Records(redis, keys.providers, Provider, snapshots),
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
-            items=Items(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
+            items=Items(redis, keys, settings.timeline_max),
             inbox=Inbox(redis, keys, settings.dedup_ttl_seconds),
             calls=Calls(redis, keys),
             timers=Timers(redis, keys),

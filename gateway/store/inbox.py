@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
@@ -11,14 +13,28 @@ EVENTS_STREAM = "events"
 
 # Dedup and store in one atomic step: a delivery is either stored (and its identity
 # remembered) or a duplicate; never remembered-but-lost, which would drop the retries too.
+# KEYS: the stream, the event's identity, optionally its delivery token. The identity holds
+# a fingerprint of the request (ARGV[3]; '' when any repeat is the same request): another
+# request under it is a conflict (-1). The token holds the identity it came with and only
+# recognises a retry of that event: it is not signed, so it cannot vouch for another one.
 _ACCEPT = """
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return false end
+local held = redis.call('GET', KEYS[2])
+if held then
+  if held == ARGV[3] or ARGV[3] == '' then return 0 end
+  return -1
 end
-local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[2])
-for i = 2, #KEYS do redis.call('SET', KEYS[i], id, 'EX', ARGV[1]) end
-return id
+if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[4] then return 0 end
+redis.call('XADD', KEYS[1], '*', 'event', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[1])
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[1]) end
+return 1
 """
+
+
+class Arrival(Enum):
+    NEW = 1
+    DUPLICATE = 0
+    CONFLICT = -1  # the identity is taken by a different request (an Idempotency-Key reused)
 
 
 class Inbox:
@@ -27,14 +43,16 @@ class Inbox:
         self._dedup_ttl = dedup_ttl
         self._accept = redis.register_script(_ACCEPT)
 
-    async def accept(self, event: Event, token: str | None = None) -> bool:
-        """Store ``event`` durably unless it was seen; True when it is new.
+    async def accept(self, event: Event, token: str | None = None, fingerprint: str = "") -> Arrival:
+        """Store ``event`` durably unless it was seen.
 
-        ``token`` is a provider's delivery id (Twilio's ``I-Twilio-Idempotency-Token``),
-        a second identity a retry may be recognised by.
+        ``token`` is a provider's delivery id (Twilio's ``I-Twilio-Idempotency-Token``): a
+        retry of this same event may be recognised by it. ``fingerprint`` names the request
+        behind the event (a client's body under its ``Idempotency-Key``): the same identity
+        with another fingerprint is a CONFLICT.
         """
-        dedup = [self._keys.dedup(event.dedup)]
+        keys = [self._keys.stream(EVENTS_STREAM), self._keys.dedup(event.dedup)]
         if token:
-            dedup.append(self._keys.dedup(f"token:{event.provider}:{token}"))
-        stream = self._keys.stream(EVENTS_STREAM)
-        return bool(await self._accept(keys=[stream, *dedup], args=[self._dedup_ttl, event.to_json()]))
+            keys.append(self._keys.dedup(f"token:{event.provider}:{token}"))
+        args: list[str | int] = [self._dedup_ttl, event.to_json(), fingerprint, event.dedup]
+        return Arrival(int(await self._accept(keys=keys, args=args)))

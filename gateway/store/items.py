@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,14 +71,31 @@ def timeline_entry(kind: str, data: Mapping[str, Any], at: float | None = None) 
     return json.dumps({"at": now_iso(at), "type": kind, "data": dict(data)}, separators=(",", ":"))
 
 
+# Effect markers: what an event already did to an item, kept on the item (a sorted set by
+# when they were made) for as long as the item keeps the entries they guard, however late
+# the event comes back (a crash, a claim, a signed webhook replayed after its dedupe key
+# expired). ``marker_of_entry``/``marker_of_move`` name them; ``_mark`` and ``_RECORD_ONCE``
+# write them: the one place to change when the identity of an effect changes.
+# Twice the timeline: a move that finds nothing to do leaves a marker but no entry.
+MARKERS_PER_ENTRY = 2
+
+
+def marker_of_entry(identity: str) -> str:
+    return f"timeline:{identity}"
+
+
+def marker_of_move(move: Move) -> str:
+    return f"move:{move.identity}:{move.trigger_id}"
+
+
 # A timeline entry that an event adds at most once, however often the event is processed.
 _RECORD_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
-  return 1
-end
-return 0
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
+return 1
 """
 
 
@@ -116,11 +134,11 @@ class Move:
 
 
 class Items:
-    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, effect_ttl: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, timeline_max: int) -> None:
         self._redis = redis
         self._keys = keys
         self._timeline_max = timeline_max
-        self._effect_ttl = effect_ttl
+        self._markers_max = timeline_max * MARKERS_PER_ENTRY
         self._record_once = redis.register_script(_RECORD_ONCE)
 
     async def _watched(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
@@ -138,6 +156,12 @@ class Items:
                     return result
                 except WatchError:
                     continue
+
+    def _mark(self, pipe: Pipeline, item_id: str, marker: str) -> None:
+        """Queue an effect marker; the set keeps the newest ``MARKERS_PER_ENTRY * timeline_max``."""
+        key = self._keys.effects(item_id)
+        pipe.zadd(key, {marker: time.time()})
+        pipe.zremrangebyrank(key, 0, -self._markers_max - 1)
 
     def append(self, pipe: Pipeline, item_id: str, entry: str) -> None:
         """Queue a timeline entry; the list keeps the newest ``timeline_max``."""
@@ -202,31 +226,32 @@ class Items:
 
     async def record(self, item_id: str, identity: str, entry: str) -> bool:
         """Append ``entry`` unless the event named ``identity`` already did; True when added."""
-        effect = self._keys.effect(f"timeline:{identity}:{item_id}")
-        args: list[str | int] = [self._effect_ttl, entry, self._timeline_max]
-        return bool(await self._record_once(keys=[effect, self._keys.timeline(item_id)], args=args))
+        keys = [self._keys.effects(item_id), self._keys.timeline(item_id)]
+        args: list[str | float | int] = [marker_of_entry(identity), time.time(), entry, self._timeline_max]
+        return bool(await self._record_once(keys=keys, args=[*args, self._markers_max]))
 
     async def move(self, move: Move) -> tuple[Item, bool] | None:
         """Apply a trigger's move once per (event, trigger, item).
 
         Returns the item as it stands afterwards and whether this call moved it (None when
         the item is gone). The effect marker is written in the same transaction as the
-        stage, so a crash leaves either both or neither, and re-processing the event moves
-        nothing twice.
+        stage, so a crash leaves either both or neither, and re-processing or replaying the
+        event moves nothing twice.
         """
         key = self._keys.item(move.item_id)
-        effect = self._keys.effect(f"move:{move.identity}:{move.trigger_id}:{move.item_id}")
+        effects = self._keys.effects(move.item_id)
+        marker = marker_of_move(move)
 
         async def body(pipe: Pipeline) -> tuple[Item, bool] | None:
             raw = await pipe.get(key)
-            done = await pipe.exists(effect)
+            done = await pipe.zscore(effects, marker) is not None
             pipe.multi()  # type: ignore[no-untyped-call]
             if not raw:
                 return None
             item = Item.from_json(raw)
             if done:
                 return item, False
-            pipe.set(effect, "1", ex=self._effect_ttl)
+            self._mark(pipe, item.id, marker)
             if not may_move(move.stages, item.stage, move.target, move.allow_back):
                 return item, False
             act_as = move.act_as or item.card.responsible
@@ -242,11 +267,11 @@ class Items:
             self.append(pipe, item.id, timeline_entry("item.stage_changed", change))
             return moved, True
 
-        return await self._watched([key, effect], body)
+        return await self._watched([key, effects], body)
 
     async def delete(self, item_id: str) -> bool:
         """Remove the card with everything keyed by it: its phone index entries, its place
-        in the listings and its timeline. False when there was no such item."""
+        in the listings, its timeline and its effect markers. False when there was no such item."""
         key = self._keys.item(item_id)
 
         async def body(pipe: Pipeline) -> bool:
@@ -255,7 +280,7 @@ class Items:
             if not raw:
                 return False
             item = Item.from_json(raw)
-            pipe.delete(key, self._keys.timeline(item_id))
+            pipe.delete(key, self._keys.timeline(item_id), self._keys.effects(item_id))
             for number in item.card.numbers():
                 pipe.srem(self._keys.phone(number), item_id)
             pipe.zrem(self._keys.items, item_id)
