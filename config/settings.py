@@ -51,6 +51,16 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise ValueError("must be more than 0 and at most 3600")
+    return value
+
+
 def _url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
@@ -103,6 +113,10 @@ class Settings:
     dedup_ttl_seconds: int = 7 * 24 * 3600
     feed_max: int = 10000
     log_level: str = "INFO"
+    # Provider failures that may pass (timeouts, 5xx, 429): tries before the job fails, and
+    # the first backoff, doubled on each try.
+    job_max_tries: int = 5
+    job_retry_seconds: float = 2.0
 
     @property
     def base_url(self) -> str:
@@ -128,6 +142,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dedup_ttl_seconds": _positive,
     "feed_max": _positive,
     "log_level": _log_level,
+    "job_max_tries": _positive,
+    "job_retry_seconds": _seconds,
 }
 
 

@@ -14,6 +14,7 @@ from gateway.api.crm import ENDPOINTS_CRM
 from gateway.api.feed import ENDPOINTS_FEED
 from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
+from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
 from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS
 from gateway.datadir import tighten
@@ -82,7 +83,15 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     app[OUT_OF_MEMORY] = Spell()
     add_endpoints(
         app,
-        [*ENDPOINTS_OPS, *ENDPOINTS_ADMIN, *ENDPOINTS_CRM, *ENDPOINTS_AUTOMATION, *ENDPOINTS_FEED, *ENDPOINTS_HOOKS],
+        [
+            *ENDPOINTS_OPS,
+            *ENDPOINTS_ADMIN,
+            *ENDPOINTS_CRM,
+            *ENDPOINTS_AUTOMATION,
+            *ENDPOINTS_FEED,
+            *ENDPOINTS_HOOKS,
+            *ENDPOINTS_ROBOCALLS,
+        ],
     )
     app.cleanup_ctx.append(redis_ctx)
     if workers:

@@ -110,3 +110,28 @@ class Keys:
     def idempotency(self, scope: str, key: str) -> str:
         """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""
         return f"{self.prefix}idem:{scope}:{key}"
+
+    def job(self, job_id: str) -> str:
+        """Hash of one robocall or SMS job: its status, where it stands in placing the call,
+        and the request it runs. No TTL: it is the CRM's record of what was done."""
+        return f"{self.prefix}job:{job_id}"
+
+    def item_jobs(self, item_id: str) -> str:
+        """Sorted set: job ids of an item scored by creation time, for ``GET /v1/jobs?item_id=``."""
+        return f"{self.prefix}item-jobs:{item_id}"
+
+    @property
+    def jobs_due(self) -> str:
+        """Sorted set: job id -> unix time it may run (delay_seconds, retry backoff); due
+        ones move into the jobs stream in one step."""
+        return f"{self.prefix}jobs-due"
+
+    def media_url(self, digest: str) -> str:
+        """The media key a ``play.url`` (by its SHA-256) was fetched into; TTL one day, so
+        a campaign fetches its link once and a changed file is picked up the next day."""
+        return f"{self.prefix}media-url:{digest}"
+
+    def sandbox_call(self, key: str) -> str:
+        """The sandbox's record of a call it placed for an idempotency key: a retry or a
+        reconciliation finds it instead of placing a second call. TTL 2 days."""
+        return f"{self.prefix}sandbox-call:{key}"

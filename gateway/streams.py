@@ -86,6 +86,10 @@ class StreamConsumer:
         self._errors = keys.errors(config.name)
         self._group = config.name
 
+    @property
+    def stream(self) -> str:
+        return self._config.name
+
     async def ensure_group(self) -> None:
         try:
             await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)

@@ -21,6 +21,7 @@ from gateway.ingest import accept
 from gateway.store import Store
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.items import now_iso
+from gateway.store.jobs import JOBS_STREAM
 from webhooks.events import Event
 
 
@@ -122,8 +123,8 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
 async def list_dead_letters(request: web.Request) -> web.Response:
     store = request.app[STORE]
     stream = request.query.get("stream", EVENTS_STREAM)
-    if stream != EVENTS_STREAM:
-        raise Invalid("stream", f"stream: one of {EVENTS_STREAM}")
+    if stream not in (EVENTS_STREAM, JOBS_STREAM):
+        raise Invalid("stream", f"stream: one of {EVENTS_STREAM}, {JOBS_STREAM}")
     return web.json_response({"stream": stream, "entries": await store.dead_letters.newest(stream)})
 
 
@@ -174,7 +175,7 @@ ENDPOINTS_AUTOMATION = [
         list_dead_letters,
         "Stream entries that failed every delivery, with their last error",
         _ADMIN,
-        query=(Param("stream", "the stream (default events)"),),
+        query=(Param("stream", "events (default) or jobs"),),
         tag="automation",
     ),
 ]

@@ -24,7 +24,10 @@ def name(request: web.Request, key: str) -> str:
 
 
 def item_id(request: web.Request, key: str = "id") -> str:
-    value = request.match_info[key]
+    return item_id_value(request.match_info[key], key)
+
+
+def item_id_value(value: str, key: str) -> str:
     if not _ITEM_ID.match(value):
         raise Invalid(key, f"{key}: 1-128 letters, digits, '_', '.', ':' or '-'")
     return value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from config.triggers import in_order, trigger_matches
 from config.vocabulary import CALL_PROGRESS, EventKind, is_answer
 from gateway.engine.leads import Leads
@@ -12,10 +14,17 @@ from gateway.store import Store
 from gateway.streams import Entry
 from webhooks.events import Event
 
+JobCallHandler = Callable[[str, Event], Awaitable[None]]
+
+
+async def _no_jobs(job_id: str, event: Event) -> None:
+    return None
+
 
 class EventProcessor:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_job_call: JobCallHandler = _no_jobs) -> None:
         self._store = store
+        self._on_job_call = on_job_call
         self._leads = Leads(store)
         self._timeline = Timeline(store)
         self._timers = OverdueTimers(store)
@@ -27,6 +36,10 @@ class EventProcessor:
     async def handle(self, event: Event) -> None:
         store = self._store
         fresh, placed_by_us = await store.calls.progress(event) if event.kind in CALL_PROGRESS else (True, False)
+        if event.extra.get("job"):
+            # A robocall's progress: it moves its job and is no call.outgoing.
+            await self._on_job_call(event.extra["job"], event)
+            return
         if placed_by_us:
             return
         if is_answer(event.kind, event.status):

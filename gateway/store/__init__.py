@@ -18,6 +18,7 @@ from gateway.store.dead_letters import DeadLetters
 from gateway.store.feed import Feed
 from gateway.store.inbox import Inbox
 from gateway.store.items import Items
+from gateway.store.jobs import Jobs
 from gateway.store.records import Records, Snapshots
 from gateway.store.timers import Timers
 
@@ -37,6 +38,7 @@ class Store:
     triggers: Records[Trigger]
     dead_letters: DeadLetters
     feed: Feed
+    jobs: Jobs
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -55,6 +57,7 @@ class Store:
             triggers=Records(redis, keys.triggers, Trigger, snapshots),
             dead_letters=DeadLetters(redis, keys),
             feed=Feed(redis, keys, settings.feed_max),
+            jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
         )
 
     async def ping(self) -> None:

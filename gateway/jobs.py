@@ -1,0 +1,206 @@
+"""The job runner: takes a queued robocall from the jobs stream to a placed call, and moves
+it along as the provider reports how the call went.
+
+Exactly one call per dial: the job moves queued -> sending in a compare-and-set before the
+provider is asked, and a job found in ``sending`` (its runner died mid-placement) or queued
+again after a timeout is reconciled with the provider (``find``) before any new dial.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from config.jobs import FINAL, IN_CALL, JobStatus, backoff
+from config.recipients import NoRecipient, PhoneChoice, select_phone
+from config.settings import Settings
+from config.vocabulary import EventKind
+from gateway.providers import CallProvider, OutboundCall, PlacementError
+from gateway.providers.registry import Providers
+from gateway.store import Store
+from gateway.store.items import now_iso, timeline_entry
+from gateway.store.jobs import Job, Moved
+from gateway.streams import Entry
+from webhooks.events import Event
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP_SECONDS = 300.0
+
+_ENDED: dict[str, JobStatus] = {
+    "completed": JobStatus.COMPLETED,
+    "no-answer": JobStatus.NO_ANSWER,
+    "busy": JobStatus.BUSY,
+    "failed": JobStatus.FAILED,
+    "canceled": JobStatus.FAILED,
+}
+
+
+def call_status(event: Event) -> JobStatus | None:
+    """What a provider's report of a job's call means for the job (None: nothing)."""
+    if event.kind is EventKind.CALL_OUTGOING:
+        return JobStatus.RINGING if event.status == "ringing" else None
+    if event.kind is EventKind.CALL_ANSWERED:
+        return JobStatus.ANSWERED
+    if event.kind is EventKind.CALL_COMPLETED:
+        return _ENDED.get(event.status, JobStatus.COMPLETED)
+    if event.kind is EventKind.CALL_MISSED:
+        return _ENDED.get(event.status, JobStatus.NO_ANSWER)
+    return None
+
+
+def _reason(status: JobStatus, event: Event) -> str:
+    if status not in FINAL or status is JobStatus.COMPLETED:
+        return ""
+    code = event.extra.get("SipResponseCode") or event.extra.get("code")
+    return f"the call ended {event.status or status.value}" + (f" (SIP {code})" if code else "")
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: Store,
+        providers: Providers,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._providers = providers
+        self._settings = settings
+        self._clock = clock
+        self._jitter = jitter
+
+    async def __call__(self, entry: Entry) -> None:
+        await self.run(entry.fields["job"])
+
+    async def run(self, job_id: str) -> None:
+        job = await self._store.jobs.get(job_id)
+        if job is None or job.status in FINAL or job.status in IN_CALL:
+            return  # a duplicate entry: the job is past placement
+        try:
+            to = job["to"] or await self._recipient(job)
+        except NoRecipient as exc:
+            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
+            return
+        provider = await self._providers.get(job["provider"])
+        if provider is None:
+            reason = f"provider {job['provider']} is no longer configured"
+            await self._change(job, JobStatus.FAILED, expect=(JobStatus.QUEUED, JobStatus.SENDING), reason=reason)
+            return
+        since = float(job["placing_at"] or self._clock())
+        if job.status is JobStatus.QUEUED:
+            began = await self._change(
+                job, JobStatus.SENDING, expect=(JobStatus.QUEUED,), to=to, placing_at=repr(since), reason=""
+            )
+            if not began:
+                return
+        call = OutboundCall(
+            job_id=job.id,
+            dial=job.dial,
+            key=f"{job.id}-{job.dial}",
+            to=to,
+            line=job["line"],
+            audio_url=f"{self._settings.base_url}/media/{job['media']}.mp3",
+            status_url=f"{self._settings.base_url}/webhooks/twilio/voice/status?job={job.id}&dial={job.dial}",
+            since=since,
+        )
+        await self._dial(job, provider, call, reconcile=bool(job["placing_at"]))
+
+    async def _recipient(self, job: Job) -> str:
+        item = await self._store.items.get(job["item_id"])
+        if item is None:
+            raise NoRecipient(f"item {job['item_id']} no longer exists")
+        choice: PhoneChoice = job.request.get("phone_type", "AUTO")
+        return select_phone(item.card, choice)
+
+    async def _dial(self, job: Job, provider: CallProvider, call: OutboundCall, *, reconcile: bool) -> None:
+        ref = await provider.find(call) if reconcile else None
+        if ref is None:
+            try:
+                ref = await provider.place(call)
+            except PlacementError as exc:
+                await self._placement_failed(job, exc)
+                return
+        await self._store.jobs.mark_call(job["provider"], ref, job.id)
+        # The provider's first report may already have moved the job past sent.
+        await self._change(job, JobStatus.SENT, expect=(JobStatus.SENDING,), provider_ref=ref)
+        log.info("job=%s dial=%d placed ref=%s", job.id, job.dial, ref)
+
+    async def _placement_failed(self, job: Job, exc: PlacementError) -> None:
+        tries = job.tries + 1
+        expect = (JobStatus.SENDING,)
+        if not exc.transient:
+            await self._change(job, JobStatus.FAILED, expect=expect, reason=exc.reason, tries=tries)
+        elif tries >= self._settings.job_max_tries:
+            reason = f"gave up after {tries} tries: {exc.reason}"
+            await self._change(job, JobStatus.FAILED, expect=expect, reason=reason, tries=tries, dead=reason)
+        else:
+            delay = exc.retry_after or backoff(
+                tries, self._settings.job_retry_seconds, BACKOFF_CAP_SECONDS, self._jitter()
+            )
+            reason = f"try {tries} failed ({exc.reason}); retrying in {delay:.1f} s"
+            due = self._clock() + delay
+            await self._change(job, JobStatus.QUEUED, expect=expect, reason=reason, tries=tries, due=due)
+        log.warning("job=%s placement failed transient=%s: %s", job.id, exc.transient, exc.reason)
+
+    async def on_call_event(self, job_id: str, event: Event) -> None:
+        """A provider's report on a job's call: move the job forward, never backwards."""
+        status = call_status(event)
+        job = await self._store.jobs.get(job_id)
+        if status is None or job is None or job["provider"] != event.provider:
+            return
+        if event.extra.get("dial", str(job.dial)) != str(job.dial) or job["provider_ref"] not in ("", event.ref):
+            return  # a report on an earlier dial's call
+        expect = (JobStatus.SENDING, JobStatus.SENT, *IN_CALL)
+        await self._change(
+            job,
+            status,
+            expect=expect,
+            forward=True,
+            provider_ref=event.ref,
+            reason=_reason(status, event),
+            duration=event.extra.get("CallDuration", job["duration"]),
+        )
+
+    async def _change(
+        self,
+        job: Job,
+        status: JobStatus,
+        *,
+        expect: tuple[JobStatus, ...],
+        forward: bool = False,
+        due: float | None = None,
+        dead: str = "",
+        **fields: str | int,
+    ) -> bool:
+        """Move ``job`` to ``status`` if it is where ``expect`` says; True when this call
+        moved it. Each move is a ``job.updated`` entry on the item's timeline, written once
+        however often a crash makes us repeat the move."""
+        moved = await self._store.jobs.update(
+            job.id,
+            status,
+            expect=expect,
+            dial=job.dial,
+            forward=forward,
+            due=due,
+            dead=dead,
+            updated_at=now_iso(),
+            **fields,
+        )
+        if moved is not Moved.NO:
+            data = {
+                "job_id": job.id,
+                "kind": job["kind"],
+                "status": status.value,
+                "reason": fields.get("reason") or None,
+                "attempt": job.dial,
+                "test": job["test"] == "1",
+            }
+            tries = fields.get("tries", job.tries)
+            identity = f"job:{job.id}:{job.dial}:{tries}:{status.value}"
+            await self._store.items.record(job["item_id"], identity, timeline_entry("job.updated", data))
+        return moved is Moved.YES

@@ -1,0 +1,249 @@
+"""Jobs in Redis: created once per Idempotency-Key, moved between statuses by compare-and-set
+scripts, scheduled through a due set and run from the jobs stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from config.jobs import RANK, JobStatus
+from gateway.keys import Keys
+from gateway.store.timers import FIRE_DUE
+
+JOBS_STREAM = "jobs"
+
+# The job, its index entry, its first timeline entry and its queueing happen together, and
+# the Idempotency-Key is claimed in the same step: concurrent identical requests make one job.
+_CREATE = """
+if ARGV[8] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return existing end
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+else
+  redis.call('XADD', KEYS[4], '*', 'job', ARGV[1])
+end
+redis.call('RPUSH', KEYS[6], ARGV[6])
+redis.call('LTRIM', KEYS[6], -tonumber(ARGV[7]), -1)
+return false
+"""
+
+# A status change applies only from the statuses (and the dial) the caller expects, and,
+# for provider callbacks, only forward; scheduling and dead-lettering ride in the same step
+# so a crash cannot leave a job waiting with nothing to wake it. Returns 1 when it moved,
+# 2 when the job already is in that status (a repeat), 0 otherwise.
+_UPDATE = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'rank', 'dial', 'id')
+if not cur[1] then return 0 end
+if ARGV[2] ~= '' and ARGV[2] ~= cur[3] then return 0 end
+if cur[1] == ARGV[7] then return 2 end
+if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. cur[1] .. ',', 1, true) then return 0 end
+if ARGV[4] == '1' and tonumber(ARGV[3]) <= tonumber(cur[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'rank', ARGV[3], 'status', ARGV[7], unpack(ARGV, 8))
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[5], cur[4]) end
+if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], '*', 'job', cur[4], '_error', ARGV[6]) end
+return 1
+"""
+
+_CALL_TTL = 2 * 24 * 3600
+_MEDIA_URL_TTL = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as stored: every field a string in a Redis hash."""
+
+    fields: Mapping[str, str]
+
+    def __getitem__(self, name: str) -> str:
+        return self.fields.get(name, "")
+
+    @property
+    def id(self) -> str:
+        return self["id"]
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(self["status"])
+
+    @property
+    def dial(self) -> int:
+        return int(self["dial"] or 1)
+
+    @property
+    def tries(self) -> int:
+        return int(self["tries"] or 0)
+
+    @property
+    def request(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self["request"])
+        return data
+
+    def view(self, base_url: str) -> dict[str, Any]:
+        """The job as ``GET /v1/jobs/{id}`` shows it (API.md's fields)."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "kind": self["kind"],
+            "status": self["status"],
+            "reason": self["reason"] or None,
+            "item_id": self["item_id"],
+            "to": self["to"] or None,
+            "line": self["line"],
+            "provider": self["provider"],
+            "provider_ref": self["provider_ref"] or None,
+            "text": self["text"] or None,
+            "cost": None,
+            "test": self["test"] == "1",
+            "attempt": self.dial,
+            "created_at": self["created_at"],
+            "updated_at": self["updated_at"],
+        }
+        if self["media"]:
+            data["audio_url"] = f"{base_url}/media/{self['media']}.mp3"
+        if self["duration"]:
+            data["duration"] = int(self["duration"])
+        return data
+
+
+class Moved(IntEnum):
+    NO = 0
+    YES = 1
+    ALREADY = 2  # the job was in that status already: a repeat of a move made before
+
+
+@dataclass(frozen=True)
+class Created:
+    job_id: str
+    new: bool
+    same_body: bool
+
+
+class Jobs:
+    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, idempotency_ttl: int) -> None:
+        self._redis: Any = redis  # decoded replies (str); redis-py types both modes
+        self._keys = keys
+        self._timeline_max = timeline_max
+        self._idempotency_ttl = idempotency_ttl
+        self._create = redis.register_script(_CREATE)
+        self._update = redis.register_script(_UPDATE)
+        self._fire_due = redis.register_script(FIRE_DUE)
+
+    async def create(
+        self,
+        fields: Mapping[str, str],
+        *,
+        idempotency_key: str | None,
+        body_hash: str,
+        created: float,
+        due: float,
+        entry: str,
+    ) -> Created:
+        """Store and queue a new job, unless ``idempotency_key`` already made one."""
+        job_id = fields["id"]
+        idem = self._keys.idempotency("jobs", idempotency_key or "-")
+        keys = [
+            idem,
+            self._keys.job(job_id),
+            self._keys.item_jobs(fields["item_id"]),
+            self._keys.stream(JOBS_STREAM),
+            self._keys.jobs_due,
+            self._keys.timeline(fields["item_id"]),
+        ]
+        pairs = [value for pair in {**fields, "rank": str(RANK[JobStatus.QUEUED])}.items() for value in pair]
+        args: list[str | int | float] = [job_id, body_hash, self._idempotency_ttl, created, due, entry]
+        args.append(self._timeline_max)
+        existing = await self._create(keys=keys, args=[*args, "1" if idempotency_key else "0", *pairs])
+        if existing is None:
+            return Created(job_id, new=True, same_body=True)
+        existing_id, _, existing_hash = str(existing).partition("|")
+        return Created(existing_id, new=False, same_body=existing_hash == body_hash)
+
+    async def existing(self, idempotency_key: str) -> tuple[str, str] | None:
+        """(job id, body hash) an Idempotency-Key already produced."""
+        raw = await self._redis.get(self._keys.idempotency("jobs", idempotency_key))
+        if raw is None:
+            return None
+        job_id, _, body_hash = str(raw).partition("|")
+        return job_id, body_hash
+
+    async def get(self, job_id: str) -> Job | None:
+        fields = await self._redis.hgetall(self._keys.job(job_id))
+        return Job(fields) if fields else None
+
+    async def of_item(self, item_id: str, limit: int = 100) -> list[Job]:
+        ids = await self._redis.zrevrange(self._keys.item_jobs(item_id), 0, limit - 1)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self._keys.job(job_id))
+            found = await pipe.execute()
+        return [Job(fields) for fields in found if fields]
+
+    async def update(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        expect: Iterable[JobStatus] = (),
+        dial: int | None = None,
+        forward: bool = False,
+        due: float | None = None,
+        dead: str = "",
+        **fields: str | int | float,
+    ) -> Moved:
+        """Move the job to ``status`` (and set ``fields``) when it is in one of ``expect``,
+        on ``dial``, and (``forward``) behind ``status``.
+
+        ``due`` schedules it to run again at that time; ``dead`` dead-letters it with that
+        reason, both in the same step.
+        """
+        pairs = [str(value) for pair in fields.items() for value in pair]
+        keys = [self._keys.job(job_id), self._keys.jobs_due, self._keys.dead(JOBS_STREAM)]
+        args: list[str | int] = [
+            ",".join(s.value for s in expect),
+            "" if dial is None else str(dial),
+            RANK[status],
+            "1" if forward else "0",
+            "" if due is None else repr(due),
+            dead[:2000],
+            status.value,
+        ]
+        return Moved(int(await self._update(keys=keys, args=[*args, *pairs])))
+
+    async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
+        """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""
+        key = self._keys.call(provider, ref)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "job", job_id)
+            pipe.expire(key, _CALL_TTL)
+            await pipe.execute()
+
+    async def fire_due(self, now: float, limit: int = 100) -> int:
+        return int(
+            await self._fire_due(keys=[self._keys.jobs_due, self._keys.stream(JOBS_STREAM)], args=[now, limit, "job"])
+        )
+
+    async def record_sandbox_call(self, key: str, ref: str) -> str:
+        """Record a sandbox call for ``key`` once; the reference it has."""
+        stored = self._keys.sandbox_call(key)
+        await self._redis.set(stored, ref, nx=True, ex=_CALL_TTL)
+        return str(await self._redis.get(stored) or ref)
+
+    async def sandbox_call(self, key: str) -> str | None:
+        ref = await self._redis.get(self._keys.sandbox_call(key))
+        return None if ref is None else str(ref)
+
+    async def media_for_url(self, digest: str) -> str | None:
+        key = await self._redis.get(self._keys.media_url(digest))
+        return None if key is None else str(key)
+
+    async def remember_media(self, digest: str, key: str) -> None:
+        await self._redis.set(self._keys.media_url(digest), key, ex=_MEDIA_URL_TTL)

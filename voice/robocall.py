@@ -1,0 +1,64 @@
+"""What a robocall request asks for: who, from which line, and what is played or said.
+
+One schema for ``POST /v1/robocalls``; provider-neutral, so the same request runs on
+Twilio, Voximplant or the sandbox.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from config.lines import Strict
+from config.phones import E164
+from config.recipients import AUTO, PhoneChoice
+
+ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+class Say(Strict):
+    """Text spoken by a robot voice (``{{field}}`` templates allowed)."""
+
+    text: Annotated[str, Field(min_length=1, max_length=1500)]
+    language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
+    voice: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    speed: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
+    # Gain in dB applied to the rendered audio.
+    volume: Annotated[float, Field(ge=-20, le=20)] = 0.0
+
+
+class Play(Strict):
+    """A direct public link to an MP3 file."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url
+
+
+class RobocallRequest(Strict):
+    item_id: ItemId
+    line: E164
+    phone_type: PhoneChoice = AUTO
+    say: Say | None = None
+    play: Play | None = None
+    test: bool = False
+    to: E164 | None = None
+    delay_seconds: Annotated[int, Field(ge=0, le=30 * 24 * 3600)] = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RobocallRequest:
+        if (self.say is None) == (self.play is None):
+            raise ValueError("give exactly one of say or play")
+        if self.test and self.to is None:
+            raise ValueError("a test call needs to (the number to call instead of the customer)")
+        if self.to is not None and not self.test:
+            raise ValueError("to is only for test calls (test: true)")
+        return self
