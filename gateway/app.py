@@ -16,7 +16,7 @@ from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
-from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS
+from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS, WORKERS
 from gateway.datadir import tighten
 from gateway.errors import Spell, error_middleware
 from gateway.metrics import Metrics, metrics_middleware
@@ -61,7 +61,8 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = connect(app[REDIS_URL], blocking=True)
     try:
-        async with running_workers(Store.open(redis, settings, app[SNAPSHOTS]), settings, app[METRICS]):
+        async with running_workers(Store.open(redis, settings, app[SNAPSHOTS]), settings, app[METRICS]) as workers:
+            app[WORKERS] = workers
             yield
     finally:
         await redis.aclose()

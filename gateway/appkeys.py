@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # these modules read their key from here
     from gateway.api.routing import Endpoint, Tokens
     from gateway.errors import Spell
     from gateway.metrics import Metrics
+    from gateway.workers import Workers
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -23,3 +24,5 @@ TOKENS: web.AppKey[Tokens] = web.AppKey("tokens")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
 OUT_OF_MEMORY: web.AppKey[Spell] = web.AppKey("out_of_memory")
+# Set only in processes that run the workers (``create_app(workers=True)``).
+WORKERS: web.AppKey[Workers] = web.AppKey("workers")

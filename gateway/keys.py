@@ -70,6 +70,11 @@ class Keys:
         entry is pending so the dead letter can say why it failed."""
         return f"{self.prefix}stream:{name}:errors"
 
+    def consumers(self, name: str) -> str:
+        """Hash: consumer of ``stream(name)``'s group -> Redis time (ms) its process last said
+        it is alive; a consumer silent for long that owns nothing is removed from the group."""
+        return f"{self.prefix}stream:{name}:consumers"
+
     def dedup(self, identity: str) -> str:
         """Set when a provider delivery is stored; its retries find it and add nothing.
 

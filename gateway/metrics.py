@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.appkeys import METRICS
 from gateway.errors import Handler
@@ -42,16 +42,32 @@ class Metrics:
             ["provider", "reason"],
             registry=self.registry,
         )
-        self.withheld = Counter(
-            "callgate_withheld_callers",
-            "Incoming calls and messages whose caller is not a phone number (withheld, SIP, client)",
-            ["kind", "caller"],
-            registry=self.registry,
-        )
         self.stream_entries = Counter(
             "callgate_stream_entries",
             "Stream entries processed by stream and outcome",
             ["stream", "outcome"],
+            registry=self.registry,
+        )
+        # Set when scraped (gateway.api.ops): alert on no live consumer or a growing backlog.
+        self.consumers_live = Gauge(
+            "callgate_stream_consumers_live",
+            "Consumers of this process consuming now (not backing off a failure)",
+            ["stream"],
+            registry=self.registry,
+        )
+        self.stream_length = Gauge(
+            "callgate_stream_length", "Entries in the stream still to process", ["stream"], registry=self.registry
+        )
+        self.stream_pending = Gauge(
+            "callgate_stream_pending",
+            "Entries delivered to a consumer and not yet acknowledged",
+            ["stream"],
+            registry=self.registry,
+        )
+        self.stream_oldest_pending = Gauge(
+            "callgate_stream_oldest_pending_age_seconds",
+            "Age of the oldest pending entry (0 when none)",
+            ["stream"],
             registry=self.registry,
         )
 

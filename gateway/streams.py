@@ -3,9 +3,14 @@
 A producer XADDs an entry; consumers of one group read it (``XREADGROUP``), run the
 processor and XACK+XDEL it only after the processor returned, so an entry survives any
 crash in between. Entries a dead or stuck consumer left pending are claimed by another
-(``XPENDING`` with an idle filter, then ``XCLAIM``, which counts the delivery); an entry
-delivered ``max_deliveries`` times goes to the dead-letter stream with its last error.
-Processors must therefore be idempotent: an entry may be processed more than once.
+(``XPENDING`` with an idle filter, then ``XCLAIM``, which counts the delivery) batch after
+batch while any are left, so a backlog drains at processing speed; an entry delivered
+``max_deliveries`` times goes to the dead-letter stream with its last error. Processors
+must therefore be idempotent: an entry may be processed more than once.
+
+A consumer never dies of what it meets: any failure (Redis away, out of memory, read-only,
+a deleted group) restarts it with backoff and a log line saying why, and ``live`` says
+whether it is consuming right now.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
 from gateway.store.connection import UNAVAILABLE
@@ -62,100 +69,84 @@ class StreamConfig:
     block_ms: int = 1000
 
 
-class StreamConsumer:
-    """One consumer of a group; run several (in one process or many) to share the work."""
+# A consumer whose process has not vouched for it in this many claim intervals, and that
+# owns nothing, is gone: its name leaves the group, so XINFO shows the consumers that exist.
+_DEAD_AFTER_CLAIM_IDLES = 4
 
-    def __init__(
-        self,
-        redis: Redis,
-        keys: Keys,
-        config: StreamConfig,
-        name: str,
-        process: Processor,
-        on_outcome: Outcome = lambda outcome: None,
-    ) -> None:
-        # Typed loosely: redis-py types replies as unions over both decode modes, and every
-        # client here decodes responses to str.
+# Vouches for the caller's consumers (ARGV[3..]) and removes the group's consumers that own
+# no entry and were not vouched for in ARGV[2] ms (Redis 7.0's XINFO idle does not move while
+# a live consumer's reads come back empty, so it cannot tell). In one script, so a consumer
+# cannot take an entry between the check and its removal: removing it drops what it owns.
+_PRUNE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 3, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], now) end
+local removed = {}
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  local seen = tonumber(redis.call('HGET', KEYS[2], info['name']) or '0')
+  local silent = math.min(now - seen, info['idle'])
+  if info['pending'] == 0 and silent >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    redis.call('HDEL', KEYS[2], info['name'])
+    table.insert(removed, info['name'])
+  end
+end
+return removed
+"""
+
+
+class Claims:
+    """The claim side of one group, shared by the consumers of one process.
+
+    One consumer at a time claims (so they never race for the same batch), each claim takes
+    a batch, and while the last one came back full the next is due at once: entries a dead
+    consumer left drain as fast as the consumers process them.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, config: StreamConfig, on_outcome: Outcome) -> None:
         self._redis: Any = redis
         self._config = config
-        self._name = name
-        self._process = process
         self._on_outcome = on_outcome
         self._stream = keys.stream(config.name)
         self._dead = keys.dead(config.name)
         self._errors = keys.errors(config.name)
+        self._alive = keys.consumers(config.name)
         self._group = config.name
+        self.members: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._every = max(config.claim_idle_ms / 2000, 0.1)
+        self._next = 0.0
+        self._next_prune = 0.0
+        self.backlog = False
+        self._prune = redis.register_script(_PRUNE)
 
-    @property
-    def stream(self) -> str:
-        return self._config.name
+    def due(self) -> bool:
+        return self.backlog or time.monotonic() >= self._next
 
-    async def ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    async def run(self) -> None:
-        """Process until cancelled; Redis outages are waited out, never fatal."""
-        await self.ensure_group()
-        claim_every = max(self._config.claim_idle_ms / 2000, 0.1)
-        next_claim = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            raise_if_cancelled()
-            try:
-                if loop.time() >= next_claim:
-                    next_claim = loop.time() + claim_every
-                    await self.process(await self.claim_stale())
-                await self.process(await self.read_new())
-            except UNAVAILABLE as exc:
-                log.warning("stream=%s consumer=%s redis unavailable: %s", self._config.name, self._name, exc)
-                await asyncio.sleep(0.5)
-            except ResponseError as exc:
-                # The stream was deleted (e.g. FLUSHALL or a Redis without persistence restarted):
-                # the next read gets NOGROUP, and Redis 7 ends a read blocked at that moment
-                # with UNBLOCKED.
-                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
-                    await self.ensure_group()
-                else:
-                    await self._survive()
-            except Exception:
-                await self._survive()
-
-    async def _survive(self) -> None:
-        # A consumer outlives any one failure: a dead task would leave its group a consumer
-        # short with no sign but this log line.
-        log.exception("stream=%s consumer=%s unexpected error; going on", self._config.name, self._name)
-        await asyncio.sleep(1)
-
-    async def read_new(self) -> list[Entry]:
-        reply = await self._redis.xreadgroup(
-            self._group,
-            self._name,
-            {self._stream: ">"},
-            count=self._config.batch,
-            block=self._config.block_ms,
-        )
-        return [Entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries if fields]
-
-    async def claim_stale(self) -> list[Entry]:
-        """Take over entries idle longer than ``claim_idle_ms``; dead-letter the hopeless."""
-        pending = await self._redis.xpending_range(
-            self._stream, self._group, min="-", max="+", count=self._config.batch, idle=self._config.claim_idle_ms
-        )
-        if not pending:
-            return []
-        hopeless = [p["message_id"] for p in pending if p["times_delivered"] >= self._config.max_deliveries]
-        retry = [p["message_id"] for p in pending if p["times_delivered"] < self._config.max_deliveries]
-        for entry_id in hopeless:
-            await self._dead_letter(entry_id)
-        if not retry:
-            return []
-        claimed = await self._redis.xclaim(
-            self._stream, self._group, self._name, min_idle_time=self._config.claim_idle_ms, message_ids=retry
-        )
+    async def take(self, consumer: str) -> list[Entry]:
+        """A batch of entries idle longer than ``claim_idle_ms``, now owned by ``consumer``;
+        the hopeless among them are dead-lettered instead."""
+        async with self._lock:
+            if not self.due():
+                return []  # another consumer of this process just claimed
+            self._next = time.monotonic() + self._every
+            pending = await self._redis.xpending_range(
+                self._stream, self._group, min="-", max="+", count=self._config.batch, idle=self._config.claim_idle_ms
+            )
+            self.backlog = len(pending) >= self._config.batch
+            hopeless = [p["message_id"] for p in pending if p["times_delivered"] >= self._config.max_deliveries]
+            retry = [p["message_id"] for p in pending if p["times_delivered"] < self._config.max_deliveries]
+            for entry_id in hopeless:
+                await self._dead_letter(consumer, entry_id)
+            if time.monotonic() >= self._next_prune:
+                await self._prune_dead()
+            if not retry:
+                return []
+            claimed = await self._redis.xclaim(
+                self._stream, self._group, consumer, min_idle_time=self._config.claim_idle_ms, message_ids=retry
+            )
         entries = [Entry(entry_id, fields) for entry_id, fields in claimed if fields]
         # An entry trimmed away while pending comes back empty: nothing left to do but ack it.
         gone = [entry_id for entry_id, fields in claimed if not fields]
@@ -163,11 +154,20 @@ class StreamConsumer:
             await self._redis.xack(self._stream, self._group, *gone)
         return entries
 
-    async def _dead_letter(self, entry_id: str) -> None:
-        # Every consumer of the group may find the same hopeless entry at once; the XCLAIM's
+    async def _prune_dead(self) -> None:
+        # Vouching twice per dead-after period keeps a live consumer clear of the cut.
+        self._next_prune = time.monotonic() + self._config.claim_idle_ms * _DEAD_AFTER_CLAIM_IDLES / 2000
+        dead_after_ms = self._config.claim_idle_ms * _DEAD_AFTER_CLAIM_IDLES
+        args: list[str | int] = [self._group, dead_after_ms, *sorted(self.members)]
+        removed = await self._prune(keys=[self._stream, self._alive], args=args)
+        if removed:
+            log.info("stream=%s removed dead consumers that owned nothing: %s", self._config.name, ", ".join(removed))
+
+    async def _dead_letter(self, consumer: str, entry_id: str) -> None:
+        # Consumers of other processes may find the same hopeless entry at once; the XCLAIM's
         # idle filter lets only one of them take it, so it is dead-lettered once.
         claimed = await self._redis.xclaim(
-            self._stream, self._group, self._name, min_idle_time=self._config.claim_idle_ms, message_ids=[entry_id]
+            self._stream, self._group, consumer, min_idle_time=self._config.claim_idle_ms, message_ids=[entry_id]
         )
         if not claimed:
             return
@@ -181,6 +181,119 @@ class StreamConsumer:
             await pipe.execute()
         log.error("stream=%s entry=%s dead-lettered: %s", self._config.name, entry_id, error)
         self._on_outcome("dead")
+
+
+# Restart delays after consecutive failures: quick for a blip, at most this for an outage.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 2.0
+# While a failure repeats, one log line per this many restarts (about a minute at the cap).
+_LOG_EVERY = 30
+
+
+class StreamConsumer:
+    """One consumer of a group; run several (in one process or many) to share the work.
+
+    Consumers of one process share one ``Claims`` (made here when not given).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        config: StreamConfig,
+        name: str,
+        process: Processor,
+        on_outcome: Outcome = lambda outcome: None,
+        claims: Claims | None = None,
+    ) -> None:
+        # Typed loosely: redis-py types replies as unions over both decode modes, and every
+        # client here decodes responses to str.
+        self._redis: Any = redis
+        self._config = config
+        self.name = name
+        self._process = process
+        self._on_outcome = on_outcome
+        self._claims = claims or Claims(redis, keys, config, on_outcome)
+        self._claims.members.add(name)
+        self._stream = keys.stream(config.name)
+        self._errors = keys.errors(config.name)
+        self._group = config.name
+        self._failures = 0
+        self.live = True
+
+    @property
+    def stream(self) -> str:
+        return self._config.name
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        """Process until cancelled; whatever stops the consumer, it starts again."""
+        while True:
+            raise_if_cancelled()
+            try:
+                await self._consume()
+            except Exception as exc:
+                await self._back_off(exc)
+
+    async def _consume(self) -> None:
+        await self.ensure_group()
+        while True:
+            raise_if_cancelled()
+            if self._claims.due():
+                claimed = await self._claims.take(self.name)
+                self._resumed()
+                if claimed:
+                    await self.process(claimed)
+                    continue
+            # While a claim backlog is left, read without blocking to get back to it.
+            await self.process(await self.read_new(block=not self._claims.backlog))
+            self._resumed()
+
+    def _resumed(self) -> None:
+        if self._failures:
+            log.info("stream=%s consumer=%s resumed after %d restarts", self._config.name, self.name, self._failures)
+        self._failures = 0
+        self.live = True
+
+    async def _back_off(self, exc: Exception) -> None:
+        self.live = False
+        where = f"stream={self._config.name} consumer={self.name}"
+        if isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
+            # The stream was deleted (e.g. FLUSHALL, or a Redis without persistence restarted),
+            # or a failover ended a blocked read (Redis 7 answers UNBLOCKED): start over now.
+            log.warning("%s: its read was ended (%s); starting over", where, exc)
+            return
+        self._failures += 1
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
+        if self._failures % _LOG_EVERY == 1:
+            if isinstance(exc, UNAVAILABLE):
+                log.warning("%s redis unavailable: %s; restarting in %.1f s", where, exc, delay)
+            elif isinstance(exc, RedisError):
+                # OutOfMemoryError, ReadOnlyError, ...: the class says more than the message.
+                log.warning("%s stopped by redis: %s: %s; restarting in %.1f s", where, type(exc).__name__, exc, delay)
+            else:
+                log.exception("%s stopped by an unexpected error; restarting in %.1f s", where, delay)
+        await asyncio.sleep(delay)
+
+    async def read_new(self, block: bool = True) -> list[Entry]:
+        reply = await self._redis.xreadgroup(
+            self._group,
+            self.name,
+            {self._stream: ">"},
+            count=self._config.batch,
+            block=self._config.block_ms if block else None,
+        )
+        return [Entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries if fields]
+
+    async def claim_stale(self) -> list[Entry]:
+        """Take over entries idle longer than ``claim_idle_ms``; dead-letter the hopeless."""
+        return await self._claims.take(self.name)
 
     async def process(self, entries: list[Entry]) -> None:
         done: list[str] = []

@@ -1,4 +1,8 @@
-"""The workers: event and job consumers and the timer poller, run by serve and by worker."""
+"""The workers: event and job consumers and the timer poller, run by serve and by worker.
+
+A supervisor watches their tasks: a consumer restarts itself after any failure, and should
+its task end anyway, the supervisor says why and starts it again.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from config.settings import Settings
 from gateway.engine.processor import EventProcessor
@@ -18,7 +23,7 @@ from gateway.store.calls import RESPONDED_TTL
 from gateway.store.connection import UNAVAILABLE
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.jobs import JOBS_STREAM
-from gateway.streams import Processor, StreamConfig, StreamConsumer, consumer_name, raise_if_cancelled
+from gateway.streams import Claims, Processor, StreamConfig, StreamConsumer, consumer_name, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +59,82 @@ def consumers(
     def count(outcome: str) -> None:
         outcomes.labels(stream, outcome).inc()
 
+    claims = Claims(store.redis, store.keys, config, count)
     return [
-        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, count)
+        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, count, claims)
         for i in range(settings.consumers)
     ]
 
 
-@contextlib.asynccontextmanager
-async def running_workers(store: Store, settings: Settings, metrics: Metrics) -> AsyncIterator[None]:
-    """Consumers and the timer poller as tasks; cancelled and awaited on exit.
+Job = Callable[[], Coroutine[Any, Any, None]]
 
-    ``store`` must use a client whose timeouts allow blocking reads.
+
+class Workers:
+    """The tasks of one process's workers, kept running by a supervisor."""
+
+    def __init__(self, consumers: list[StreamConsumer], timers: Job) -> None:
+        self.consumers = consumers
+        self._jobs: dict[str, Job] = {self._name(i, c): c.run for i, c in enumerate(consumers)}
+        self._jobs["timers"] = timers
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    @staticmethod
+    def _name(index: int, consumer: StreamConsumer) -> str:
+        return f"consumer-{consumer.stream}-{index}"
+
+    @property
+    def streams(self) -> list[str]:
+        return sorted({consumer.stream for consumer in self.consumers})
+
+    def live_consumers(self, stream: str) -> int:
+        """Consumers of ``stream`` whose task runs and that are consuming (not backing off)."""
+        live = 0
+        for i, consumer in enumerate(self.consumers):
+            task = self.tasks.get(self._name(i, consumer))
+            live += consumer.stream == stream and consumer.live and task is not None and not task.done()
+        return live
+
+    def _start(self, name: str) -> None:
+        self.tasks[name] = asyncio.create_task(self._jobs[name](), name=name)
+
+    def start(self) -> None:
+        for name in self._jobs:
+            self._start(name)
+
+    async def supervise(self) -> None:
+        while True:
+            finished, _ = await asyncio.wait(self.tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                name = task.get_name()
+                reason = "it was cancelled" if task.cancelled() else repr(task.exception())
+                log.error("worker task %s ended (%s); starting it again", name, reason)
+                self._start(name)
+
+
+@contextlib.asynccontextmanager
+async def running_workers(store: Store, settings: Settings, metrics: Metrics) -> AsyncIterator[Workers]:
+    """Consumers and the timer poller under a supervisor; cancelled and awaited on exit.
+
+    ``store`` must use a client whose timeouts allow blocking reads. Nothing here waits on
+    Redis: a Redis out of memory or read-only at start delays the consumers, not the start.
     """
     providers = Providers(store)
     runner = JobRunner(store, providers, settings)
-    groups = [
-        consumers(store, settings, metrics, EVENTS_STREAM, EventProcessor(store, runner.on_call_event)),
-        consumers(store, settings, metrics, JOBS_STREAM, runner),
-    ]
-    for group in groups:
-        await group[0].ensure_group()
-    tasks = [
-        asyncio.create_task(c.run(), name=f"consumer-{c.stream}-{i}") for group in groups for i, c in enumerate(group)
-    ]
-    tasks.append(asyncio.create_task(poll_timers(store), name="timers"))
+    workers = Workers(
+        [
+            *consumers(store, settings, metrics, EVENTS_STREAM, EventProcessor(store, runner.on_call_event)),
+            *consumers(store, settings, metrics, JOBS_STREAM, runner),
+        ],
+        lambda: poll_timers(store),
+    )
+    workers.start()
+    supervisor = asyncio.create_task(workers.supervise(), name="supervisor")
     try:
-        yield
+        yield workers
     finally:
-        for task in tasks:
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        for task in workers.tasks.values():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*workers.tasks.values(), return_exceptions=True)
         await providers.close()

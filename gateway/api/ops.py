@@ -9,8 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api.openapi import build_openapi
 from gateway.api.routing import Endpoint
-from gateway.appkeys import ENDPOINTS, METRICS, STORE
+from gateway.appkeys import ENDPOINTS, METRICS, STORE, WORKERS
 from gateway.store.connection import UNAVAILABLE
+from gateway.store.inbox import EVENTS_STREAM
+from gateway.store.jobs import JOBS_STREAM
 
 
 def _version() -> str:
@@ -24,16 +26,41 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+STREAMS = (EVENTS_STREAM, JOBS_STREAM)
+
+
+def _unavailable(message: str) -> web.Response:
+    return web.json_response({"error": {"code": "unavailable", "message": message}}, status=503)
+
+
 async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].ping()
     except UNAVAILABLE:
-        return web.json_response({"error": {"code": "unavailable", "message": "redis is not answering"}}, status=503)
+        return _unavailable("redis is not answering")
+    # Events stored but never processed are worse than a 503: take this process out of rotation.
+    workers = request.app.get(WORKERS)
+    idle = [stream for stream in workers.streams if workers.live_consumers(stream) == 0] if workers else []
+    if idle:
+        return _unavailable(f"no consumer of the {idle[0]} stream is running (see the log for why)")
     return web.json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    gauges = request.app[METRICS]
+    workers = request.app.get(WORKERS)
+    if workers is not None:
+        for stream in workers.streams:
+            gauges.consumers_live.labels(stream).set(workers.live_consumers(stream))
+    for stream in STREAMS:
+        try:
+            backlog = await request.app[STORE].backlogs.of(stream)
+        except UNAVAILABLE:
+            break  # the scrape still answers; the backlog gauges keep their last values
+        gauges.stream_length.labels(stream).set(backlog.length)
+        gauges.stream_pending.labels(stream).set(backlog.pending)
+        gauges.stream_oldest_pending.labels(stream).set(backlog.oldest_pending_seconds)
+    body = generate_latest(gauges.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -44,7 +71,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 ENDPOINTS_OPS = [
     Endpoint("GET", "/healthz", healthz, "The process is up", tag="ops"),
-    Endpoint("GET", "/readyz", readyz, "Redis answers (503 when it does not)", tag="ops"),
+    Endpoint("GET", "/readyz", readyz, "Redis answers and an event consumer runs (503 when not)", tag="ops"),
     Endpoint("GET", "/metrics", metrics, "Prometheus metrics", tag="ops"),
     Endpoint("GET", "/openapi.json", openapi, "This API as OpenAPI 3", tag="ops"),
 ]

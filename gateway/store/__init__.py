@@ -13,6 +13,7 @@ from config.lines import Line, Pipeline, Provider
 from config.settings import Settings
 from config.triggers import Trigger
 from gateway.keys import Keys
+from gateway.store.backlog import Backlogs
 from gateway.store.calls import Calls
 from gateway.store.dead_letters import DeadLetters
 from gateway.store.feed import Feed
@@ -39,6 +40,7 @@ class Store:
     dead_letters: DeadLetters
     feed: Feed
     jobs: Jobs
+    backlogs: Backlogs
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -58,6 +60,7 @@ class Store:
             dead_letters=DeadLetters(redis, keys),
             feed=Feed(redis, keys, settings.feed_max),
             jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
+            backlogs=Backlogs(redis, keys),
         )
 
     async def ping(self) -> None:

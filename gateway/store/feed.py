@@ -77,13 +77,7 @@ class Feed:
 
     async def record_event(self, event: Event) -> None:
         """An accepted provider event (or website callback request)."""
-        details = {
-            "ref": event.ref,
-            "status": event.status,
-            "text": event.text,
-            "direction": event.direction,
-            "withheld": event.withheld or "",
-        }
+        details = {"ref": event.ref, "status": event.status, "text": event.text, "direction": event.direction}
         await self.record(
             event.kind.value,
             provider=event.provider,

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
+import socket
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
+from gateway.appkeys import SETTINGS, WORKERS
 from gateway.keys import Keys
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.inbox import EVENTS_STREAM
@@ -19,10 +24,12 @@ from tests.conftest import Client, ClientFactory
 from tests.support import (
     add_item,
     add_trigger,
+    call_form,
     configure,
     eventually,
     item,
     missed_call,
+    ready,
     stage_of,
     timeline_types,
     twilio_post,
@@ -57,7 +64,7 @@ async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
 
     await eventually(consumers_noticed)  # the workers are in the outage too, and wait it out
     await private_redis.start()  # same socket and data directory
-    assert (await client.get("/readyz")).status == 200
+    await eventually(lambda: ready(client))  # a consumer is back, past its backoff
     resp = await twilio_post(client, STATUS_PATH, form)  # the provider's retry
     assert resp.status == 200, await resp.text()
 
@@ -136,4 +143,122 @@ async def test_hung_redis_is_503_and_recovers(
     assert kinds.count("item.stage_changed") == 1 and kinds.count("call.missed") == 1
 
 
+async def test_out_of_memory_at_start_delays_the_consumers_not_the_events(
+    private_redis: EmbeddedRedis,
+    private_settings: Settings,
+    aiohttp_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Creating the consumer group fails while Redis is out of memory: the consumers say
+    why, /readyz is 503 and the metrics show no live consumer until memory is back."""
+    await watch_missed_calls(await aiohttp_client(create_app(private_settings, workers=False)))
+    async with redis_on(private_redis) as probe:
+        await probe.config_set("maxmemory-policy", "noeviction")
+        await probe.config_set("maxmemory", "1")  # every write is refused: OOM
+        client = await aiohttp_client(create_app(private_settings))
+
+        async def said_why() -> bool:
+            return any("OutOfMemoryError" in r.getMessage() for r in caplog.records if r.name == "gateway.streams")
+
+        await eventually(said_why)
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert "consumer" in (await resp.json())["error"]["message"]
+        assert 'callgate_stream_consumers_live{stream="events"} 0.0' in await (await client.get("/metrics")).text()
+        await probe.config_set("maxmemory", "0")
+
+    await eventually(lambda: ready(client))
+    assert (await twilio_post(client, STATUS_PATH, missed_call())).status == 200
+
+    async def moved() -> bool:
+        return await stage_of(client) == "CALL_BACK"
+
+    await eventually(moved)
+
+    async def all_live() -> bool:
+        metrics = await (await client.get("/metrics")).text()
+        return 'callgate_stream_consumers_live{stream="events"} 8.0' in metrics
+
+    await eventually(all_live)
+
+
+async def test_a_read_only_spell_stops_the_consumers_until_it_ends(
+    private_redis: EmbeddedRedis, private_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failover demotes the Redis to a replica: reads of the group fail READONLY."""
+    client = private_client
+    await watch_missed_calls(client)
+    async with redis_on(private_redis) as probe:
+        # A master that never answers: the data stays, every write is refused.
+        await probe.replicaof("127.0.0.1", free_port())
+
+        async def said_why() -> bool:
+            return any("ReadOnlyError" in r.getMessage() for r in caplog.records if r.name == "gateway.streams")
+
+        await eventually(said_why)
+
+        async def not_ready() -> bool:
+            return (await client.get("/readyz")).status == 503
+
+        await eventually(not_ready)
+        await probe.replicaof("NO", "ONE")
+
+    await eventually(lambda: ready(client))
+    assert (await twilio_post(client, STATUS_PATH, missed_call())).status == 200
+
+    async def moved() -> bool:
+        return await stage_of(client) == "CALL_BACK"
+
+    await eventually(moved)
+
+
+async def test_the_supervisor_restarts_a_worker_task_that_ended(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    workers = client.app[WORKERS]
+    first = workers.tasks["consumer-events-0"]
+    first.cancel()
+
+    async def restarted() -> bool:
+        task = workers.tasks["consumer-events-0"]
+        return task is not first and not task.done()
+
+    await eventually(restarted)
+    assert any("consumer-events-0 ended" in r.getMessage() for r in caplog.records if r.name == "gateway.workers")
+    assert workers.live_consumers("events") == workers.live_consumers("jobs") == client.app[SETTINGS].consumers
+
+
+async def test_metrics_show_the_stream_backlog(aiohttp_client: ClientFactory, settings: Settings, redis: Redis) -> None:
+    api = await aiohttp_client(create_app(settings, workers=False))
+    await configure(api)
+    for n in range(3):
+        form = call_form("CA" + str(n) * 32, CallStatus="in-progress", DialCallStatus="no-answer")
+        assert (await twilio_post(api, STATUS_PATH, form)).status == 200
+    keys = Keys(settings.key_prefix)
+    stream = keys.stream(EVENTS_STREAM)
+    await redis.xgroup_create(stream, EVENTS_STREAM, id="0")
+    await redis.xreadgroup(EVENTS_STREAM, "gone", {stream: ">"}, count=2)  # two taken, never acked
+    metrics = await (await api.get("/metrics")).text()
+    assert 'callgate_stream_length{stream="events"} 3.0' in metrics
+    assert 'callgate_stream_pending{stream="events"} 2.0' in metrics
+    age = re.search(r'callgate_stream_oldest_pending_age_seconds\{stream="events"\} (\S+)', metrics)
+    assert age is not None and float(age.group(1)) >= 0.0
+    assert "callgate_stream_consumers_live{" not in metrics  # this process runs no consumers
+
+
 # Helpers
+
+
+@contextlib.asynccontextmanager
+async def redis_on(server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    probe = Redis.from_url(server.url, decode_responses=True)
+    try:
+        yield probe
+    finally:
+        await probe.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

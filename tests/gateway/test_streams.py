@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -16,7 +17,7 @@ from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.connection import connect
 from gateway.store.inbox import EVENTS_STREAM
-from gateway.streams import Entry, Processor, StreamConfig, StreamConsumer
+from gateway.streams import Claims, Entry, Processor, StreamConfig, StreamConsumer
 from tests.conftest import ADMIN, API, ClientFactory
 from tests.support import eventually
 
@@ -155,9 +156,41 @@ async def test_entries_of_a_crashed_consumer_are_claimed_and_processed_once(redi
     async with running(b, c):
         await eventually(lambda: done(redis, keys, len(ids), recorder))
         await asyncio.sleep(3 * CONFIG.claim_idle_ms / 1000)  # later claim rounds find nothing
+        # A, which owns nothing now and reads no more, is removed from the group.
+
+        async def a_removed() -> bool:
+            return {c["name"] for c in await redis.xinfo_consumers(stream, "t")} <= {"B", "C"}
+
+        await eventually(a_removed)
     assert Counter(e.id for e in recorder.calls) == Counter(ids)
     assert await effects.applied() == Counter(ids)
     assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, "t"))["pending"] == 0
+
+
+async def test_an_orphaned_backlog_is_reclaimed_at_processing_speed(redis: Redis, prefix: str) -> None:
+    """2,000 entries a dead consumer left are claimed batch after batch, each by one consumer
+    of the process, not one batch per claim interval (here 30 s: the drain must not wait)."""
+    keys = Keys(prefix)
+    stream = keys.stream("t")
+    recorder = Recorder()
+    config = StreamConfig(name="t", claim_idle_ms=60_000, max_deliveries=3, block_ms=100)
+    claims = Claims(redis, keys, config, lambda outcome: None)
+    consumers = [StreamConsumer(redis, keys, config, f"C{i}", recorder, claims=claims) for i in range(4)]
+    await consumers[0].ensure_group()
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(2000):
+            pipe.xadd(stream, {"n": str(i)})
+        ids = await pipe.execute()
+    await redis.xreadgroup("t", "ghost", {stream: ">"}, count=2000)  # and then it died...
+    # ...long ago: its entries have been idle for an hour.
+    await redis.xclaim(stream, "t", "ghost", min_idle_time=0, message_ids=ids, idle=3_600_000, justid=True)
+
+    started = time.monotonic()
+    async with running(*consumers):
+        await eventually(lambda: done(redis, keys, len(ids), recorder), timeout=20)
+    print(f"reclaimed 2000 orphaned entries in {time.monotonic() - started:.1f} s")
+    assert Counter(e.id for e in recorder.calls) == Counter(ids)  # each processed once
     assert (await redis.xpending(stream, "t"))["pending"] == 0
 
 

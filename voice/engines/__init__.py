@@ -1,1 +1,0 @@
-"""The TTS engines callgate ships: piper (neural), espeak-ng (many languages), gtts (Google)."""
