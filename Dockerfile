@@ -14,10 +14,7 @@ COPY . .
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-# ffmpeg encodes robocall audio (pydub); espeak-ng is the offline TTS engine.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends ffmpeg espeak-ng \
-    && rm -rf /var/lib/apt/lists/*
+# Speech needs no system package: ffmpeg, libespeak-ng and piper's runtime come as wheels.
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels callgate && rm -rf /wheels
 

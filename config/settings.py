@@ -117,6 +117,8 @@ class Settings:
     # the first backoff, doubled on each try.
     job_max_tries: int = 5
     job_retry_seconds: float = 2.0
+    tts_workers: int = 2
+    gtts_url: str = "https://translate.google.com/_/TranslateWebserverUi/data/batchexecute"
 
     @property
     def base_url(self) -> str:
@@ -144,6 +146,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": _log_level,
     "job_max_tries": _positive,
     "job_retry_seconds": _seconds,
+    "tts_workers": _positive,
+    "gtts_url": _url,
 }
 
 

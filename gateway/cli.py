@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,12 +17,15 @@ from aiohttp import web
 from config.settings import Settings, SettingsError, load_settings
 from gateway.app import StartupError, create_app
 from gateway.metrics import Metrics
+from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedisError
 from gateway.store.records import Snapshots
 from gateway.tokens import TokensError, ensure_tokens
 from gateway.workers import running_workers
+from voice.render import Say, renderer_for
+from voice.tts import SynthesisFailed, VoiceError, normalise_language
 
 log = logging.getLogger("callgate")
 
@@ -68,6 +72,31 @@ def _tokens(settings: Settings) -> None:
     print(f"api token:   {settings.api_token}")
 
 
+def _say(settings: Settings, args: argparse.Namespace) -> None:
+    say = Say(args.text, args.language, args.engine, args.voice, args.speed, args.volume)
+    speech = Speech(renderer_for(settings), settings.tts_workers)
+    try:
+        rendered = asyncio.run(speech.render(say))
+    finally:
+        speech.close()
+    shutil.copyfile(rendered.path, args.output)
+    how = "from the cache" if rendered.cached else "rendered"
+    print(f"{args.output}: engine={rendered.engine} voice={rendered.voice} ({how}, key {rendered.key})")
+    if rendered.note:
+        print(f"note: {rendered.note}")
+
+
+def _voices(settings: Settings, args: argparse.Namespace) -> None:
+    base = normalise_language(args.language).split("-")[0] if args.language else None
+    print("default engine: piper where it has a voice for the language, else espeak-ng")
+    for engine, voices in renderer_for(settings).voices().items():
+        if args.engine not in (None, engine):
+            continue
+        for voice in voices:
+            if base is None or any(tag.split("-")[0] == base for tag in voice.languages):
+                print(f"{engine:<10} {voice.id:<28} {' '.join(voice.languages):<24} {voice.description}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callgate", description="Voice and SMS gateway for CRM automation")
     parser.add_argument("--config", help="TOML settings file (the environment wins over it)")
@@ -75,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("serve", help="run the API, the provider webhooks and the workers")
     commands.add_parser("worker", help="run only the workers (event consumers, timers), to scale out")
     commands.add_parser("tokens", help="print the admin and api tokens")
+    say = commands.add_parser("say", help="render text to an MP3 exactly as a robocall would play it")
+    say.add_argument("text")
+    say.add_argument(
+        "--engine",
+        choices=("piper", "espeak-ng", "gtts"),
+        help="default: piper if it speaks the language, else espeak-ng",
+    )
+    say.add_argument("--language", default="en", help="a language tag such as en, es, pt-BR (default en)")
+    say.add_argument("--voice", help="a voice from `callgate voices` (default: the engine's best for the language)")
+    say.add_argument("--speed", type=float, default=1.0, help="tempo, 0.5-2.0 (default 1.0; the pitch stays)")
+    say.add_argument("--volume", type=float, default=0.0, help="dB from the reference level, -20 to +6 (default 0)")
+    say.add_argument("-o", "--output", required=True, type=Path, help="the MP3 file to write")
+    voices = commands.add_parser("voices", help="list the engines, languages and voices on this machine")
+    voices.add_argument("--engine", choices=("piper", "espeak-ng", "gtts"))
+    voices.add_argument("--language", help="only voices that speak this language (any variant)")
     return parser
 
 
@@ -93,7 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_work(settings))
         elif args.command == "tokens":
             _tokens(settings)
-    except (StartupError, EmbeddedRedisError, TokensError) as exc:
+        elif args.command == "say":
+            _say(settings, args)
+        elif args.command == "voices":
+            _voices(settings, args)
+    except VoiceError as exc:
+        print(f"callgate: {exc}", file=sys.stderr)
+        return 2
+    except (StartupError, EmbeddedRedisError, TokensError, SynthesisFailed) as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from config.vocabulary import EventKind
 from gateway.appkeys import METRICS, STORE
 from gateway.errors import ApiError
 from gateway.store.connection import UNAVAILABLE
@@ -14,6 +15,9 @@ from gateway.store.inbox import Arrival
 from webhooks.events import Event
 
 log = logging.getLogger(__name__)
+
+# The events that start a conversation: where a withheld caller is counted, once.
+_FIRST_CONTACT = frozenset({EventKind.CALL_INCOMING, EventKind.SMS_INCOMING})
 
 
 class Refused(ApiError):
@@ -50,6 +54,18 @@ async def accept(request: web.Request, event: Event, token: str | None = None, f
             event.ref,
         )
         await store.feed.record_event(event)
+        if event.kind in _FIRST_CONTACT and (caller := event.withheld):
+            # Accepted as any other (the call still rings the agents), but it can make no
+            # lead: say so where an operator looks.
+            log.info(
+                "withheld caller=%s %s provider=%s line=%s ref=%s",
+                caller,
+                event.kind.value,
+                event.provider,
+                event.line,
+                event.ref,
+            )
+            request.app[METRICS].withheld.labels(event.kind.value, caller).inc()
     return new
 
 

@@ -42,6 +42,12 @@ class Metrics:
             ["provider", "reason"],
             registry=self.registry,
         )
+        self.withheld = Counter(
+            "callgate_withheld_callers",
+            "Incoming calls and messages whose caller is not a phone number (withheld, SIP, client)",
+            ["kind", "caller"],
+            registry=self.registry,
+        )
         self.stream_entries = Counter(
             "callgate_stream_entries",
             "Stream entries processed by stream and outcome",

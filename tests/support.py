@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import ClientResponse
+from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
 from tests.conftest import ADMIN, API, Client
@@ -192,6 +193,27 @@ async def ready(client: Client) -> bool:
 
 async def stage_of(client: Client, item_id: str = "D1") -> str:
     return str((await item(client, item_id))["stage"])
+
+
+async def metric(client: Client, name: str, **labels: str) -> float:
+    """The value of one sample on ``GET /metrics`` (0 when absent)."""
+    text = await (await client.get("/metrics")).text()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def processed(client: Client, count: int) -> None:
+    """Wait until the event workers finished ``count`` entries (the positive signal that an
+    event which changes nothing visible was handled), none of them failing."""
+
+    async def done() -> bool:
+        return await metric(client, "callgate_stream_entries_total", stream="events", outcome="done") >= count
+
+    await eventually(done)
+    assert await metric(client, "callgate_stream_entries_total", stream="events", outcome="failed") == 0
 
 
 def timeline_types(data: Mapping[str, Any]) -> list[str]:

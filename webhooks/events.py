@@ -9,7 +9,31 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from config.phones import InvalidPhone, to_e164
 from config.vocabulary import EventKind
+
+# What Twilio puts in From when a caller withholds the number (a number that does not exist).
+_WITHHELD_NUMBERS = {"+266696687": "anonymous", "+86282452253": "unavailable"}
+_IDENTITY_SCHEMES = ("client", "sip")
+
+
+def withheld(identity: str) -> str | None:
+    """Why ``identity`` is not a customer's phone number, or None when it is one.
+
+    ``anonymous``/``unavailable`` for the numbers Twilio sends for withheld callers,
+    ``client``/``sip`` for softphone and SIP identities, ``unknown`` for anything else that
+    is not a valid international number. Such a caller can be neither called back nor made
+    into a lead.
+    """
+    if identity in _WITHHELD_NUMBERS:
+        return _WITHHELD_NUMBERS[identity]
+    scheme = identity.partition(":")[0].lower()
+    if scheme in _IDENTITY_SCHEMES:
+        return scheme
+    try:
+        return None if to_e164(identity) == identity else "unknown"
+    except InvalidPhone:
+        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -36,10 +60,17 @@ class Event:
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
+    def withheld(self) -> str | None:
+        """Why the customer side is not a phone number (see :func:`withheld`), or None."""
+        return withheld(self.customer)
+
+    @property
     def identity(self) -> str:
         """What makes two events the same for their effects: a call's missed fires once even
-        when both the Dial action and the call's own status callback report it."""
-        return f"{self.kind.value}:{self.provider}:{self.ref}"
+        when both the Dial action and the call's own status callback report it. Each status
+        of a message is news of its own (``sent``, then ``undelivered``)."""
+        identity = f"{self.kind.value}:{self.provider}:{self.ref}"
+        return f"{identity}:{self.status}" if self.kind is EventKind.SMS_STATUS else identity
 
     def to_json(self) -> str:
         # vars(), not asdict(): no deep copy on the webhook hot path (extra is flat str->str).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
@@ -16,7 +17,7 @@ from twilio.twiml.voice_response import VoiceResponse
 from config.phones import normalize
 from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
-from webhooks.events import Event
+from webhooks.events import Event, withheld
 
 _NOT_REACHED = ("no-answer", "busy", "failed", "canceled")
 
@@ -33,11 +34,22 @@ _INBOUND_KINDS: dict[str, EventKind] = {
     "completed": EventKind.CALL_COMPLETED,
 }
 
-_OUTBOUND_KINDS: dict[str, EventKind] = {
-    **dict.fromkeys(("queued", "initiated", "ringing"), EventKind.CALL_OUTGOING),
+# What an outgoing call's callback adds to its call.outgoing; queued/initiated/ringing add
+# nothing (call.outgoing itself says the call was placed).
+_OUTBOUND_KINDS: dict[str, EventKind | None] = {
+    **dict.fromkeys(("queued", "initiated", "ringing"), None),
     "in-progress": EventKind.CALL_ANSWERED,
     **dict.fromkeys(("completed", *_NOT_REACHED), EventKind.CALL_COMPLETED),
 }
+
+_STATUS_EXTRA = ("CallDuration", "ParentCallSid", "AnsweredBy", "SipResponseCode")
+
+# An MMS carries up to 10 media, each as MediaUrl{N} (where Twilio serves it) and
+# MediaContentType{N}, N from 0; kept as sent so the timeline links to them.
+_MEDIA_FIELDS = tuple(f"{name}{n}" for n in range(10) for name in ("MediaUrl", "MediaContentType"))
+
+# Identities an agent's softphone or SIP phone calls from.
+_AGENT_SCHEMES = ("client:", "sip:")
 
 _SEQUENCE = re.compile(r"[0-9]{1,9}")
 
@@ -77,54 +89,79 @@ def parse_voice(form: Mapping[str, str], provider: str, now: float) -> Event:
     )
 
 
-def parse_voice_status(form: Mapping[str, str], provider: str, now: float) -> Event | None:
-    """A call StatusCallback or a ``<Dial action>`` request; ``None`` when it changes nothing.
+@dataclass(frozen=True)
+class CallLine:
+    """The line a call callback is for, as the gateway found it: its number and its agents.
 
-    Unknown directions and statuses give ``None`` too: Twilio adds values without notice,
-    and a webhook we do not understand must not fail (Twilio would retry it).
+    An outbound leg is a person's outgoing call only if it leaves our line for a customer;
+    a leg to one of the line's agents (an inbound call being forwarded) is not.
+    """
+
+    number: str
+    agents: frozenset[str] = frozenset()
+
+
+def _is_outgoing(from_: str, to: str, line: CallLine) -> bool:
+    """From our line (or an agent's ``client:``/``sip:`` identity) to a customer's number.
+
+    Covers a click-to-call or REST call (``outbound-api``) and the ``<Dial>`` child leg a
+    softphone reaches the customer through (``outbound-dial`` with ``ParentCallSid``). A leg
+    to a line, to an agent, or to a ``client:``/``sip:`` identity reaches no customer.
+    """
+    if to == line.number or to in line.agents or withheld(to) is not None:
+        return False
+    return from_ == line.number or from_.startswith(_AGENT_SCHEMES)
+
+
+def parse_voice_status(form: Mapping[str, str], provider: str, now: float, line: CallLine) -> list[Event]:
+    """A call StatusCallback or a ``<Dial action>`` request -> the events it reports.
+
+    An outgoing call reports ``call.outgoing`` on whichever callback arrives first (Twilio's
+    default StatusCallback sends only ``completed``); its dedup is per call, so every later
+    callback adds only its progress (``call.answered``, ``call.completed``). Unknown
+    directions and statuses give no event: Twilio adds values without notice, and a webhook
+    we do not understand must not fail (Twilio would retry it).
     """
     call_sid = _required(form, "CallSid")
-    to, from_ = _required(form, "To"), _required(form, "From")
+    to, from_ = normalize(_required(form, "To")), normalize(_required(form, "From"))
     direction = form.get("Direction", "")
     sequence = _sequence(form)
-    outbound = direction.startswith("outbound")
-    line, customer = (from_, to) if outbound else (to, from_)
+
+    def event(kind: EventKind, status: str, dedup: str, extra: dict[str, str], customer: str) -> Event:
+        return Event(
+            kind=kind,
+            provider=provider,
+            line=line.number,
+            customer=customer,
+            ref=call_sid,
+            dedup=dedup,
+            at=now,
+            status=status,
+            direction=direction,
+            sequence=sequence,
+            extra=extra,
+        )
 
     dial_status = form.get("DialCallStatus", "")
     if dial_status:
         kind = _DIAL_KINDS.get(dial_status)
-        status = dial_status
-        dedup = f"twilio:call:{call_sid}:dial:{dial_status}"
         extra = _extra(form, ("DialCallSid", "DialCallDuration"))
-    else:
-        status = form.get("CallStatus", "")
-        if direction == "inbound":
-            kind = _INBOUND_KINDS.get(status)
-        elif direction == "outbound-dial" and form.get("ParentCallSid"):
-            # The <Dial> child leg: the parent's Dial action reports how it went.
-            kind = None
-        elif outbound:
-            kind = _OUTBOUND_KINDS.get(status)
-        else:
-            kind = None
-        dedup = f"twilio:call:{call_sid}:{status}:{sequence}"
-        extra = _extra(form, ("CallDuration", "ParentCallSid", "AnsweredBy", "SipResponseCode"))
+        dedup = f"twilio:call:{call_sid}:dial:{dial_status}"
+        return [] if kind is None else [event(kind, dial_status, dedup, extra, from_)]
 
-    if kind is None:
-        return None
-    return Event(
-        kind=kind,
-        provider=provider,
-        line=normalize(line),
-        customer=normalize(customer),
-        ref=call_sid,
-        dedup=dedup,
-        at=now,
-        status=status,
-        direction=direction,
-        sequence=sequence,
-        extra=extra,
-    )
+    status = form.get("CallStatus", "")
+    extra = _extra(form, _STATUS_EXTRA)
+    dedup = f"twilio:call:{call_sid}:{status}:{sequence}"
+    if direction == "inbound":
+        kind = _INBOUND_KINDS.get(status)
+        return [] if kind is None else [event(kind, status, dedup, extra, from_)]
+    if not direction.startswith("outbound") or status not in _OUTBOUND_KINDS or not _is_outgoing(from_, to, line):
+        return []
+    events = [event(EventKind.CALL_OUTGOING, status, f"twilio:call:{call_sid}:outgoing", extra, to)]
+    progress = _OUTBOUND_KINDS[status]
+    if progress is not None:
+        events.append(event(progress, status, dedup, extra, to))
+    return events
 
 
 def parse_sms(form: Mapping[str, str], provider: str, now: float) -> Event:
@@ -139,7 +176,7 @@ def parse_sms(form: Mapping[str, str], provider: str, now: float) -> Event:
         dedup=f"twilio:sms:{message_sid}:incoming",
         at=now,
         text=form.get("Body", ""),
-        extra=_extra(form, ("NumSegments", "NumMedia")),
+        extra=_extra(form, ("NumSegments", "NumMedia", *_MEDIA_FIELDS)),
     )
 
 

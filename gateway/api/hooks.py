@@ -32,14 +32,22 @@ from webhooks.signatures import (
     verify_twilio,
     verify_voximplant,
 )
-from webhooks.twilio import dial_twiml, empty_twiml, parse_sms, parse_sms_status, parse_voice, parse_voice_status
+from webhooks.twilio import (
+    CallLine,
+    dial_twiml,
+    empty_twiml,
+    parse_sms,
+    parse_sms_status,
+    parse_voice,
+    parse_voice_status,
+)
 from webhooks.voximplant import parse_voximplant
 
 TWIML = "application/xml"
 DIAL_TIMEOUT_SECONDS = 20
 STATUS_PATH = "/webhooks/twilio/voice/status"
 
-Parser = Callable[[Mapping[str, str], str, float], Event | None]
+Parser = Callable[[Mapping[str, str], str, float, CallLine], list[Event]]
 Hook = Callable[[web.Request], Awaitable[web.Response]]
 
 PUBLIC_URL_HINT = "if the provider posts to another URL (a proxy, a tunnel), set CALLGATE_PUBLIC_URL to its base"
@@ -84,12 +92,18 @@ async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tup
     return dict(pairs), pairs
 
 
-async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], Line]:
-    """The form, and the line and provider it is for, once its signature checks out."""
+async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Line]:
+    """The form, and the line (number and record) it is for, once its signature checks out.
+
+    The line is the call's or message's ``To`` or ``From``; failing both, the ``line`` query
+    parameter of the URL Twilio posted to (it is signed with the rest): a status callback of
+    an agent's softphone leg, from ``client:``/``sip:`` to the customer, names its line so.
+    """
     fields, signed = await _twilio_fields(request)
     store = request.app[STORE]
     numbers = [normalize(fields[name]) for name in ("To", "From") if fields.get(name)]
-    found = await store.lines.first(numbers)
+    named = request.query.get("line")
+    found = await store.lines.first(numbers + ([normalize(named)] if named else []))
     if found is None:
         shown = ", ".join(numbers) or "none"
         raise Refused(
@@ -123,20 +137,27 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], Line]:
             f"provider {line.provider}; {PUBLIC_URL_HINT}"
         )
         raise Refused(403, "bad_signature", message, provider=line.provider, line=number)
-    return fields, line
+    return fields, number, line
 
 
-async def _twilio_event(request: web.Request, parse: Parser) -> tuple[Event | None, Line]:
-    fields, line = await _twilio_line(request)
+def _single(parse: Callable[[Mapping[str, str], str, float], Event]) -> Parser:
+    return lambda form, provider, now, line: [parse(form, provider, now)]
+
+
+async def _twilio_events(request: web.Request, parse: Parser) -> tuple[list[Event], Line]:
+    fields, number, line = await _twilio_line(request)
     try:
-        event = parse(fields, line.provider, time.time())
+        events = parse(fields, line.provider, time.time(), CallLine(number, frozenset(line.forward_to)))
     except MalformedWebhook as exc:
         raise Refused(
             400, "malformed_webhook", exc.message, provider=line.provider, line=fields.get("To", ""), field=exc.field
         ) from None
-    if event is not None:
-        await accept(request, event, params.header_token(request, "I-Twilio-Idempotency-Token"))
-    return event, line
+    # The idempotency token names this delivery: it goes with the event the delivery reports.
+    # A call.outgoing the same callback implies has its own once-per-call dedup instead.
+    token = params.header_token(request, "I-Twilio-Idempotency-Token")
+    for index, event in enumerate(events):
+        await accept(request, event, token if index == len(events) - 1 else None)
+    return events, line
 
 
 def _twiml(body: str) -> web.Response:
@@ -147,8 +168,7 @@ def _twiml(body: str) -> web.Response:
 async def twilio_voice(request: web.Request) -> web.Response:
     """An inbound call: record it, then ring the line's agents with a Dial whose action
     reports how it ended (that report is what makes a call missed)."""
-    event, line = await _twilio_event(request, parse_voice)
-    assert event is not None
+    (event,), line = await _twilio_events(request, _single(parse_voice))
     agents = line.forward_to if line.voice else []
     if not agents:
         # Nobody can answer this call: it is missed now, not when a status arrives later.
@@ -160,19 +180,19 @@ async def twilio_voice(request: web.Request) -> web.Response:
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_voice_status(request: web.Request) -> web.Response:
-    await _twilio_event(request, parse_voice_status)
+    await _twilio_events(request, parse_voice_status)
     return _twiml(empty_twiml())
 
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms(request: web.Request) -> web.Response:
-    await _twilio_event(request, parse_sms)
+    await _twilio_events(request, _single(parse_sms))
     return _twiml(empty_twiml())
 
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms_status(request: web.Request) -> web.Response:
-    await _twilio_event(request, parse_sms_status)
+    await _twilio_events(request, _single(parse_sms_status))
     return _twiml(empty_twiml())
 
 

@@ -26,7 +26,9 @@ class Leads:
 
     async def items_for(self, event: Event) -> list[Item]:
         items = await self._store.items.by_phone(event.customer)
-        if items or event.kind not in LEAD_KINDS or not event.customer.startswith("+"):
+        # A withheld caller (Twilio's ANONYMOUS number, a sip: or client: identity) can be
+        # neither called back nor put on a card: no lead.
+        if items or event.kind not in LEAD_KINDS or event.withheld:
             return items
         line = await self._store.lines.get(event.line) if event.line else None
         if line is None or line.lead is None:

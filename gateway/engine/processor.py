@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from config.triggers import in_order, trigger_matches
-from config.vocabulary import CALL_PROGRESS, EventKind, is_answer
+from config.vocabulary import CALL_PROGRESS, EventKind, TriggerEvent, is_answer
 from gateway.engine.leads import Leads
 from gateway.engine.moves import Moves
 from gateway.engine.overdue import OverdueTimers
@@ -15,6 +15,7 @@ from gateway.streams import Entry
 from webhooks.events import Event
 
 JobCallHandler = Callable[[str, Event], Awaitable[None]]
+TRIGGER_KINDS = frozenset(kind.value for kind in TriggerEvent)
 
 
 async def _no_jobs(job_id: str, event: Event) -> None:
@@ -48,7 +49,10 @@ class EventProcessor:
             await self._overdue(event)
             return
         items = await self._leads.items_for(event)
-        if fresh:
+        # A progress report behind what the call already reached (call.answered after
+        # call.completed) adds nothing. Every kind a trigger can watch happens once per call
+        # or message and is recorded whenever it arrives: a move never lacks its cause.
+        if fresh or event.kind.value in TRIGGER_KINDS:
             await self._timeline.record(event, items)
         triggers = in_order((await store.triggers.all()).values())
         await self._timers.arm(event, triggers)

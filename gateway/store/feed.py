@@ -77,7 +77,13 @@ class Feed:
 
     async def record_event(self, event: Event) -> None:
         """An accepted provider event (or website callback request)."""
-        details = {"ref": event.ref, "status": event.status, "text": event.text, "direction": event.direction}
+        details = {
+            "ref": event.ref,
+            "status": event.status,
+            "text": event.text,
+            "direction": event.direction,
+            "withheld": event.withheld or "",
+        }
         await self.record(
             event.kind.value,
             provider=event.provider,

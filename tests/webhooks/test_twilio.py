@@ -1,3 +1,4 @@
+import functools
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 
@@ -7,6 +8,7 @@ from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
 from webhooks.events import Event
 from webhooks.twilio import (
+    CallLine,
     dial_twiml,
     empty_twiml,
     message_twiml,
@@ -18,6 +20,8 @@ from webhooks.twilio import (
 
 LINE = "+34911234567"
 CUSTOMER = "+34600111222"
+AGENT = "+34600000009"
+ON_LINE = CallLine(LINE, frozenset({AGENT}))
 CALL_SID = "CA" + "0" * 32
 NOW = 1_700_000_000.0
 
@@ -33,8 +37,8 @@ INBOUND = {
 OUTBOUND = {**INBOUND, "From": LINE, "To": CUSTOMER, "Direction": "outbound-api"}
 
 
-def status(form: dict[str, str]) -> Event | None:
-    return parse_voice_status(form, "tw1", NOW)
+def status(form: dict[str, str], line: CallLine = ON_LINE) -> list[Event]:
+    return parse_voice_status(form, "tw1", NOW, line)
 
 
 def test_parse_voice() -> None:
@@ -72,8 +76,7 @@ def test_dial_action(dial_status: str, kind: EventKind) -> None:
         "DialCallSid": "CA" + "2" * 32,
         "DialCallDuration": "0",
     }
-    event = status(form)
-    assert event is not None
+    (event,) = status(form)
     assert event.kind is kind
     assert event.status == dial_status
     assert event.dedup == f"twilio:call:{CALL_SID}:dial:{dial_status}"
@@ -82,7 +85,7 @@ def test_dial_action(dial_status: str, kind: EventKind) -> None:
 
 
 def test_dial_action_unknown_status_is_ignored() -> None:
-    assert status({**INBOUND, "DialCallStatus": "teleported"}) is None
+    assert status({**INBOUND, "DialCallStatus": "teleported"}) == []
 
 
 @pytest.mark.parametrize(
@@ -102,11 +105,11 @@ def test_dial_action_unknown_status_is_ignored() -> None:
     ],
 )
 def test_inbound_status(call_status: str, kind: EventKind | None) -> None:
-    event = status({**INBOUND, "CallStatus": call_status, "SequenceNumber": "3"})
+    events = status({**INBOUND, "CallStatus": call_status, "SequenceNumber": "3"})
     if kind is None:
-        assert event is None
+        assert events == []
         return
-    assert event is not None
+    (event,) = events
     assert event.kind is kind
     assert (event.line, event.customer) == (LINE, CUSTOMER)
     assert event.dedup == f"twilio:call:{CALL_SID}:{call_status}:3"
@@ -115,42 +118,75 @@ def test_inbound_status(call_status: str, kind: EventKind | None) -> None:
     assert event.direction == "inbound"
 
 
+OUTGOING = EventKind.CALL_OUTGOING
+ANSWERED = EventKind.CALL_ANSWERED
+COMPLETED = EventKind.CALL_COMPLETED
+
+
 @pytest.mark.parametrize(
-    ("direction", "call_status", "kind"),
+    ("direction", "call_status", "kinds"),
     [
-        ("outbound-api", "queued", EventKind.CALL_OUTGOING),
-        ("outbound-api", "initiated", EventKind.CALL_OUTGOING),
-        ("outbound-api", "ringing", EventKind.CALL_OUTGOING),
-        ("outbound-api", "in-progress", EventKind.CALL_ANSWERED),
-        ("outbound-api", "completed", EventKind.CALL_COMPLETED),
-        ("outbound-api", "busy", EventKind.CALL_COMPLETED),
-        ("outbound-api", "no-answer", EventKind.CALL_COMPLETED),
-        ("outbound-api", "failed", EventKind.CALL_COMPLETED),
-        ("outbound-api", "canceled", EventKind.CALL_COMPLETED),
-        ("outbound-api", "exploded", None),
-        # Without a parent an outbound-dial leg is a call of its own.
-        ("outbound-dial", "ringing", EventKind.CALL_OUTGOING),
-        ("outbound-dial", "completed", EventKind.CALL_COMPLETED),
-        ("trunking-terminating", "completed", None),
-        ("", "completed", None),
+        ("outbound-api", "queued", [OUTGOING]),
+        ("outbound-api", "initiated", [OUTGOING]),
+        ("outbound-api", "ringing", [OUTGOING]),
+        # Subscribed to answered+completed: in-progress is the first callback.
+        ("outbound-api", "in-progress", [OUTGOING, ANSWERED]),
+        # Twilio's default StatusCallback: completed is the only callback.
+        ("outbound-api", "completed", [OUTGOING, COMPLETED]),
+        ("outbound-api", "busy", [OUTGOING, COMPLETED]),
+        ("outbound-api", "no-answer", [OUTGOING, COMPLETED]),
+        ("outbound-api", "failed", [OUTGOING, COMPLETED]),
+        ("outbound-api", "canceled", [OUTGOING, COMPLETED]),
+        ("outbound-api", "exploded", []),
+        ("outbound-api", "", []),
+        ("outbound-dial", "ringing", [OUTGOING]),
+        ("outbound-dial", "completed", [OUTGOING, COMPLETED]),
+        ("trunking-terminating", "completed", []),
+        ("", "completed", []),
     ],
 )
-def test_outbound_status(direction: str, call_status: str, kind: EventKind | None) -> None:
-    event = status({**OUTBOUND, "Direction": direction, "CallStatus": call_status})
-    if kind is None:
-        assert event is None
-        return
-    assert event is not None
-    assert event.kind is kind
-    assert (event.line, event.customer) == (LINE, CUSTOMER)
-    assert event.dedup == f"twilio:call:{CALL_SID}:{call_status}:0"
-    assert event.sequence == 0
+def test_outbound_status(direction: str, call_status: str, kinds: list[EventKind]) -> None:
+    events = status({**OUTBOUND, "Direction": direction, "CallStatus": call_status, "SequenceNumber": "2"})
+    assert [event.kind for event in events] == kinds
+    for event in events:
+        assert (event.line, event.customer, event.ref, event.status) == (LINE, CUSTOMER, CALL_SID, call_status)
+        assert event.sequence == 2
+    if events:
+        # call.outgoing once per call, whichever callback reports it first; progress per callback.
+        assert events[0].dedup == f"twilio:call:{CALL_SID}:outgoing"
+        assert [e.dedup for e in events[1:]] == [f"twilio:call:{CALL_SID}:{call_status}:2"] * (len(events) - 1)
 
 
-@pytest.mark.parametrize("call_status", ["initiated", "ringing", "in-progress", "completed", "no-answer", "busy"])
-def test_dial_child_leg_is_ignored(call_status: str) -> None:
-    form = {**OUTBOUND, "Direction": "outbound-dial", "ParentCallSid": CALL_SID, "CallStatus": call_status}
-    assert status(form) is None
+PARENT_SID = "CA" + "9" * 32
+
+
+@pytest.mark.parametrize("call_status", ["initiated", "ringing", "in-progress", "completed", "no-answer"])
+@pytest.mark.parametrize("caller", [LINE, "client:anna", "sip:anna@acme.sip.twilio.com"])
+def test_dial_child_leg_to_a_customer_is_the_outgoing_call(call_status: str, caller: str) -> None:
+    """A softphone or click-to-call reaches the customer through a <Dial> child leg."""
+    form = {**OUTBOUND, "From": caller, "Direction": "outbound-dial", "ParentCallSid": PARENT_SID}
+    events = status({**form, "CallStatus": call_status})
+    assert events[0].kind is OUTGOING
+    assert (events[0].line, events[0].customer) == (LINE, CUSTOMER)
+    assert events[0].extra["ParentCallSid"] == PARENT_SID
+
+
+@pytest.mark.parametrize(
+    ("caller", "callee"),
+    [
+        pytest.param(CUSTOMER, AGENT, id="inbound-call-forwarded-to-an-agent"),
+        pytest.param(LINE, AGENT, id="line-rings-its-agent"),
+        pytest.param(LINE, "client:anna", id="click-to-call-rings-the-agent-first"),
+        pytest.param(LINE, "sip:anna@acme.sip.twilio.com", id="sip-agent"),
+        pytest.param(CUSTOMER, "+34600333444", id="not-from-our-line"),
+        pytest.param(LINE, LINE, id="to-the-line-itself"),
+        pytest.param(LINE, "+266696687", id="to-a-withheld-number"),
+    ],
+)
+def test_legs_that_reach_no_customer_are_not_outgoing(caller: str, callee: str) -> None:
+    for direction in ("outbound-dial", "outbound-api"):
+        form = {**OUTBOUND, "From": caller, "To": callee, "Direction": direction, "ParentCallSid": PARENT_SID}
+        assert status({**form, "CallStatus": "completed"}) == []
 
 
 def test_status_extra_fields() -> None:
@@ -164,16 +200,14 @@ def test_status_extra_fields() -> None:
         "ParentCallSid": "",
         "Timestamp": "Tue, 14 Nov 2023 22:13:20 +0000",
     }
-    event = status(form)
-    assert event is not None
-    assert event.extra == {"CallDuration": "31", "AnsweredBy": "human", "SipResponseCode": "200"}
+    for event in status(form):
+        assert event.extra == {"CallDuration": "31", "AnsweredBy": "human", "SipResponseCode": "200"}
 
 
 def test_status_duplicates_share_dedup_and_statuses_do_not() -> None:
-    first = status({**INBOUND, "CallStatus": "completed", "SequenceNumber": "2"})
-    again = status({**INBOUND, "CallStatus": "completed", "SequenceNumber": "2"})
-    answered = status({**INBOUND, "CallStatus": "in-progress", "SequenceNumber": "1"})
-    assert first is not None and again is not None and answered is not None
+    (first,) = status({**INBOUND, "CallStatus": "completed", "SequenceNumber": "2"})
+    (again,) = status({**INBOUND, "CallStatus": "completed", "SequenceNumber": "2"})
+    (answered,) = status({**INBOUND, "CallStatus": "in-progress", "SequenceNumber": "1"})
     assert first.dedup == again.dedup != answered.dedup
 
 
@@ -196,7 +230,7 @@ def test_callers_normalised_or_kept_raw(raw: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("missing", ["CallSid", "To", "From"])
-@pytest.mark.parametrize("parser", [parse_voice, parse_voice_status])
+@pytest.mark.parametrize("parser", [parse_voice, functools.partial(parse_voice_status, line=ON_LINE)])
 def test_call_without_identity_is_malformed(
     missing: str, parser: Callable[[Mapping[str, str], str, float], object]
 ) -> None:

@@ -1,0 +1,1 @@
+"""The TTS engines callgate ships: piper (neural), espeak-ng (many languages), gtts (Google)."""
