@@ -92,7 +92,8 @@ class Keys:
     def call(self, provider: str, ref: str) -> str:
         """Hash of one provider call: ``rank`` and ``status`` only ever move forward, so an
         out-of-order callback cannot move the call backwards; ``job`` marks a call callgate
-        placed itself (it updates its job and fires no ``call.outgoing``). TTL 2 days."""
+        placed itself (it updates its job and fires no ``call.outgoing``); ``answered_by``
+        and ``machine_detection_ms`` are what answering-machine detection found. TTL 2 days."""
         return f"{self.prefix}call:{provider}:{ref}"
 
     @property

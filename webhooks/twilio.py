@@ -164,6 +164,38 @@ def parse_voice_status(form: Mapping[str, str], provider: str, now: float, line:
     return events
 
 
+@dataclass(frozen=True)
+class AmdResult:
+    """An answering-machine detection outcome: ``answered_by`` is ``human``,
+    ``machine_start``, ``machine_end_beep``, ``machine_end_silence``, ``machine_end_other``,
+    ``fax`` or ``unknown`` (kept as sent: Twilio may add values)."""
+
+    call_sid: str
+    answered_by: str
+    detection_ms: int | None
+
+
+_ANSWERED_BY = re.compile(r"[a-z_]{1,32}")
+
+
+def is_amd(form: Mapping[str, str]) -> bool:
+    """An ``AsyncAmdStatusCallback`` request: AnsweredBy and no parties (no To, no From)."""
+    return bool(form.get("AnsweredBy")) and not form.get("To") and not form.get("From")
+
+
+def parse_amd(form: Mapping[str, str]) -> AmdResult:
+    """``CallSid``, ``AccountSid``, ``AnsweredBy``, ``MachineDetectionDuration`` (ms)."""
+    answered_by = _required(form, "AnsweredBy")
+    if not _ANSWERED_BY.fullmatch(answered_by):
+        raise MalformedWebhook("AnsweredBy", "AnsweredBy is not a Twilio detection outcome")
+    duration = form.get("MachineDetectionDuration", "")
+    return AmdResult(
+        call_sid=_required(form, "CallSid"),
+        answered_by=answered_by,
+        detection_ms=int(duration) if _SEQUENCE.fullmatch(duration) else None,
+    )
+
+
 def parse_sms(form: Mapping[str, str], provider: str, now: float) -> Event:
     """An inbound SMS/MMS (the number's SmsUrl); long messages arrive reassembled."""
     message_sid = _required(form, "MessageSid")

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from config.lines import Line, ProviderKind
+from config.lines import Line, Provider, ProviderKind
 from config.phones import normalize
 from config.vocabulary import EventKind
 from gateway.api import params
@@ -36,6 +36,8 @@ from webhooks.twilio import (
     CallLine,
     dial_twiml,
     empty_twiml,
+    is_amd,
+    parse_amd,
     parse_sms,
     parse_sms_status,
     parse_voice,
@@ -92,6 +94,29 @@ async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tup
     return dict(pairs), pairs
 
 
+def _check_twilio_signature(
+    request: web.Request, signed: list[tuple[str, str]] | str, name: str, provider: Provider, line: str = ""
+) -> None:
+    """Refuse the request unless ``provider`` signed it (auth token, or SharedKey when the
+    signature settings header says so)."""
+    signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        message = "X-Twilio-Signature header is missing: only Twilio's signed requests are accepted"
+        raise Refused(403, "missing_signature", message, provider=name, line=line)
+    # The raw target, not a normalised path_qs: Twilio signs the URL as it requested it, so
+    # "%7E" must stay "%7E" and a lowercase "%2f" stay lowercase.
+    url = request.app[SETTINGS].base_url + request.raw_path
+    settings_header = request.headers.get(TWILIO_SIGNATURE_SETTINGS_HEADER)
+    secret, algorithm = twilio_signing(provider.credentials, settings_header)
+    if not verify_twilio(url, signed, signature, secret, algorithm):
+        key = "auth token" if settings_header is None else f"shared_key ({algorithm})"
+        message = (
+            f"X-Twilio-Signature does not match the signature computed for {url} with the {key} of "
+            f"provider {name}; {PUBLIC_URL_HINT}"
+        )
+        raise Refused(403, "bad_signature", message, provider=name, line=line)
+
+
 async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Line]:
     """The form, and the line (number and record) it is for, once its signature checks out.
 
@@ -121,22 +146,7 @@ async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Li
     if fields.get("AccountSid", account) != account:
         message = f"AccountSid {fields['AccountSid']} is not the account of provider {line.provider}"
         raise Refused(403, "wrong_account", message, provider=line.provider, line=number)
-    signature = request.headers.get("X-Twilio-Signature")
-    if not signature:
-        message = "X-Twilio-Signature header is missing: only Twilio's signed requests are accepted"
-        raise Refused(403, "missing_signature", message, provider=line.provider, line=number)
-    # The raw target, not a normalised path_qs: Twilio signs the URL as it requested it, so
-    # "%7E" must stay "%7E" and a lowercase "%2f" stay lowercase.
-    url = request.app[SETTINGS].base_url + request.raw_path
-    settings_header = request.headers.get(TWILIO_SIGNATURE_SETTINGS_HEADER)
-    secret, algorithm = twilio_signing(provider.credentials, settings_header)
-    if not verify_twilio(url, signed, signature, secret, algorithm):
-        key = "auth token" if settings_header is None else f"shared_key ({algorithm})"
-        message = (
-            f"X-Twilio-Signature does not match the signature computed for {url} with the {key} of "
-            f"provider {line.provider}; {PUBLIC_URL_HINT}"
-        )
-        raise Refused(403, "bad_signature", message, provider=line.provider, line=number)
+    _check_twilio_signature(request, signed, line.provider, provider, number)
     return fields, number, line
 
 
@@ -180,8 +190,57 @@ async def twilio_voice(request: web.Request) -> web.Response:
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_voice_status(request: web.Request) -> web.Response:
+    fields, _ = await _twilio_fields(request)
+    if is_amd(fields):
+        # An AsyncAmdStatusCallback pointed at the status URL: it names no line.
+        return await _twilio_amd(request)
     await _twilio_events(request, parse_voice_status)
     return _twiml(empty_twiml())
+
+
+async def _twilio_account(request: web.Request, fields: Mapping[str, str], signed: list[tuple[str, str]] | str) -> str:
+    """The Twilio provider a callback that names no line is for: the one of its
+    ``AccountSid`` whose credentials signed it."""
+    account = fields.get("AccountSid", "")
+    providers = await request.app[STORE].providers.all()
+    candidates = [
+        (name, provider)
+        for name, provider in providers.items()
+        if provider.kind is ProviderKind.TWILIO and provider.credentials["account_sid"] == account
+    ]
+    if not candidates:
+        message = f"no Twilio provider has AccountSid {account or '(none)'}"
+        raise Refused(403, "unknown_provider", message, provider="twilio")
+    refusals = []
+    for name, provider in candidates:
+        try:
+            _check_twilio_signature(request, signed, name, provider)
+        except Refused as refusal:
+            refusals.append(refusal)
+            continue
+        return name
+    raise refusals[0]
+
+
+async def _twilio_amd(request: web.Request) -> web.Response:
+    fields, signed = await _twilio_fields(request)
+    name = await _twilio_account(request, fields, signed)
+    try:
+        result = parse_amd(fields)
+    except MalformedWebhook as exc:
+        raise Refused(400, "malformed_webhook", exc.message, provider=name, field=exc.field) from None
+    store = request.app[STORE]
+    await store.calls.record_answered_by(name, result.call_sid, result.answered_by, result.detection_ms)
+    details = {"ref": result.call_sid, "answered_by": result.answered_by}
+    await store.feed.record("call.amd", provider=name, details=details)
+    return _twiml(empty_twiml())
+
+
+@_visible_refusals(ProviderKind.TWILIO)
+async def twilio_voice_amd(request: web.Request) -> web.Response:
+    """Answering-machine detection (``AsyncAmdStatusCallback``): only CallSid, AccountSid,
+    AnsweredBy and MachineDetectionDuration, so the account, not a line, names the provider."""
+    return await _twilio_amd(request)
 
 
 @_visible_refusals(ProviderKind.TWILIO)
@@ -244,6 +303,13 @@ ENDPOINTS_HOOKS = [
     ),
     Endpoint(
         "POST", STATUS_PATH, twilio_voice_status, "Twilio call status callback and Dial action (signed)", tag="webhooks"
+    ),
+    Endpoint(
+        "POST",
+        "/webhooks/twilio/voice/amd",
+        twilio_voice_amd,
+        "Twilio answering-machine detection callback, AsyncAmdStatusCallback (signed)",
+        tag="webhooks",
     ),
     Endpoint("POST", "/webhooks/twilio/sms", twilio_sms, "Twilio incoming SMS (signed)", tag="webhooks"),
     Endpoint(

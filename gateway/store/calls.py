@@ -37,6 +37,23 @@ class Calls:
         previous, placed = await self._progress(keys=[key], args=[rank, event.status or event.kind.value, _CALL_TTL])
         return rank >= int(previous), bool(placed)
 
+    async def record_answered_by(
+        self, provider: str, call_sid: str, answered_by: str, detection_ms: int | None
+    ) -> None:
+        """What answering-machine detection found on a call (a robocall's job reads it)."""
+        fields: dict[str, str | int] = {"answered_by": answered_by}
+        if detection_ms is not None:
+            fields["machine_detection_ms"] = detection_ms
+        key = self._keys.call(provider, call_sid)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
+            pipe.expire(key, _CALL_TTL)
+            await pipe.execute()
+
+    async def answered_by(self, provider: str, call_sid: str) -> str | None:
+        value = await self._redis.hget(self._keys.call(provider, call_sid), "answered_by")
+        return None if value is None else str(value)
+
     async def mark_responded(self, customer: str, at: float) -> None:
         # GT keeps the latest answer when callbacks arrive out of order.
         await self._redis.zadd(self._keys.responded, {customer: at}, gt=True)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from gateway.appkeys import STORE
 from gateway.engine.leads import lead_id
 from tests.conftest import ADMIN, API, Client
 from tests.support import (
+    ACCOUNT_SID,
     AGENT,
     CUSTOMER,
     LINE,
@@ -250,3 +253,39 @@ async def test_mms_media_is_on_the_timeline(client: Client) -> None:
     assert entry["NumMedia"] == "2"
     assert (entry["MediaUrl0"], entry["MediaContentType0"]) == (form["MediaUrl0"], "image/jpeg")
     assert (entry["MediaUrl1"], entry["MediaContentType1"]) == (form["MediaUrl1"], "application/pdf")
+
+
+def amd_form(answered_by: str = "machine_start") -> dict[str, str]:
+    """AsyncAmdStatusCallback, complete: Twilio sends only these four fields."""
+    return {
+        "CallSid": OUTBOUND_SID,
+        "AccountSid": ACCOUNT_SID,
+        "AnsweredBy": answered_by,
+        "MachineDetectionDuration": "2400",
+    }
+
+
+@pytest.mark.parametrize("path", ["/webhooks/twilio/voice/amd", STATUS])
+async def test_amd_callback_is_recorded_on_the_call(client: Client, path: str) -> None:
+    """No To/From: the account names the provider, its signature authenticates it; never a 403."""
+    await configure(client)
+    resp = await twilio_post(client, path, amd_form())
+    assert resp.status == 200, await resp.text()
+    calls = client.app[STORE].calls
+    assert await calls.answered_by("tw", OUTBOUND_SID) == "machine_start"
+    # A later verdict (DetectMessageEnd) replaces it.
+    assert (await twilio_post(client, path, amd_form("machine_end_beep"))).status == 200
+    assert await calls.answered_by("tw", OUTBOUND_SID) == "machine_end_beep"
+    feed = await client.get("/v1/events", params={"kind": "call.amd"}, headers=ADMIN)
+    assert [e["answered_by"] for e in (await feed.json())["events"]] == ["machine_end_beep", "machine_start"]
+
+
+async def test_amd_callback_must_be_signed_by_its_account(client: Client) -> None:
+    await configure(client)
+    path = "/webhooks/twilio/voice/amd"
+    forged = await twilio_post(client, path, amd_form(), signature=sign(path, amd_form(), token="not-the-token"))
+    assert forged.status == 403
+    assert (await forged.json())["error"]["code"] == "bad_signature"
+    other = {**amd_form(), "AccountSid": "AC" + "9" * 32}
+    assert (await twilio_post(client, path, other)).status == 403
+    assert await client.app[STORE].calls.answered_by("tw", OUTBOUND_SID) is None

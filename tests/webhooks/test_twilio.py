@@ -8,10 +8,13 @@ from config.vocabulary import EventKind
 from webhooks.errors import MalformedWebhook
 from webhooks.events import Event
 from webhooks.twilio import (
+    AmdResult,
     CallLine,
     dial_twiml,
     empty_twiml,
+    is_amd,
     message_twiml,
+    parse_amd,
     parse_sms,
     parse_sms_status,
     parse_voice,
@@ -345,3 +348,28 @@ def test_message_twiml_escapes_text() -> None:
     text = "Gracias <Ana> & co. Te llamamos pronto"
     root = ET.fromstring(message_twiml(text))
     assert [(child.tag, child.text) for child in root] == [("Message", text)]
+
+
+AMD = {"CallSid": CALL_SID, "AccountSid": "AC" + "1" * 32, "AnsweredBy": "human", "MachineDetectionDuration": "1830"}
+
+
+def test_parse_amd() -> None:
+    assert is_amd(AMD)
+    assert parse_amd(AMD) == AmdResult(CALL_SID, "human", 1830)
+    assert parse_amd({**AMD, "MachineDetectionDuration": ""}).detection_ms is None
+    # A status callback with synchronous AMD names its parties: it is not an AMD callback.
+    assert not is_amd({**OUTBOUND, "AnsweredBy": "human", "CallStatus": "in-progress"})
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({**AMD, "AnsweredBy": ""}, "AnsweredBy"),
+        ({**AMD, "AnsweredBy": "<script>"}, "AnsweredBy"),
+        ({k: v for k, v in AMD.items() if k != "CallSid"}, "CallSid"),
+    ],
+)
+def test_parse_amd_malformed(form: dict[str, str], field: str) -> None:
+    with pytest.raises(MalformedWebhook) as caught:
+        parse_amd(form)
+    assert caught.value.field == field
