@@ -61,6 +61,13 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _non_negative(raw: str) -> int:
+    value = _int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
 def _url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
@@ -112,6 +119,8 @@ class Settings:
     timeline_max: int = 1000
     dedup_ttl_seconds: int = 7 * 24 * 3600
     feed_max: int = 10000
+    dead_letters_max: int = 10000
+    lead_ttl_seconds: int = 0  # 0: leads never expire
     log_level: str = "INFO"
     # Provider failures that may pass (timeouts, 5xx, 429): tries before the job fails, and
     # the first backoff, doubled on each try.
@@ -143,6 +152,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "timeline_max": _positive,
     "dedup_ttl_seconds": _positive,
     "feed_max": _positive,
+    "dead_letters_max": _positive,
+    "lead_ttl_seconds": _non_negative,
     "log_level": _log_level,
     "job_max_tries": _positive,
     "job_retry_seconds": _seconds,

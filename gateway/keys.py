@@ -57,6 +57,17 @@ class Keys:
         """List of JSON entries, oldest first, trimmed to ``timeline_max`` (append-only)."""
         return f"{self.prefix}timeline:{item_id}"
 
+    def timeline_count(self, item_id: str) -> str:
+        """How many entries the item's timeline ever had: positions that stay put while the
+        oldest are trimmed, for paging (``GET /v1/items/{id}?before=``)."""
+        return f"{self.prefix}timeline-count:{item_id}"
+
+    @property
+    def leads(self) -> str:
+        """Sorted set: lead item id -> when it expires (unix s), for leads a line created with
+        ``lead_ttl_seconds`` set; an item leaves it when anyone changes it."""
+        return f"{self.prefix}leads"
+
     def stream(self, name: str) -> str:
         """A durable stream (events, jobs, ...) read by a consumer group of the same name."""
         return f"{self.prefix}stream:{name}"

@@ -67,6 +67,7 @@ class StreamConfig:
     max_deliveries: int
     batch: int = 64
     block_ms: int = 1000
+    dead_max: int = 10000  # the dead-letter stream keeps this many, the oldest dropped
 
 
 # A consumer whose process has not vouched for it in this many claim intervals, and that
@@ -174,7 +175,12 @@ class Claims:
         fields = dict(claimed[0][1] or {})
         error = await self._redis.hget(self._errors, entry_id) or "delivered too often without success"
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(self._dead, {**fields, "_id": entry_id, "_error": error[:2000]})
+            pipe.xadd(
+                self._dead,
+                {**fields, "_id": entry_id, "_error": error[:2000]},
+                maxlen=self._config.dead_max,
+                approximate=False,  # rare enough to trim exactly
+            )
             pipe.xack(self._stream, self._group, entry_id)
             pipe.xdel(self._stream, entry_id)
             pipe.hdel(self._errors, entry_id)

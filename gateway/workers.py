@@ -37,6 +37,8 @@ async def poll_timers(store: Store) -> None:
             now = time.time()
             await store.timers.fire_due(now)
             await store.jobs.fire_due(now)
+            for item_id in await store.items.expire_leads(now):
+                log.info("lead expired item=%s (nobody changed it)", item_id)
             await store.calls.forget_answers_before(now - RESPONDED_TTL)
         except UNAVAILABLE as exc:
             log.warning("timer poll: redis unavailable: %s", exc)
@@ -53,6 +55,7 @@ def consumers(
         name=stream,
         claim_idle_ms=settings.claim_idle_seconds * 1000,
         max_deliveries=settings.max_deliveries,
+        dead_max=settings.dead_letters_max,
     )
     outcomes = metrics.stream_entries
 

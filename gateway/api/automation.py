@@ -120,15 +120,38 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
     return web.json_response({"id": key, "status": "accepted" if new else "duplicate"}, status=202)
 
 
-async def list_dead_letters(request: web.Request) -> web.Response:
-    store = request.app[STORE]
+def _dead_stream(request: web.Request) -> str:
     stream = request.query.get("stream", EVENTS_STREAM)
     if stream not in (EVENTS_STREAM, JOBS_STREAM):
         raise Invalid("stream", f"stream: one of {EVENTS_STREAM}, {JOBS_STREAM}")
-    return web.json_response({"stream": stream, "entries": await store.dead_letters.newest(stream)})
+    return stream
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    stream = _dead_stream(request)
+    return web.json_response({"stream": stream, "entries": await request.app[STORE].dead_letters.newest(stream)})
+
+
+async def retry_dead_letter(request: web.Request) -> web.Response:
+    stream, dead_id = _dead_stream(request), params.stream_id(request)
+    if stream != EVENTS_STREAM:
+        # A job that failed every try is finished (status failed): place a new one instead.
+        raise Invalid("stream", f"stream: only {EVENTS_STREAM} dead letters are retried")
+    entry_id = await request.app[STORE].dead_letters.retry(stream, dead_id)
+    if entry_id is None:
+        raise NotFound(f"dead letter {dead_id}")
+    return web.json_response({"dead_id": dead_id, "stream": stream, "id": entry_id, "status": "requeued"}, status=202)
+
+
+async def discard_dead_letter(request: web.Request) -> web.Response:
+    stream, dead_id = _dead_stream(request), params.stream_id(request)
+    if not await request.app[STORE].dead_letters.discard(stream, dead_id):
+        raise NotFound(f"dead letter {dead_id}")
+    return web.Response(status=204)
 
 
 _ADMIN, _API = Scope.ADMIN, Scope.API
+_STREAM = Param("stream", "events (default) or jobs")
 ENDPOINTS_AUTOMATION = [
     Endpoint(
         "POST",
@@ -175,7 +198,27 @@ ENDPOINTS_AUTOMATION = [
         list_dead_letters,
         "Stream entries that failed every delivery, with their last error",
         _ADMIN,
-        query=(Param("stream", "events (default) or jobs"),),
+        query=(_STREAM,),
+        tag="automation",
+    ),
+    Endpoint(
+        "POST",
+        "/v1/dead-letters/{id}/retry",
+        retry_dead_letter,
+        "Process a dead letter again: back on its stream as a new entry",
+        _ADMIN,
+        status=202,
+        query=(_STREAM,),
+        tag="automation",
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/dead-letters/{id}",
+        discard_dead_letter,
+        "Discard a dead letter",
+        _ADMIN,
+        status=204,
+        query=(_STREAM,),
         tag="automation",
     ),
 ]

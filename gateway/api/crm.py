@@ -14,6 +14,10 @@ from gateway.errors import NotFound, UnknownReference
 from gateway.store import Store
 from gateway.store.items import ItemQuery
 
+# The newest entries come with the card; older ones a page at a time (?before=).
+TIMELINE_PAGE = 100
+TIMELINE_PAGE_MAX = 1000
+
 
 async def _check_stage(store: Store, card: Card) -> None:
     pipeline = await store.pipelines.get(card.pipeline)
@@ -41,7 +45,9 @@ async def get_item(request: web.Request) -> web.Response:
     item = await store.items.get(item_id)
     if item is None:
         raise NotFound(f"item {item_id}")
-    return web.json_response({**item.view(), "timeline": await store.items.timeline(item_id)})
+    size = params.limit(request, default=TIMELINE_PAGE, most=TIMELINE_PAGE_MAX)
+    entries, older = await store.items.timeline(item_id, size, params.position(request, "before"))
+    return web.json_response({**item.view(), "timeline": entries, "timeline_before": older})
 
 
 async def find_items(request: web.Request) -> web.Response:
@@ -87,7 +93,19 @@ _CURSOR = re.compile(r"[0-9]{1,16}:[A-Za-z0-9_.:-]{1,128}")
 _API = Scope.API
 ENDPOINTS_CRM = [
     Endpoint("PUT", "/v1/items/{id}", put_item, "Create or replace a customer card", _API, Card, tag="crm"),
-    Endpoint("GET", "/v1/items/{id}", get_item, "A card with its stage and timeline", _API, tag="crm"),
+    Endpoint(
+        "GET",
+        "/v1/items/{id}",
+        get_item,
+        "A card with its stage and its newest timeline entries (oldest first); "
+        "timeline_before is the position to page back from",
+        _API,
+        query=(
+            Param("limit", f"timeline entries (1-{TIMELINE_PAGE_MAX}, default {TIMELINE_PAGE})"),
+            Param("before", "only entries before this position (a previous timeline_before)"),
+        ),
+        tag="crm",
+    ),
     Endpoint(
         "DELETE",
         "/v1/items/{id}",

@@ -12,6 +12,7 @@ from gateway.errors import ApiError, Invalid
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 # Visible ASCII only: a header value becomes part of a Redis key and of logs.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -30,6 +31,13 @@ def item_id(request: web.Request, key: str = "id") -> str:
 def item_id_value(value: str, key: str) -> str:
     if not _ITEM_ID.match(value):
         raise Invalid(key, f"{key}: 1-128 letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def stream_id(request: web.Request, key: str = "id") -> str:
+    value = request.match_info[key]
+    if not _STREAM_ID.match(value):
+        raise Invalid(key, f"{key}: a stream entry id (e.g. 1700000000000-0)")
     return value
 
 
@@ -60,6 +68,15 @@ def iso_time(request: web.Request, key: str) -> float | None:
     except ValueError:
         raise Invalid(key, f"{key}: not an ISO-8601 time (e.g. 2026-01-31T09:00:00Z)") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def position(request: web.Request, key: str) -> int | None:
+    value = request.query.get(key)
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise Invalid(key, f"{key}: a whole number from 0")
+    return int(value)
 
 
 def limit(request: web.Request, default: int = 50, most: int = 500) -> int:

@@ -52,14 +52,14 @@ class Store:
             providers=Records(redis, keys.providers, Provider, snapshots),
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
-            items=Items(redis, keys, settings.timeline_max),
+            items=Items(redis, keys, settings.timeline_max, settings.lead_ttl_seconds),
             inbox=Inbox(redis, keys, settings.dedup_ttl_seconds),
             calls=Calls(redis, keys),
             timers=Timers(redis, keys),
             triggers=Records(redis, keys.triggers, Trigger, snapshots),
             dead_letters=DeadLetters(redis, keys),
             feed=Feed(redis, keys, settings.feed_max),
-            jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds),
+            jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds, settings.dead_letters_max),
             backlogs=Backlogs(redis, keys),
         )
 

@@ -93,6 +93,7 @@ _RECORD_ONCE = """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
 return 1
@@ -119,6 +120,25 @@ class ItemQuery:
 _CHUNK = 200
 
 
+# A page of the timeline, newest last, of the entries before absolute position ARGV[1]
+# ('' for the newest), and the position of its first entry when older ones are kept (else
+# 0). Positions count every entry ever appended (KEYS[2]), so a cursor
+# stays valid while entries are appended and the oldest trimmed away.
+_TIMELINE_PAGE = """
+local length = redis.call('LLEN', KEYS[1])
+local total = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), length)
+local dropped = total - length
+local before = total
+if ARGV[1] ~= '' then before = math.min(tonumber(ARGV[1]), total) end
+local stop = before - dropped - 1
+if stop < 0 then return {0, {}} end
+local start = math.max(stop - tonumber(ARGV[2]) + 1, 0)
+local older = 0
+if start > 0 then older = dropped + start end
+return {older, redis.call('LRANGE', KEYS[1], start, stop)}
+"""
+
+
 @dataclass(frozen=True)
 class Move:
     """A trigger's request to move an item; ``identity`` names the event that caused it."""
@@ -134,12 +154,14 @@ class Move:
 
 
 class Items:
-    def __init__(self, redis: Redis, keys: Keys, timeline_max: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, lead_ttl: int = 0) -> None:
         self._redis = redis
         self._keys = keys
         self._timeline_max = timeline_max
         self._markers_max = timeline_max * MARKERS_PER_ENTRY
+        self._lead_ttl = lead_ttl
         self._record_once = redis.register_script(_RECORD_ONCE)
+        self._timeline_page = redis.register_script(_TIMELINE_PAGE)
 
     async def _watched(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
         """Run ``body`` in WATCH/MULTI on ``watch`` until no concurrent writer interferes.
@@ -168,6 +190,7 @@ class Items:
         key = self._keys.timeline(item_id)
         pipe.rpush(key, entry)
         pipe.ltrim(key, -self._timeline_max, -1)
+        pipe.incr(self._keys.timeline_count(item_id))
 
     def _save(self, pipe: Pipeline, item: Item, old: Item | None) -> None:
         """Queue the card and the phone index changes it makes against ``old``.
@@ -185,6 +208,8 @@ class Items:
         if old is not None and (old.card.pipeline, old.stage) != (item.card.pipeline, item.stage):
             pipe.zrem(self._keys.stage_items(old.card.pipeline, old.stage), item.id)
         pipe.zadd(self._keys.stage_items(item.card.pipeline, item.stage), updated)
+        # A card anyone changed after a line created it is the CRM's now: it no longer expires.
+        pipe.zrem(self._keys.leads, item.id)
 
     async def put(self, item_id: str, card: Card) -> tuple[Item, bool]:
         """Create or replace the card; returns it and whether it is new."""
@@ -207,7 +232,8 @@ class Items:
         return await self._watched([key], body)
 
     async def create_if_absent(self, item_id: str, card: Card, data: Mapping[str, Any]) -> Item:
-        """A lead: created once under a deterministic id, so re-processing finds it."""
+        """A lead: created once under a deterministic id, so re-processing finds it. With a
+        lead TTL it is deleted that long after, unless someone changed it meanwhile."""
         key = self._keys.item(item_id)
 
         async def body(pipe: Pipeline) -> Item:
@@ -220,13 +246,15 @@ class Items:
             pipe.multi()  # type: ignore[no-untyped-call]
             self._save(pipe, item, None)
             self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage, **data}))
+            if self._lead_ttl:
+                pipe.zadd(self._keys.leads, {item_id: time.time() + self._lead_ttl})
             return item
 
         return await self._watched([key], body)
 
     async def record(self, item_id: str, identity: str, entry: str) -> bool:
         """Append ``entry`` unless the event named ``identity`` already did; True when added."""
-        keys = [self._keys.effects(item_id), self._keys.timeline(item_id)]
+        keys = [self._keys.effects(item_id), self._keys.timeline(item_id), self._keys.timeline_count(item_id)]
         args: list[str | float | int] = [marker_of_entry(identity), time.time(), entry, self._timeline_max]
         return bool(await self._record_once(keys=keys, args=[*args, self._markers_max]))
 
@@ -269,6 +297,20 @@ class Items:
 
         return await self._watched([key, effects], body)
 
+    def _remove(self, pipe: Pipeline, item: Item) -> None:
+        """Queue the removal of ``item`` and of everything keyed by it."""
+        pipe.delete(
+            self._keys.item(item.id),
+            self._keys.timeline(item.id),
+            self._keys.timeline_count(item.id),
+            self._keys.effects(item.id),
+        )
+        for number in item.card.numbers():
+            pipe.srem(self._keys.phone(number), item.id)
+        pipe.zrem(self._keys.items, item.id)
+        pipe.zrem(self._keys.stage_items(item.card.pipeline, item.stage), item.id)
+        pipe.zrem(self._keys.leads, item.id)
+
     async def delete(self, item_id: str) -> bool:
         """Remove the card with everything keyed by it: its phone index entries, its place
         in the listings, its timeline and its effect markers. False when there was no such item."""
@@ -279,15 +321,32 @@ class Items:
             pipe.multi()  # type: ignore[no-untyped-call]
             if not raw:
                 return False
-            item = Item.from_json(raw)
-            pipe.delete(key, self._keys.timeline(item_id), self._keys.effects(item_id))
-            for number in item.card.numbers():
-                pipe.srem(self._keys.phone(number), item_id)
-            pipe.zrem(self._keys.items, item_id)
-            pipe.zrem(self._keys.stage_items(item.card.pipeline, item.stage), item_id)
+            self._remove(pipe, Item.from_json(raw))
             return True
 
         return await self._watched([key], body)
+
+    async def expire_leads(self, now: float, batch: int = 100) -> list[str]:
+        """Delete the leads nobody changed within the lead TTL; returns their ids."""
+        due = await self._redis.zrangebyscore(self._keys.leads, "-inf", now, start=0, num=batch)
+        return [str(item_id) for item_id in due if await self._expire_lead(str(item_id), now)]
+
+    async def _expire_lead(self, item_id: str, now: float) -> bool:
+        key = self._keys.item(item_id)
+
+        async def body(pipe: Pipeline) -> bool:
+            raw = await pipe.get(key)
+            due = await pipe.zscore(self._keys.leads, item_id)
+            pipe.multi()  # type: ignore[no-untyped-call]
+            if due is None or due > now:  # someone changed it meanwhile
+                return False
+            if not raw:
+                pipe.zrem(self._keys.leads, item_id)
+                return False
+            self._remove(pipe, Item.from_json(raw))
+            return True
+
+        return await self._watched([key, self._keys.leads], body)
 
     async def page(self, query: ItemQuery) -> tuple[list[Item], str | None]:
         """Items matching ``query`` in update order (oldest first), and the cursor of the
@@ -340,5 +399,10 @@ class Items:
         raws = await self._redis.mget([self._keys.item(str(i)) for i in ids])
         return [Item.from_json(raw) for raw in raws if raw]
 
-    async def timeline(self, item_id: str) -> list[dict[str, Any]]:
-        return [json.loads(raw) for raw in await self._redis.lrange(self._keys.timeline(item_id), 0, -1)]
+    async def timeline(self, item_id: str, limit: int, before: int | None = None) -> tuple[list[Any], int | None]:
+        """Up to ``limit`` timeline entries before position ``before`` (the newest when None),
+        oldest first, and the position to ask for the ones before them (None at the start)."""
+        keys = [self._keys.timeline(item_id), self._keys.timeline_count(item_id)]
+        args = ["" if before is None else before, limit]
+        first, raws = await self._timeline_page(keys=keys, args=args)
+        return [json.loads(raw) for raw in raws], int(first) or None

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from config.jobs import RANK, JobStatus
 from gateway.keys import Keys
-from gateway.store.timers import FIRE_DUE
+from gateway.store.timers import FIRE_DUE, fire_all_due
 
 JOBS_STREAM = "jobs"
 
@@ -48,9 +48,9 @@ if ARGV[2] ~= '' and ARGV[2] ~= cur[3] then return 0 end
 if cur[1] == ARGV[7] then return 2 end
 if ARGV[1] ~= '' and not string.find(',' .. ARGV[1] .. ',', ',' .. cur[1] .. ',', 1, true) then return 0 end
 if ARGV[4] == '1' and tonumber(ARGV[3]) <= tonumber(cur[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'rank', ARGV[3], 'status', ARGV[7], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'rank', ARGV[3], 'status', ARGV[7], unpack(ARGV, 9))
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[2], ARGV[5], cur[4]) end
-if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], '*', 'job', cur[4], '_error', ARGV[6]) end
+if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '*', 'job', cur[4], '_error', ARGV[6]) end
 return 1
 """
 
@@ -128,9 +128,10 @@ class Created:
 
 
 class Jobs:
-    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, idempotency_ttl: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, idempotency_ttl: int, dead_max: int) -> None:
         self._redis: Any = redis  # decoded replies (str); redis-py types both modes
         self._keys = keys
+        self._dead_max = dead_max
         self._timeline_max = timeline_max
         self._idempotency_ttl = idempotency_ttl
         self._create = redis.register_script(_CREATE)
@@ -215,6 +216,7 @@ class Jobs:
             "" if due is None else repr(due),
             dead[:2000],
             status.value,
+            self._dead_max,
         ]
         return Moved(int(await self._update(keys=keys, args=[*args, *pairs])))
 
@@ -226,10 +228,8 @@ class Jobs:
             pipe.expire(key, _CALL_TTL)
             await pipe.execute()
 
-    async def fire_due(self, now: float, limit: int = 100) -> int:
-        return int(
-            await self._fire_due(keys=[self._keys.jobs_due, self._keys.stream(JOBS_STREAM)], args=[now, limit, "job"])
-        )
+    async def fire_due(self, now: float) -> int:
+        return await fire_all_due(self._fire_due, self._keys.jobs_due, self._keys.stream(JOBS_STREAM), "job", now)
 
     async def record_sandbox_call(self, key: str, ref: str) -> str:
         """Record a sandbox call for ``key`` once; the reference it has."""

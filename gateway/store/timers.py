@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from gateway.keys import Keys
 from gateway.store.inbox import EVENTS_STREAM
@@ -21,6 +22,20 @@ return #due
 """
 
 
+async def fire_all_due(script: AsyncScript, due: str, stream: str, field: str, now: float, batch: int = 500) -> int:
+    """Move every member of ``due`` due by ``now`` into ``stream`` (FIRE_DUE); how many.
+
+    In batches (one script call each, so Redis is never blocked long) until none is left:
+    a backlog is worked off at once, not ``batch`` per poll.
+    """
+    fired = 0
+    while True:
+        moved = int(await script(keys=[due, stream], args=[now, batch, field]))
+        fired += moved
+        if moved < batch:
+            return fired
+
+
 class Timers:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
@@ -31,6 +46,5 @@ class Timers:
         """Schedule ``timer`` (a ``response.overdue``) for its ``at``; arming twice is harmless."""
         await self._redis.zadd(self._keys.timers, {timer.to_json(): timer.at})
 
-    async def fire_due(self, now: float, limit: int = 100) -> int:
-        stream = self._keys.stream(EVENTS_STREAM)
-        return int(await self._fire_due(keys=[self._keys.timers, stream], args=[now, limit, "event"]))
+    async def fire_due(self, now: float) -> int:
+        return await fire_all_due(self._fire_due, self._keys.timers, self._keys.stream(EVENTS_STREAM), "event", now)

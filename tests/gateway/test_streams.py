@@ -102,6 +102,23 @@ async def test_entry_failing_every_delivery_is_dead_lettered_once(redis: Redis, 
     assert not await redis.exists(f"{stream}:errors")
 
 
+async def test_the_dead_letters_are_capped(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    config = StreamConfig(name="t", claim_idle_ms=50, max_deliveries=1, block_ms=100, dead_max=3)
+    consumer = make_consumer(redis, prefix, "C0", Recorder(fail=True), config)
+    await consumer.ensure_group()
+    for n in range(7):
+        await redis.xadd(keys.stream("t"), {"n": str(n)})
+
+    async def all_dead() -> bool:
+        return await redis.xlen(keys.stream("t")) == 0
+
+    async with running(consumer):
+        await eventually(all_dead)
+    entries: Any = await redis.xrange(keys.dead("t"))
+    assert [fields["n"] for _, fields in entries] == ["4", "5", "6"]  # the newest kept
+
+
 async def test_dead_letters_api_lists_a_malformed_event(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], redis: Redis, prefix: str
 ) -> None:
