@@ -102,7 +102,7 @@ async def test_a_transient_failure_backs_off_then_the_retry_places_the_call(queu
     job = await store.jobs.get(job_id)
     assert job is not None and job.status == "sent" and job["provider_ref"] == "CA0"
     assert provider.placed == [f"{job_id}-1"]
-    timeline = await store.items.timeline("D1")
+    timeline, _ = await store.items.timeline("D1", limit=100)
     assert job_statuses(timeline, job_id) == ["queued", "sending", "queued", "sending", "sent"]
 
 
