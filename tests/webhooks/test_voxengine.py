@@ -32,7 +32,8 @@ def gateway(**answer: Any) -> dict[str, Any]:
     return {"code": 200, "text": json.dumps(answer)}
 
 
-def run(**spec: Any) -> tuple[list[Event], list[dict[str, Any]]]:
+def records_of(**spec: Any) -> list[dict[str, Any]]:
+    """Everything the scenario did, one record per line of the harness."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not on PATH")
@@ -50,6 +51,11 @@ def run(**spec: Any) -> tuple[list[Event], list[dict[str, Any]]]:
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0, (done.stderr, records)
     assert records[-1] == {"type": "terminated"}
+    return records
+
+
+def run(**spec: Any) -> tuple[list[Event], list[dict[str, Any]]]:
+    records = records_of(**spec)
     events = []
     for request in (r for r in records if r["type"] == "request"):
         assert request["url"] == URL
@@ -201,3 +207,61 @@ def test_incoming_is_not_retried() -> None:
 def test_non_ascii_identities_survive_signing() -> None:
     events, _ = run(callerid="José Pérez", gateway=gateway(forward_to=[]))
     assert {event.customer for event in events} == {"José Pérez"}
+
+
+def test_gateway_url_and_secret_come_from_the_custom_data() -> None:
+    """Nothing in the scenario's source: the routing rule's (or StartScenarios') custom data."""
+    custom = json.dumps({"url": URL, "secret": SECRET})
+    assert len(custom.encode()) <= 200  # VoxEngine's limit for the session's custom data
+    # The spec's own url/secret are decoys: only the custom data can have made these requests
+    # go to URL signed with SECRET (run() checks both).
+    events, _ = run(url="https://decoy.example/x", secret="decoy", customData=custom, gateway=gateway(forward_to=[]))
+    assert kinds(events) == [EventKind.CALL_INCOMING, EventKind.CALL_MISSED]
+
+
+@pytest.mark.parametrize(
+    "custom",
+    [
+        "",
+        "not json",
+        json.dumps({"url": URL}),
+        json.dumps({"secret": SECRET}),
+        json.dumps({"url": "ftp://x", "secret": "s"}),
+    ],
+)
+def test_without_custom_data_the_scenario_says_why_and_hangs_up(custom: str) -> None:
+    records = records_of(customData=custom)
+    assert [r for r in records if r["type"] == "request"] == []
+    assert {"type": "action", "action": "hangup", "call": "inbound-1", "ended": False} in records
+    assert any("custom data" in r["message"] for r in records if r["type"] == "log")
+
+
+def test_config_from_a_companion_scenario() -> None:
+    """A rule without custom data: CALLGATE_CONFIG from a scenario the rule runs first."""
+    events, _ = run(
+        url="https://decoy.example/x",
+        secret="decoy",
+        customData="",
+        globalConfig={"url": URL, "secret": SECRET},
+        gateway=gateway(forward_to=[]),
+    )
+    assert kinds(events) == [EventKind.CALL_INCOMING, EventKind.CALL_MISSED]
+
+
+def test_code_zero_is_not_retried() -> None:
+    """HTTP result code 0: VoxEngine's own limits were hit; retrying would hit them again."""
+    events, _ = run(
+        gateway=gateway(forward_to=[AGENT_1]),
+        agents={AGENT_1: {"connect": 10, "hangup": 30, "duration": 7}},
+        failFirst={"call.answered": 0},
+    )
+    assert kinds(events) == [EventKind.CALL_INCOMING, EventKind.CALL_ANSWERED, EventKind.CALL_COMPLETED]
+
+
+def test_network_errors_are_retried() -> None:
+    events, _ = run(
+        gateway=gateway(forward_to=[AGENT_1]),
+        agents={AGENT_1: {"connect": 10, "hangup": 30, "duration": 7}},
+        failFirst={"call.answered": -4},
+    )
+    assert kinds(events).count(EventKind.CALL_ANSWERED) == 2

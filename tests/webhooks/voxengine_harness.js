@@ -3,6 +3,8 @@
 //   node voxengine_harness.js <scenario.js> '<spec JSON>'
 //
 // spec: {url, secret, crypto: "hex"|"base64"|"binary", callId, destination, callerid,
+//        customData: the session's custom data (default: {"url": url, "secret": secret} as JSON),
+//        globalConfig: CALLGATE_CONFIG as a companion scenario would define it,
 //        gateway: {code, text}          the answer to call.incoming (default 200 "{}"),
 //        failFirst: {"<event>": code}   first delivery of that event gets this code,
 //        agents: {"<number>": {fail: code, after: ms} | {connect: ms, hangup: ms, duration: s}},
@@ -100,6 +102,9 @@ const sandbox = {
     sendMediaBetween(a, b) {
       emit({ type: "action", action: "sendMediaBetween", calls: [a.id(), b.id()] });
     },
+    customData() {
+      return spec.customData !== undefined ? spec.customData : JSON.stringify({ url: spec.url, secret: spec.secret });
+    },
     terminate() {
       emit({ type: "terminated" });
       // Leave a moment for stray events to surface as errors before exiting.
@@ -126,17 +131,19 @@ const sandbox = {
       return mac.digest({ hex: "hex", base64: "base64", binary: "latin1" }[spec.crypto || "hex"]);
     },
   },
-  Logger: { write() {} },
+  Logger: {
+    write(message) {
+      emit({ type: "log", message: String(message) });
+    },
+  },
   setTimeout: (fn, ms) => setTimeout(fn, ms / timeScale),
   clearTimeout: (timer) => clearTimeout(timer),
 };
 
 vm.createContext(sandbox);
 vm.runInContext(fs.readFileSync(scenarioPath, "utf8"), sandbox, { filename: scenarioPath });
-// The admin's config block is plain top-level vars, so the harness fills it in the same way.
-sandbox.CALLGATE_URL = spec.url;
-sandbox.CALLGATE_SECRET = spec.secret;
 sandbox.RETRY_DELAY_MS = 10;
+if (spec.globalConfig !== undefined) sandbox.CALLGATE_CONFIG = spec.globalConfig;
 
 handlers[sandbox.AppEvents.CallAlerting]({
   name: "Application.CallAlerting",

@@ -3,17 +3,20 @@
  *
  * Attach it to the routing rule of the numbers callgate serves. For every inbound call it
  * asks the gateway which agents to ring, rings them all at once, bridges the first who
- * answers, and reports call.incoming / call.answered / call.missed / call.completed to
- * POST {CALLGATE_URL}, each signed with CALLGATE_SECRET:
+ * answers, and reports call.incoming / call.answered / call.missed / call.completed to the
+ * gateway's URL, each signed with the shared secret:
  *   X-Callgate-Timestamp: <unix seconds>
  *   X-Callgate-Signature: hex HMAC-SHA256(secret, "<timestamp>.<body>")
  * The gateway answers call.incoming with {"forward_to": ["+34...", ...], "timeout": 20}.
+ *
+ * The URL and the secret are not in this file: they come from the session's custom data
+ * (the routing rule's custom data, or script_custom_data of StartScenarios), a JSON object
+ * of at most 200 bytes:
+ *   {"url": "https://gw.example.com/webhooks/voximplant/vox1", "secret": "..."}
+ * or, when the session has none, from CALLGATE_CONFIG (the same object) defined by a small
+ * scenario of your own that the routing rule runs before this one. Without either the
+ * scenario cannot reach the gateway: it logs why and hangs up.
  */
-
-// ---- Filled in by the admin ------------------------------------------------------------
-var CALLGATE_URL = "https://gw.example.com/webhooks/voximplant/vox1";
-var CALLGATE_SECRET = "change-me";
-// -----------------------------------------------------------------------------------------
 
 var DEFAULT_RING_SECONDS = 20;
 // VoxEngine fails an unanswered outgoing leg after 60 s anyway (Failed 408).
@@ -25,6 +28,20 @@ var POST_ATTEMPTS = { "call.incoming": 1, default: 3 };
 var RETRY_DELAY_MS = 1000;
 
 // ---- Decision logic: plain functions, testable outside VoxEngine -----------------------
+
+// The gateway's URL and secret from VoxEngine.customData(); null when they are missing.
+function parseConfig(raw) {
+  var data;
+  try {
+    data = JSON.parse(String(raw === undefined || raw === null ? "" : raw));
+  } catch (err) {
+    return null;
+  }
+  if (!data || typeof data !== "object") return null;
+  if (typeof data.url !== "string" || !/^https?:\/\/\S+$/.test(data.url)) return null;
+  if (typeof data.secret !== "string" || data.secret.length === 0) return null;
+  return { url: data.url, secret: data.secret };
+}
 
 // Voximplant passes PSTN numbers without the "+", and the gateway finds lines by E.164.
 // SIP and app identities (anything that is not 7-15 digits) go through untouched.
@@ -137,10 +154,11 @@ function signedRequest(secret, body, nowMs) {
   };
 }
 
-// code <= 0 is VoxEngine's own failure (DNS, connect, timeout); 5xx and 429 are transient.
-// Retrying is safe: the gateway dedupes on call_id + event + seq.
+// code < 0 is VoxEngine's own network failure (DNS, connect, timeout); 5xx and 429 are
+// transient. Retrying is safe: the gateway dedupes on call_id + event + seq. Code 0 means
+// VoxEngine's own HTTP limits were hit: retrying at once only hits them again.
 function shouldRetry(code) {
-  return code <= 0 || code === 429 || code >= 500;
+  return code < 0 || code === 429 || code >= 500;
 }
 
 // ---- Plumbing ---------------------------------------------------------------------------
@@ -151,14 +169,14 @@ function sleep(ms) {
   });
 }
 
-async function deliver(kind, body) {
+async function deliver(config, kind, body) {
   var attempts = POST_ATTEMPTS[kind] || POST_ATTEMPTS.default;
   var result = null;
   for (var attempt = 1; attempt <= attempts; attempt++) {
     if (attempt > 1) await sleep(RETRY_DELAY_MS * (attempt - 1));
     try {
       // Re-signed on every attempt so a retry never carries a stale timestamp.
-      result = await Net.httpRequestAsync(CALLGATE_URL, signedRequest(CALLGATE_SECRET, body, Date.now()));
+      result = await Net.httpRequestAsync(config.url, signedRequest(config.secret, body, Date.now()));
     } catch (err) {
       result = { code: -1, error: String(err) };
     }
@@ -169,7 +187,7 @@ async function deliver(kind, body) {
 }
 
 // Events of one call leave strictly in order, each with the next seq.
-function createReporter(identity) {
+function createReporter(config, identity) {
   var seq = 0;
   var queue = Promise.resolve(null);
   return {
@@ -177,7 +195,7 @@ function createReporter(identity) {
       seq += 1;
       var body = asciiJson(eventPayload(identity, kind, seq, Date.now(), fields));
       queue = queue.then(function () {
-        return deliver(kind, body);
+        return deliver(config, kind, body);
       });
       return queue;
     },
@@ -189,7 +207,19 @@ function createReporter(identity) {
 
 function handleInbound(e) {
   var inbound = e.call;
-  var reporter = createReporter({
+  var config = parseConfig(VoxEngine.customData());
+  if (config === null && typeof CALLGATE_CONFIG !== "undefined") {
+    config = parseConfig(JSON.stringify(CALLGATE_CONFIG));
+  }
+  if (config === null) {
+    Logger.write(
+      'callgate: no gateway configured: set the custom data to {"url": "https://.../webhooks/voximplant/<provider>", "secret": "..."}',
+    );
+    inbound.hangup();
+    VoxEngine.terminate();
+    return;
+  }
+  var reporter = createReporter(config, {
     callId: inbound.id(),
     line: toE164(e.destination),
     customer: toE164(e.callerid),
