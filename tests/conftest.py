@@ -1,10 +1,15 @@
 """Shared fixtures: a real Redis (the machine's, or an embedded one started here), settings
-with a key prefix unique to each test, and a client of the app built by the factory."""
+with a key prefix unique to each test, and a client of the app built by the factory.
+
+Every prefix starts with this run's stem; at the end of the run any key left under it fails
+the run, so a fixture that leaks into the shared Redis is found the day it is written.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -26,6 +31,27 @@ API = {"Authorization": f"Bearer {API_TOKEN}"}
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[..., Awaitable[Client]]
+
+
+# Set by tests/test_hygiene.py to watch a child run; random otherwise.
+SESSION_STEM = "{cgt-" + os.environ.get("CALLGATE_TEST_SESSION", uuid.uuid4().hex[:8]) + "-"
+_USED_URLS: set[str] = set()
+
+
+async def leftover_keys(url: str, stem: str = SESSION_STEM) -> list[str]:
+    client = Redis.from_url(url, decode_responses=True)
+    try:
+        return [key async for key in client.scan_iter(match=stem + "*", count=1000)]
+    finally:
+        await client.aclose()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for url in _USED_URLS:
+        left = asyncio.run(leftover_keys(url))
+        if left:
+            print(f"\ntest run left {len(left)} key(s) in {url}: {sorted(left)[:10]}", file=sys.stderr)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 async def _answers(url: str) -> bool:
@@ -58,6 +84,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 async def redis(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
     """A client for assertions; deletes only this test's keys afterwards."""
+    _USED_URLS.add(redis_url)
     client = Redis.from_url(redis_url, decode_responses=True)
     yield client
     async for key in client.scan_iter(match=prefix + "*", count=1000):
@@ -67,7 +94,7 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def prefix() -> str:
-    return "{cgt-" + uuid.uuid4().hex[:12] + "}:"
+    return SESSION_STEM + uuid.uuid4().hex[:12] + "}:"
 
 
 @pytest.fixture
@@ -81,6 +108,14 @@ def settings(redis_url: str, prefix: str, tmp_path: Path, redis: Redis) -> Setti
         key_prefix=prefix,
         claim_idle_seconds=1,
     )
+
+
+@pytest.fixture
+def aiohttp_client(redis: Redis, aiohttp_client: ClientFactory) -> ClientFactory:
+    """pytest-aiohttp's factory, set up after ``redis`` so that it is torn down before it:
+    the apps it made (whose consumers re-create their streams) stop before ``redis``
+    deletes this test's keys, instead of writing keys after that."""
+    return aiohttp_client
 
 
 @pytest.fixture

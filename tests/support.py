@@ -11,6 +11,8 @@ from aiohttp import ClientResponse
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
+from gateway.appkeys import STORE
+from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import ADMIN, API, Client
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -189,6 +191,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
 
 async def ready(client: Client) -> bool:
     return (await client.get("/readyz")).status == 200
+
+
+async def processed(client: Client) -> None:
+    """Wait until every event accepted so far was processed: entries leave the events stream
+    (and its pending list) only once processed, so an empty stream is the positive signal to
+    assert that something did not happen."""
+    store = client.app[STORE]
+    redis: Any = store.redis
+    stream = store.keys.stream(EVENTS_STREAM)
+
+    async def empty() -> bool:
+        return bool(await redis.xlen(stream) == 0 and (await redis.xpending(stream, EVENTS_STREAM))["pending"] == 0)
+
+    await eventually(empty)
 
 
 async def stage_of(client: Client, item_id: str = "D1") -> str:

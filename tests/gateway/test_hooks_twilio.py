@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from twilio.request_validator import RequestValidator
 from yarl import URL
 
-from tests.conftest import Client
+from tests.conftest import API, Client
 from tests.support import (
     AGENT,
     AUTH_TOKEN,
-    CUSTOMER,
     PUBLIC_URL,
     add_item,
     add_trigger,
@@ -114,16 +114,19 @@ async def test_unknown_number_creates_lead_on_line(client: Client) -> None:
     resp = await twilio_post(client, "/webhooks/twilio/sms", sms_form(From=stranger, body="info?"))
     assert resp.status == 200
 
-    async def created() -> bool:
-        found = await client.get(
-            "/v1/items",
-            params={"phone": stranger},
-            headers={"Authorization": "Bearer api-token-for-tests-0123456789ab"},
-        )
-        return len((await found.json())["items"]) == 1
+    async def created() -> list[dict[str, Any]]:
+        found = await client.get("/v1/items", params={"phone": stranger}, headers=API)
+        items: list[dict[str, Any]] = (await found.json())["items"]
+        return items
 
-    await eventually(created)
-    assert stranger != CUSTOMER
+    async def one() -> bool:
+        return len(await created()) == 1
+
+    await eventually(one)
+    lead = (await created())[0]
+    assert lead["id"].startswith("lead-") and (lead["pipeline"], lead["stage"]) == ("sales", "NEW")
+    assert lead["contacts"][0]["phones"][0]["value"] == stranger
+    assert "sms.incoming" in timeline_types(await item(client, lead["id"]))
 
 
 async def test_signature_is_checked_against_the_public_url(client: Client) -> None:

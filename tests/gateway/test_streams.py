@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from config.settings import Settings
 from gateway.app import create_app
@@ -89,7 +90,8 @@ async def test_entry_failing_every_delivery_is_dead_lettered_once(redis: Redis, 
 
     async with running(*consumers):
         await eventually(dead)
-        await asyncio.sleep(3 * CONFIG.claim_idle_ms / 1000)  # room for a duplicate to show up
+        # Out of the stream and acknowledged: no consumer can claim it again from here on.
+        await eventually(lambda: drained(redis, stream, "t"))
     entries: Any = await redis.xrange(keys.dead("t"))  # decoded: (id, {field: value})
     assert len(entries) == 1, entries
     fields = entries[0][1]
@@ -140,7 +142,7 @@ async def test_dead_letters_api_lists_a_malformed_event(
         return bool(await listed())
 
     await eventually(dead, timeout=15)
-    await asyncio.sleep(1.5)  # a claim round later, still exactly one
+    await eventually(lambda: drained(redis, keys.stream(EVENTS_STREAM), EVENTS_STREAM))
     entries = await listed()
     assert len(entries) == 1, entries
     assert entries[0]["_id"] == entry_id
@@ -171,8 +173,8 @@ async def test_entries_of_a_crashed_consumer_are_claimed_and_processed_once(redi
     assert [entry_id for entry_id, _ in read[0][1]] == ids
 
     async with running(b, c):
+        # Every entry processed, acknowledged and deleted: nothing is left to deliver twice.
         await eventually(lambda: done(redis, keys, len(ids), recorder))
-        await asyncio.sleep(3 * CONFIG.claim_idle_ms / 1000)  # later claim rounds find nothing
         # A, which owns nothing now and reads no more, is removed from the group.
 
         async def a_removed() -> bool:
@@ -237,7 +239,8 @@ async def test_run_recreates_a_deleted_stream(redis: Redis, prefix: str) -> None
         await eventually(lambda: done(redis, keys, 1, recorder))
         # Deleted while the consumer is blocked reading (NOGROUP, or Redis 7's UNBLOCKED).
         await redis.delete(stream)
-        await asyncio.sleep(0.3)
+        # The consumer saw the group gone and made it again (with its stream).
+        await eventually(lambda: group_exists(redis, stream, "t"))
         assert not task.done(), task
         await redis.xadd(stream, {"n": "2"})
         await eventually(lambda: done(redis, keys, 2, recorder))
@@ -330,6 +333,18 @@ async def running(*consumers: StreamConsumer) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def drained(redis: Redis, stream: str, group: str) -> bool:
+    """Nothing waits in ``stream`` and nothing is pending in its group."""
+    return await redis.xlen(stream) == 0 and (await redis.xpending(stream, group))["pending"] == 0
+
+
+async def group_exists(redis: Redis, stream: str, group: str) -> bool:
+    try:
+        return group in [g["name"] for g in await redis.xinfo_groups(stream)]
+    except ResponseError:  # no such stream (yet)
+        return False
 
 
 async def done(redis: Redis, keys: Keys, count: int, recorder: Recorder, name: str = "t") -> bool:

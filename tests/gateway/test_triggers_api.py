@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
+from gateway.appkeys import STORE
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.support import (
     CUSTOMER,
@@ -20,6 +21,7 @@ from tests.support import (
     configure,
     eventually,
     item,
+    processed,
     sms_form,
     stage_of,
     timeline_types,
@@ -39,7 +41,7 @@ async def _settle(client: Client, count: int, item_id: str = "D1") -> None:
         return len([t for t in types if not t.startswith("item.")]) >= count
 
     await eventually(enough)
-    await asyncio.sleep(0.2)  # let any (wrong) extra effect land before asserting its absence
+    await processed(client)  # any (wrong) extra effect has landed by now
 
 
 async def test_trigger_validation_errors(client: Client) -> None:
@@ -116,7 +118,7 @@ async def test_line_filter(client: Client) -> None:
         return await stage_of(client) == "CONTACTED"
 
     await eventually(moved)
-    await asyncio.sleep(0.2)
+    await processed(client)
     assert await stage_of(client) == "CONTACTED"
 
 
@@ -151,7 +153,7 @@ async def test_out_of_order_status_does_not_move_call_backwards(client: Client, 
     assert (await twilio_post(client, "/webhooks/twilio/voice/status", done)).status == 200
     await _settle(client, 1)
     assert (await twilio_post(client, "/webhooks/twilio/voice/status", late)).status == 200
-    await asyncio.sleep(0.3)
+    await processed(client)
     assert await redis.hget(f"{prefix}call:tw:{sid}", "status") == "completed"
     assert "call.answered" not in timeline_types(await item(client))
 
@@ -187,20 +189,21 @@ async def test_response_overdue_fires_unless_answered(client: Client) -> None:
     await configure(client)
     await add_item(client)
     await add_item(client, "D2", phone="+34600111333")
-    await add_trigger(client, event="response.overdue", seconds=1, target_stage="CALL_BACK")
+    await add_trigger(client, event="response.overdue", seconds=600, target_stage="CALL_BACK")
     await twilio_post(client, "/webhooks/twilio/sms", sms_form(body="hello?"))
     await twilio_post(client, "/webhooks/twilio/sms", sms_form("SM" + "3" * 32, From="+34600111333", body="hi"))
     # We call D2's customer back before the deadline: that answer voids its timer.
     callback = call_form(From=LINE, To="+34600111333", Direction="outbound-api", CallStatus="ringing")
     await twilio_post(client, "/webhooks/twilio/voice/status", callback)
+    await processed(client)  # both timers armed, the answer recorded
 
-    async def overdue() -> bool:
-        return await stage_of(client) == "CALL_BACK"
-
-    await eventually(overdue)
-    await asyncio.sleep(1.0)
+    # The timers polled with a clock past their deadline, instead of waiting for it.
+    assert await client.app[STORE].timers.fire_due(time.time() + 601) == 2
+    await processed(client)
+    assert await stage_of(client) == "CALL_BACK"
     assert await stage_of(client, "D2") == "NEW"
     assert "response.overdue" in timeline_types(await item(client))
+    assert "response.overdue" not in timeline_types(await item(client, "D2"))
 
 
 async def test_overdue_timer_fires_after_restart(aiohttp_client: ClientFactory, settings: Settings) -> None:
