@@ -193,20 +193,6 @@ async def ready(client: Client) -> bool:
     return (await client.get("/readyz")).status == 200
 
 
-async def processed(client: Client) -> None:
-    """Wait until every event accepted so far was processed: entries leave the events stream
-    (and its pending list) only once processed, so an empty stream is the positive signal to
-    assert that something did not happen."""
-    store = client.app[STORE]
-    redis: Any = store.redis
-    stream = store.keys.stream(EVENTS_STREAM)
-
-    async def empty() -> bool:
-        return bool(await redis.xlen(stream) == 0 and (await redis.xpending(stream, EVENTS_STREAM))["pending"] == 0)
-
-    await eventually(empty)
-
-
 async def stage_of(client: Client, item_id: str = "D1") -> str:
     return str((await item(client, item_id))["stage"])
 
@@ -221,12 +207,19 @@ async def metric(client: Client, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def processed(client: Client, count: int) -> None:
-    """Wait until the event workers finished ``count`` entries (the positive signal that an
-    event which changes nothing visible was handled), none of them failing."""
+async def processed(client: Client, count: int = 0) -> None:
+    """Wait until the event workers finished ``count`` entries and every event accepted so
+    far (entries leave the events stream and its pending list only once processed), none of
+    them failing: the positive signal to assert that something did not happen."""
+    store = client.app[STORE]
+    redis: Any = store.redis
+    stream = store.keys.stream(EVENTS_STREAM)
 
     async def done() -> bool:
-        return await metric(client, "callgate_stream_entries_total", stream="events", outcome="done") >= count
+        finished = await metric(client, "callgate_stream_entries_total", stream="events", outcome="done")
+        if finished < count or await redis.xlen(stream):
+            return False
+        return bool((await redis.xpending(stream, EVENTS_STREAM))["pending"] == 0)
 
     await eventually(done)
     assert await metric(client, "callgate_stream_entries_total", stream="events", outcome="failed") == 0
