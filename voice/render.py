@@ -40,8 +40,9 @@ class Say:
     volume: float = 0.0  # dB above (or below) the reference level, -20 to +6
 
     def __post_init__(self) -> None:
-        if not self.text.strip():
-            raise VoiceError("text is empty")
+        if not any(character.isalnum() for character in self.text):
+            # Engines disagree on punctuation alone (silence, an error, a crash in gTTS).
+            raise VoiceError("text has no words to say")
         if len(self.text) > MAX_TEXT:
             raise VoiceError(f"text is {len(self.text)} characters; at most {MAX_TEXT}")
         if not SPEED_MIN <= self.speed <= SPEED_MAX:

@@ -91,7 +91,8 @@ def test_the_default_engine_is_piper_where_it_speaks_the_language_else_espeak(re
 @pytest.mark.parametrize(
     ("say", "message"),
     [
-        (lambda: Say("   "), "text is empty"),
+        (lambda: Say("   "), "text has no words to say"),
+        (lambda: Say("... !!! 😀"), "text has no words to say"),
         (lambda: Say("x" * 5001), "at most 5000"),
         (lambda: Say("hi", speed=0.4), "speed must be between 0.5 and 2.0"),
         (lambda: Say("hi", volume=7), "volume must be between -20 and \\+6 dB"),

@@ -40,7 +40,11 @@ class GttsEngine:
         return [Voice(self.name, code, (normalise_language(code),), name) for code, name in tts_langs().items()]
 
     def synthesize(self, text: str, voice: Voice, language: str) -> AudioSegment:
-        audio = b"".join(self._fetch(body) for body in gTTS(text, lang=voice.id, lang_check=False).get_bodies())
+        try:
+            bodies = gTTS(text, lang=voice.id, lang_check=False).get_bodies()
+        except AssertionError:  # gTTS asserts that its tokenizer left something to send
+            raise SynthesisFailed("gtts: nothing left to send once gTTS split the text") from None
+        audio = b"".join(self._fetch(body) for body in bodies)
         try:
             return decode_mp3(audio)
         except InvalidAudio as exc:
