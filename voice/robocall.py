@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from config.lines import Strict
 from config.phones import E164
 from config.recipients import AUTO, PhoneChoice
+from voice.audio import SPEED_MAX, SPEED_MIN, VOLUME_MAX_DB, VOLUME_MIN_DB
 
 ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
@@ -24,9 +25,9 @@ class Say(Strict):
     text: Annotated[str, Field(min_length=1, max_length=1500)]
     language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
     voice: Annotated[str, Field(min_length=1, max_length=100)] | None = None
-    speed: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
-    # Gain in dB applied to the rendered audio.
-    volume: Annotated[float, Field(ge=-20, le=20)] = 0.0
+    speed: Annotated[float, Field(ge=SPEED_MIN, le=SPEED_MAX)] = 1.0
+    # dB from the level every render is normalised to (voice.audio); above +6 would clip.
+    volume: Annotated[float, Field(ge=VOLUME_MIN_DB, le=VOLUME_MAX_DB)] = 0.0
 
 
 class Play(Strict):
