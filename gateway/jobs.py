@@ -107,6 +107,7 @@ class JobRunner:
             audio_url=f"{self._settings.base_url}/media/{job['media']}.mp3",
             status_url=f"{self._settings.base_url}/webhooks/twilio/voice/status?job={job.id}&dial={job.dial}",
             since=since,
+            machine_detection=bool(job.request.get("machine_detection")),
         )
         await self._dial(job, provider, call, reconcile=bool(job["placing_at"]))
 
@@ -118,13 +119,13 @@ class JobRunner:
         return select_phone(item.card, choice)
 
     async def _dial(self, job: Job, provider: CallProvider, call: OutboundCall, *, reconcile: bool) -> None:
-        ref = await provider.find(call) if reconcile else None
-        if ref is None:
-            try:
+        try:
+            ref = await provider.find(call) if reconcile else None
+            if ref is None:
                 ref = await provider.place(call)
-            except PlacementError as exc:
-                await self._placement_failed(job, exc)
-                return
+        except PlacementError as exc:
+            await self._placement_failed(job, exc)
+            return
         await self._store.jobs.mark_call(job["provider"], ref, job.id)
         # The provider's first report may already have moved the job past sent.
         await self._change(job, JobStatus.SENT, expect=(JobStatus.SENDING,), provider_ref=ref)

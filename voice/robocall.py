@@ -53,6 +53,8 @@ class RobocallRequest(Strict):
     test: bool = False
     to: E164 | None = None
     delay_seconds: Annotated[int, Field(ge=0, le=30 * 24 * 3600)] = 0
+    # Twilio answering-machine detection (the call's callbacks then carry AnsweredBy).
+    machine_detection: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> RobocallRequest:

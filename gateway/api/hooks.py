@@ -188,13 +188,33 @@ async def twilio_voice(request: web.Request) -> web.Response:
     return _twiml(dial_twiml(agents, action, DIAL_TIMEOUT_SECONDS))
 
 
+def _job_call_status(request: web.Request) -> Parser:
+    """``parse_voice_status``, with the events of a robocall tagged with the job and dial its
+    status callback URL names (callgate put them there; Twilio's signature covers the URL).
+
+    A job follows every step of its call, so its ``call.outgoing`` (which reports initiated
+    and ringing) is deduplicated per status, not once per call.
+    """
+    job, dial = request.query.get("job"), request.query.get("dial", "1")
+
+    def tagged(event: Event) -> Event:
+        dedup = f"{event.dedup}:{event.status}" if event.kind is EventKind.CALL_OUTGOING else event.dedup
+        return replace(event, dedup=dedup, extra={**event.extra, "job": job or "", "dial": dial})
+
+    def parse(fields: Mapping[str, str], provider: str, now: float, line: CallLine) -> list[Event]:
+        events = parse_voice_status(fields, provider, now, line)
+        return [tagged(event) for event in events] if job else events
+
+    return parse
+
+
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_voice_status(request: web.Request) -> web.Response:
     fields, _ = await _twilio_fields(request)
     if is_amd(fields):
         # An AsyncAmdStatusCallback pointed at the status URL: it names no line.
         return await _twilio_amd(request)
-    await _twilio_events(request, parse_voice_status)
+    await _twilio_events(request, _job_call_status(request))
     return _twiml(empty_twiml())
 
 

@@ -24,6 +24,7 @@ class OutboundCall:
     audio_url: str
     status_url: str
     since: float
+    machine_detection: bool = False
 
 
 class PlacementError(Exception):
@@ -46,3 +47,5 @@ class CallProvider(Protocol):
         """The reference of a call already placed for ``call.key``, if the provider has one:
         a dial whose outcome a crash left unknown is reconciled, never redialled blindly."""
         ...
+
+    async def close(self) -> None: ...

@@ -47,6 +47,9 @@ class Sandbox:
             await self._report(call, ref)
         return ref
 
+    async def close(self) -> None:
+        return None
+
     async def _report(self, call: OutboundCall, ref: str) -> None:
         for sequence, (kind, status) in enumerate(outcome(call.to)):
             event = Event(

@@ -52,6 +52,9 @@ class Scripted:
         self.finds += 1
         return self.known.get(call.key)
 
+    async def close(self) -> None:
+        return None
+
 
 class Only(Providers):
     def __init__(self, store: Store, provider: CallProvider) -> None:

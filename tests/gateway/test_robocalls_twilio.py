@@ -1,0 +1,171 @@
+"""Robocalls through Twilio: the real SDK's async client against a local emulator of the
+Calls API. The call is created with the right TwiML and status callback, its signed
+callbacks move the job (and fire no call.outgoing), failures retry or fail as they should,
+and a worker SIGKILLed mid-placement still ends with exactly one call."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from gateway.app import create_app
+from tests.conftest import ADMIN, API, Client, ClientFactory
+from tests.gateway.test_crash import workers
+from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall
+from tests.media import media_server
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, eventually, item, status_form, twilio_post
+from tests.twilio_api import HANG, TwilioApi, twilio_api
+
+LINE = "+34910000001"
+CUSTOMER = "+34600111222"
+STATUS_PATH = "/webhooks/twilio/voice/status"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[TwilioApi]:
+    async with twilio_api(ACCOUNT_SID, AUTH_TOKEN) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def mp3() -> AsyncIterator[str]:
+    server = await media_server()
+    yield str(server.make_url("/ok.mp3"))
+    await server.close()
+
+
+@pytest.fixture
+def tw_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(media_allow_private=True, job_retry_seconds=0.05)
+
+
+async def setup_twilio(client: Client, api: TwilioApi) -> None:
+    credentials = {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "api_base": api.url}
+    for path, body in [
+        ("/v1/pipelines/sales", {"stages": ["NEW", "CALLED", "WON"]}),
+        ("/v1/providers/tw", {"kind": "twilio", "credentials": credentials}),
+        (f"/v1/lines/{LINE}", {"provider": "tw"}),
+    ]:
+        resp = await client.put(path, json=body, headers=ADMIN)
+        assert resp.status == 200, await resp.text()
+    await put_card(client, "D1", [{"type": "MOBILE", "value": CUSTOMER}])
+
+
+async def progress(client: Client, job_id: str, sid: str, statuses: list[str], first: int = 0) -> None:
+    """Twilio's signed status callbacks for the call, as its status_callback URL receives them."""
+    path = f"{STATUS_PATH}?job={job_id}&dial=1"
+    for sequence, status in enumerate(statuses, start=first):
+        form = status_form(sid, status, str(sequence), From=LINE, To=CUSTOMER, Direction="outbound-api")
+        resp = await twilio_post(client, path, form)
+        assert resp.status == 200, await resp.text()
+
+
+async def test_a_twilio_robocall_plays_the_mp3_and_its_callbacks_move_the_job(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    resp = await client.post("/v1/triggers", json=trigger("call.outgoing"), headers=ADMIN)
+    assert resp.status == 201
+    _, accepted = await post(client, robocall(mp3))
+    sent = await final(client, accepted["id"], "sent")
+
+    [request] = api.requests
+    assert request["To"] == CUSTOMER and request["From"] == LINE
+    assert (
+        request["Twiml"]
+        == f'<?xml version="1.0" encoding="UTF-8"?><Response><Play>{sent["audio_url"]}</Play></Response>'
+    )
+    assert request["StatusCallback"] == f"{PUBLIC_URL}{STATUS_PATH}?job={accepted['id']}&dial=1"
+    assert request.getall("StatusCallbackEvent") == ["initiated", "ringing", "answered", "completed"]
+    assert request["StatusCallbackMethod"] == "POST" and "MachineDetection" not in request
+    assert sent["provider_ref"] == api.calls[0]["sid"]
+
+    # Each callback is processed before the next is sent (as Twilio spaces them in time).
+    steps = [("initiated", "sent"), ("ringing", "ringing"), ("in-progress", "answered"), ("completed", "completed")]
+    for sequence, (twilio_status, status) in enumerate(steps):
+        await progress(client, accepted["id"], sent["provider_ref"], [twilio_status], sequence)
+        done = await final(client, accepted["id"], status)
+    assert done["duration"] == 42
+    data = await item(client, "D1")
+    assert job_statuses(data["timeline"], accepted["id"])[-3:] == ["ringing", "answered", "completed"]
+    # The gateway's own call is no call.outgoing: the trigger did not move the item.
+    assert data["stage"] == "NEW"
+    assert not [e for e in data["timeline"] if e["type"] == "call.outgoing"]
+
+
+def trigger(event: str) -> dict[str, Any]:
+    return {"name": "t", "event": event, "pipeline": "sales", "target_stage": "CALLED"}
+
+
+async def test_no_answer_from_twilio_ends_the_job_no_answer(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    _, accepted = await post(client, robocall(mp3, machine_detection=True))
+    sent = await final(client, accepted["id"], "sent")
+    assert api.requests[0]["MachineDetection"] == "Enable"
+    await progress(client, accepted["id"], sent["provider_ref"], ["ringing", "no-answer"])
+    done = await final(client, accepted["id"], "no_answer")
+    assert done["reason"] == "the call ended no-answer"
+
+
+async def test_a_twilio_5xx_is_retried_and_the_call_placed_once(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str
+) -> None:
+    api.script = [503, 429]
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    _, accepted = await post(client, robocall(mp3))
+    sent = await final(client, accepted["id"], "sent")
+    assert len(api.requests) == 3 and len(api.calls) == 1
+    assert sent["provider_ref"] == api.calls[0]["sid"]
+
+
+async def test_an_invalid_number_fails_at_once(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str
+) -> None:
+    api.script = [400]
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    _, accepted = await post(client, robocall(mp3))
+    failed = await final(client, accepted["id"], "failed")
+    assert (
+        failed["reason"]
+        == "Twilio HTTP 400 (21211): Unable to create record: The 'To' number is not a valid phone number."
+    )
+    assert len(api.requests) == 1 and api.calls == []
+
+
+async def test_a_worker_killed_mid_placement_ends_with_exactly_one_call(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str, tmp_path: Path
+) -> None:
+    api.script = [HANG]  # the call is created, the answer never reaches the worker
+    client = await aiohttp_client(create_app(tw_settings, workers=False))
+    await setup_twilio(client, api)
+    _, accepted = await post(client, robocall(mp3))
+    with workers(tw_settings, tmp_path, 1) as [worker]:
+        worker.env["CALLGATE_PUBLIC_URL"] = PUBLIC_URL
+        worker.start()
+
+        async def placing() -> bool:
+            return len(api.requests) == 1
+
+        await eventually(placing, timeout=20)
+        assert (await job(client, accepted["id"]))["status"] == "sending"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+    # Another process takes over the pending entry and asks Twilio before dialling.
+    takeover = await aiohttp_client(create_app(tw_settings))
+    sent = await final(takeover, accepted["id"], "sent")
+    assert sent["provider_ref"] == api.calls[0]["sid"]
+    assert len(api.requests) == 1 and len(api.calls) == 1
+    assert (await takeover.get(f"/v1/jobs/{accepted['id']}", headers=API)).status == 200
