@@ -93,10 +93,13 @@ class Renderer:
         engine = say.engine or self.offline_engine(say.language)
         if engine != "gtts":
             return self._render(engine, say)
-        if self._gtts_down and self._clock() - self._gtts_down[0] < self._retry_after:
-            return self._fall_back(
-                say, f"gtts skipped: Google failed under {self._retry_after:g} s ago ({self._gtts_down[1]})"
-            )
+        down = self._gtts_down
+        if down is not None and self._clock() - down[0] < self._retry_after:
+            _, voice, key = self._choose(engine, say)
+            path = self._cache.find(key)  # what Google said before still plays
+            if path is not None:
+                return Rendered(key, path, engine, voice.id, cached=True)
+            return self._fall_back(say, f"gtts skipped: Google failed under {self._retry_after:g} s ago ({down[1]})")
         try:
             rendered = self._render(engine, say)
         except SynthesisFailed as exc:
@@ -110,18 +113,23 @@ class Renderer:
         rendered = self._render(engine, replace(say, engine=engine, voice=None))
         return replace(rendered, note=f"{why}; spoken by {engine} voice {rendered.voice} instead")
 
-    def _render(self, name: str, say: Say) -> Rendered:
+    def _choose(self, name: str, say: Say) -> tuple[Engine, Voice, str]:
+        """The engine, its voice for ``say`` and the render's cache key; no audio yet."""
         engine = self.engines.get(name)
         if engine is None:
             raise VoiceError(f"unknown engine {name!r}; one of {', '.join(self.engines)}")
         voice = pick_voice(name, engine.voices(), say.language, say.voice)
         language = normalise_language(say.language)
         key = self._cache.key(name, voice.id, language, repr(float(say.speed)), repr(float(say.volume)), say.text)
+        return engine, voice, key
+
+    def _render(self, name: str, say: Say) -> Rendered:
+        engine, voice, key = self._choose(name, say)
         with self._stripes[int(key[:8], 16) % _STRIPES]:
             path = self._cache.find(key)
             if path is not None:
                 return Rendered(key, path, name, voice.id, cached=True)
-            audio = engine.synthesize(say.text, voice, language)
+            audio = engine.synthesize(say.text, voice, normalise_language(say.language))
             path = self._cache.put(key, to_telephony_mp3(audio, say.speed, say.volume))
         return Rendered(key, path, name, voice.id, cached=False)
 

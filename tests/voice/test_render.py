@@ -129,6 +129,7 @@ async def test_gtts_speaks_through_the_google_endpoint(speech: Speech, google: G
 async def test_when_google_fails_another_engine_speaks_with_a_note(
     speech: Speech, google: GoogleEmulator, clock: Clock
 ) -> None:
+    said_before = await speech.render(Say("Buenos días.", "es", "gtts"))
     google.fail_with = 429
     rendered = await speech.render(Say("Hola Ana.", "es", "gtts"))
     assert (rendered.engine, rendered.voice) == ("espeak-ng", "roa/es")
@@ -140,6 +141,8 @@ async def test_when_google_fails_another_engine_speaks_with_a_note(
     assert english.engine == "piper"
     assert english.note is not None and english.note.startswith("gtts skipped: Google failed under 60 s ago")
     assert len(google.spoken) == asked
+    again = await speech.render(Say("Buenos días.", "es", "gtts"))  # what Google said before still plays
+    assert (again.engine, again.path, again.cached, again.note) == ("gtts", said_before.path, True, None)
 
     google.fail_with = None
     clock.now += 61
