@@ -41,6 +41,28 @@ class Entry:
 
 
 Processor = Callable[[Entry], Awaitable[None]]
+# Processes a batch at once; returns the entries that failed, each with its error. It raises
+# only when Redis is unavailable: then nothing of the batch is acknowledged.
+BatchProcessor = Callable[[list[Entry]], Awaitable[dict[str, Exception]]]
+
+
+def one_by_one(process: Processor) -> BatchProcessor:
+    """A batch processor running ``process`` on each entry in turn."""
+
+    async def batch(entries: list[Entry]) -> dict[str, Exception]:
+        failed: dict[str, Exception] = {}
+        for entry in entries:
+            try:
+                await process(entry)
+            except UNAVAILABLE:
+                raise  # not the entry's fault: leave it pending and let run() wait Redis out
+            except Exception as exc:
+                failed[entry.id] = exc
+        return failed
+
+    return batch
+
+
 Outcome = Callable[[str], None]
 
 
@@ -208,7 +230,7 @@ class StreamConsumer:
         keys: Keys,
         config: StreamConfig,
         name: str,
-        process: Processor,
+        process: BatchProcessor,
         on_outcome: Outcome = lambda outcome: None,
         claims: Claims | None = None,
     ) -> None:
@@ -302,22 +324,22 @@ class StreamConsumer:
         return await self._claims.take(self.name)
 
     async def process(self, entries: list[Entry]) -> None:
-        done: list[str] = []
-        for entry in entries:
-            try:
-                await self._process(entry)
-            except UNAVAILABLE:
-                raise  # not the entry's fault: leave it pending and let run() wait Redis out
-            except Exception as exc:
-                log.exception("stream=%s entry=%s failed", self._config.name, entry.id)
-                await self._redis.hset(self._errors, entry.id, f"{type(exc).__name__}: {exc}")
-                self._on_outcome("failed")
-            else:
-                done.append(entry.id)
-                self._on_outcome("done")
-        if done:
-            async with self._redis.pipeline(transaction=True) as pipe:
+        """Run the batch; acknowledge what succeeded and keep why the rest failed, in one
+        round trip. A failed entry stays pending: a claim retries it later."""
+        if not entries:
+            return
+        failed = await self._process(entries)
+        done = [entry.id for entry in entries if entry.id not in failed]
+        for entry_id, exc in failed.items():
+            log.error("stream=%s entry=%s failed", self._config.name, entry_id, exc_info=exc)
+            self._on_outcome("failed")
+        for _ in done:
+            self._on_outcome("done")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if failed:
+                pipe.hset(self._errors, mapping={i: f"{type(e).__name__}: {e}" for i, e in failed.items()})
+            if done:
                 pipe.xack(self._stream, self._group, *done)
                 pipe.xdel(self._stream, *done)
                 pipe.hdel(self._errors, *done)
-                await pipe.execute()
+            await pipe.execute()

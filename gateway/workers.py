@@ -23,7 +23,15 @@ from gateway.store.calls import RESPONDED_TTL
 from gateway.store.connection import UNAVAILABLE
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.jobs import JOBS_STREAM
-from gateway.streams import Claims, Processor, StreamConfig, StreamConsumer, consumer_name, raise_if_cancelled
+from gateway.streams import (
+    BatchProcessor,
+    Claims,
+    StreamConfig,
+    StreamConsumer,
+    consumer_name,
+    one_by_one,
+    raise_if_cancelled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,7 @@ async def poll_timers(store: Store) -> None:
 
 
 def consumers(
-    store: Store, settings: Settings, metrics: Metrics, stream: str, processor: Processor
+    store: Store, settings: Settings, metrics: Metrics, stream: str, processor: BatchProcessor
 ) -> list[StreamConsumer]:
     config = StreamConfig(
         name=stream,
@@ -126,7 +134,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     workers = Workers(
         [
             *consumers(store, settings, metrics, EVENTS_STREAM, EventProcessor(store, runner.on_call_event)),
-            *consumers(store, settings, metrics, JOBS_STREAM, runner),
+            *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner)),
         ],
         lambda: poll_timers(store),
     )

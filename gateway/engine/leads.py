@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 from config.cards import Card, Party, Phone
 from config.lines import Line
@@ -24,15 +25,19 @@ class Leads:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def items_for(self, event: Event) -> list[Item]:
-        items = await self._store.items.by_phone(event.customer)
+    async def items_for(self, events: Sequence[Event]) -> list[list[Item]]:
+        """The items each event is about; the numbers of all of them looked up at once."""
+        found = await self._store.items.by_phones(event.customer for event in events)
+        return [found[event.customer] or await self._lead_for(event) for event in events]
+
+    async def _lead_for(self, event: Event) -> list[Item]:
         # A withheld caller (Twilio's ANONYMOUS number, a sip: or client: identity) can be
         # neither called back nor put on a card: no lead.
-        if items or event.kind not in LEAD_KINDS or event.withheld:
-            return items
+        if event.kind not in LEAD_KINDS or event.withheld:
+            return []
         line = await self._store.lines.get(event.line) if event.line else None
         if line is None or line.lead is None:
-            return items
+            return []
         return [await self._create(line, event)]
 
     async def _create(self, line: Line, event: Event) -> Item:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from config.triggers import Trigger
 from config.vocabulary import AWAITING_ANSWER, EventKind, TriggerEvent
 from gateway.store import Store
@@ -26,13 +28,18 @@ class OverdueTimers:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def arm(self, event: Event, triggers: list[Trigger]) -> None:
-        """Arm the timer of every overdue trigger that ``event`` leaves the customer waiting on."""
-        if event.kind not in AWAITING_ANSWER:
-            return
-        for trigger in triggers:
-            if trigger.event is TriggerEvent.RESPONSE_OVERDUE and trigger.line in (None, event.line):
-                await self._store.timers.arm(overdue_event(trigger, event))
+    async def arm(self, events: Sequence[Event], triggers: list[Trigger]) -> None:
+        """Arm the timer of every overdue trigger that an event leaves its customer waiting on."""
+        overdue = [trigger for trigger in triggers if trigger.event is TriggerEvent.RESPONSE_OVERDUE]
+        await self._store.timers.arm_all(
+            [
+                overdue_event(trigger, event)
+                for event in events
+                if event.kind in AWAITING_ANSWER
+                for trigger in overdue
+                if trigger.line in (None, event.line)
+            ]
+        )
 
     async def due_trigger(self, timer: Event) -> Trigger | None:
         """The trigger a due timer fires, unless we answered the customer meanwhile."""

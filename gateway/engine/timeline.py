@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.store import Store
 from gateway.store.items import Item, timeline_entry
 from webhooks.events import Event
@@ -26,7 +28,10 @@ class Timeline:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def record(self, event: Event, items: list[Item]) -> None:
-        entry = entry_of(event)
-        for item in items:
-            await self._store.items.record(item.id, event.identity, entry)
+    async def record(self, events: Sequence[tuple[Event, list[Item]]]) -> None:
+        """Each event on the timeline of each of its items, all in one round trip."""
+        records: list[tuple[str, str, str]] = []
+        for event, items in events:
+            entry = entry_of(event)
+            records.extend((item.id, event.identity, entry) for item in items)
+        await self._store.items.record_many(records)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from redis.asyncio import Redis
 
 from config.vocabulary import CALL_PROGRESS
@@ -29,13 +31,21 @@ class Calls:
         self._keys = keys
         self._progress = redis.register_script(_PROGRESS)
 
-    async def progress(self, event: Event) -> tuple[bool, bool]:
-        """Record how far the call got. Returns whether ``event`` is not behind what we
-        already saw, and whether callgate placed the call itself (a job's call)."""
-        rank = CALL_PROGRESS[event.kind]
-        key = self._keys.call(event.provider, event.ref)
-        previous, placed = await self._progress(keys=[key], args=[rank, event.status or event.kind.value, _CALL_TTL])
-        return rank >= int(previous), bool(placed)
+    async def progress(self, events: Sequence[Event]) -> list[tuple[bool, bool]]:
+        """Record how far each call got, in one round trip. Returns, per event, whether it
+        is not behind what we already saw, and whether callgate placed the call (a job's)."""
+        if not events:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                key = self._keys.call(event.provider, event.ref)
+                args: list[str | int] = [CALL_PROGRESS[event.kind], event.status or event.kind.value, _CALL_TTL]
+                await self._progress(keys=[key], args=args, client=pipe)
+            replies = await pipe.execute()
+        return [
+            (CALL_PROGRESS[event.kind] >= int(previous), bool(placed))
+            for event, (previous, placed) in zip(events, replies, strict=True)
+        ]
 
     async def record_answered_by(
         self, provider: str, call_sid: str, answered_by: str, detection_ms: int | None
@@ -54,9 +64,11 @@ class Calls:
         value = await self._redis.hget(self._keys.call(provider, call_sid), "answered_by")
         return None if value is None else str(value)
 
-    async def mark_responded(self, customer: str, at: float) -> None:
-        # GT keeps the latest answer when callbacks arrive out of order.
-        await self._redis.zadd(self._keys.responded, {customer: at}, gt=True)
+    async def mark_responded(self, answers: Mapping[str, float]) -> None:
+        """Customer -> when we reached them. GT keeps the latest answer when callbacks
+        arrive out of order."""
+        if answers:
+            await self._redis.zadd(self._keys.responded, dict(answers), gt=True)
 
     async def responded_since(self, customer: str, since: float) -> bool:
         score = await self._redis.zscore(self._keys.responded, customer)

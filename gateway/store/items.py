@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -65,6 +66,14 @@ class Item:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_item(raw: str) -> Item:
+    """``Item.from_json``, remembered: the consumers read the same unchanged cards again and
+    again, and validating a card (its phone numbers above all) costs more than fetching it.
+    Callers never change an Item or its card in place (moves build new ones)."""
+    return Item.from_json(raw)
 
 
 def timeline_entry(kind: str, data: Mapping[str, Any], at: float | None = None) -> str:
@@ -254,9 +263,19 @@ class Items:
 
     async def record(self, item_id: str, identity: str, entry: str) -> bool:
         """Append ``entry`` unless the event named ``identity`` already did; True when added."""
-        keys = [self._keys.effects(item_id), self._keys.timeline(item_id), self._keys.timeline_count(item_id)]
-        args: list[str | float | int] = [marker_of_entry(identity), time.time(), entry, self._timeline_max]
-        return bool(await self._record_once(keys=keys, args=[*args, self._markers_max]))
+        return (await self.record_many([(item_id, identity, entry)]))[0]
+
+    async def record_many(self, records: Sequence[tuple[str, str, str]]) -> list[bool]:
+        """``record`` for each (item id, identity, entry), in one round trip."""
+        if not records:
+            return []
+        now = time.time()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item_id, identity, entry in records:
+                keys = [self._keys.effects(item_id), self._keys.timeline(item_id), self._keys.timeline_count(item_id)]
+                args: list[str | float | int] = [marker_of_entry(identity), now, entry, self._timeline_max]
+                await self._record_once(keys=keys, args=[*args, self._markers_max], client=pipe)
+            return [bool(added) for added in await pipe.execute()]
 
     async def move(self, move: Move) -> tuple[Item, bool] | None:
         """Apply a trigger's move once per (event, trigger, item).
@@ -393,11 +412,27 @@ class Items:
         return Item.from_json(raw) if raw else None
 
     async def by_phone(self, e164: str) -> list[Item]:
-        ids = sorted(await self._redis.smembers(self._keys.phone(e164)))
-        if not ids:
-            return []
-        raws = await self._redis.mget([self._keys.item(str(i)) for i in ids])
-        return [Item.from_json(raw) for raw in raws if raw]
+        return (await self.by_phones([e164]))[e164]
+
+    async def by_phones(self, numbers: Iterable[str]) -> dict[str, list[Item]]:
+        """The items holding each number, in two round trips however many numbers."""
+        wanted = sorted(set(numbers))
+        if not wanted:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for number in wanted:
+                pipe.smembers(self._keys.phone(number))
+            members: list[list[str]] = [sorted(map(str, ids)) for ids in await pipe.execute()]
+        ids = sorted({item_id for found in members for item_id in found})
+        cards: dict[str, Item] = {}
+        if ids:
+            # One GET per card, not MGET: each card may live on another Redis Cluster shard.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for item_id in ids:
+                    pipe.get(self._keys.item(item_id))
+                raws = await pipe.execute()
+            cards = {item_id: parse_item(raw) for item_id, raw in zip(ids, raws, strict=True) if raw}
+        return {number: [cards[i] for i in found if i in cards] for number, found in zip(wanted, members, strict=True)}
 
     async def timeline(self, item_id: str, limit: int, before: int | None = None) -> tuple[list[Any], int | None]:
         """Up to ``limit`` timeline entries before position ``before`` (the newest when None),

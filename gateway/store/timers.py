@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
@@ -44,7 +46,12 @@ class Timers:
 
     async def arm(self, timer: Event) -> None:
         """Schedule ``timer`` (a ``response.overdue``) for its ``at``; arming twice is harmless."""
-        await self._redis.zadd(self._keys.timers, {timer.to_json(): timer.at})
+        await self.arm_all([timer])
+
+    async def arm_all(self, timers: Sequence[Event]) -> None:
+        """``arm`` for each of ``timers``, in one round trip."""
+        if timers:
+            await self._redis.zadd(self._keys.timers, {timer.to_json(): timer.at for timer in timers})
 
     async def fire_due(self, now: float) -> int:
         return await fire_all_due(self._fire_due, self._keys.timers, self._keys.stream(EVENTS_STREAM), "event", now)

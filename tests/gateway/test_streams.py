@@ -18,7 +18,7 @@ from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.connection import connect
 from gateway.store.inbox import EVENTS_STREAM
-from gateway.streams import Claims, Entry, Processor, StreamConfig, StreamConsumer
+from gateway.streams import Claims, Entry, Processor, StreamConfig, StreamConsumer, one_by_one
 from tests.conftest import ADMIN, API, ClientFactory
 from tests.support import eventually
 
@@ -195,7 +195,7 @@ async def test_an_orphaned_backlog_is_reclaimed_at_processing_speed(redis: Redis
     recorder = Recorder()
     config = StreamConfig(name="t", claim_idle_ms=60_000, max_deliveries=3, block_ms=100)
     claims = Claims(redis, keys, config, lambda outcome: None)
-    consumers = [StreamConsumer(redis, keys, config, f"C{i}", recorder, claims=claims) for i in range(4)]
+    consumers = [StreamConsumer(redis, keys, config, f"C{i}", one_by_one(recorder), claims=claims) for i in range(4)]
     await consumers[0].ensure_group()
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(2000):
@@ -264,7 +264,7 @@ async def test_a_cancelled_consumer_stops_even_while_it_acks(redis_url: str, red
         # Lands in the next loop turn: while the consumer sends its XACK+XDEL.
         asyncio.get_running_loop().call_soon(tasks[0].cancel)
 
-    consumer = StreamConsumer(client, keys, CONFIG, "A", cancel_soon)
+    consumer = StreamConsumer(client, keys, CONFIG, "A", one_by_one(cancel_soon))
     try:
         await consumer.ensure_group()
         await redis.xadd(keys.stream("t"), {"n": "1"})
@@ -319,7 +319,7 @@ def make_consumer(
     process: Processor,
     config: StreamConfig = CONFIG,
 ) -> StreamConsumer:
-    return StreamConsumer(redis, Keys(prefix), config, name, process)
+    return StreamConsumer(redis, Keys(prefix), config, name, one_by_one(process))
 
 
 @contextlib.asynccontextmanager
