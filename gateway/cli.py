@@ -60,7 +60,7 @@ async def _work(settings: Settings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         async with running_workers(Store.open(redis, settings, Snapshots()), settings, Metrics()):
-            log.info("worker running consumers=%d", settings.consumers)
+            log.info("worker running job consumers=%d", settings.consumers)
             await stop.wait()
     finally:
         await redis.aclose()

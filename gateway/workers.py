@@ -56,8 +56,14 @@ async def poll_timers(store: Store) -> None:
         await asyncio.sleep(TIMER_POLL_SECONDS)
 
 
+# One events consumer per process: it takes whole reads and pipelines each phase, so it is
+# CPU-bound and a second one in the same process adds no throughput, only a race between
+# two events of one customer (a call's ringing and answered) read by different consumers.
+EVENT_CONSUMERS = 1
+
+
 def consumers(
-    store: Store, settings: Settings, metrics: Metrics, stream: str, processor: BatchProcessor
+    store: Store, settings: Settings, metrics: Metrics, stream: str, processor: BatchProcessor, count: int
 ) -> list[StreamConsumer]:
     config = StreamConfig(
         name=stream,
@@ -67,13 +73,13 @@ def consumers(
     )
     outcomes = metrics.stream_entries
 
-    def count(outcome: str) -> None:
-        outcomes.labels(stream, outcome).inc()
+    def outcome(name: str) -> None:
+        outcomes.labels(stream, name).inc()
 
-    claims = Claims(store.redis, store.keys, config, count)
+    claims = Claims(store.redis, store.keys, config, outcome)
     return [
-        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, count, claims)
-        for i in range(settings.consumers)
+        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims)
+        for i in range(count)
     ]
 
 
@@ -133,8 +139,10 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     runner = JobRunner(store, providers, settings)
     workers = Workers(
         [
-            *consumers(store, settings, metrics, EVENTS_STREAM, EventProcessor(store, runner.on_call_event)),
-            *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner)),
+            *consumers(
+                store, settings, metrics, EVENTS_STREAM, EventProcessor(store, runner.on_call_event), EVENT_CONSUMERS
+            ),
+            *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),
         ],
         lambda: poll_timers(store),
     )
