@@ -16,7 +16,7 @@ from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
-from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, SETTINGS, SNAPSHOTS, STORE, TOKENS, WORKERS
+from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, RENDERER, SETTINGS, SNAPSHOTS, STORE, TOKENS, WORKERS
 from gateway.datadir import tighten
 from gateway.errors import Spell, error_middleware
 from gateway.metrics import Metrics, metrics_middleware
@@ -27,6 +27,7 @@ from gateway.store.embedded import EmbeddedRedis
 from gateway.store.records import Snapshots
 from gateway.tokens import ensure_tokens
 from gateway.workers import running_workers
+from voice.render import renderer_for
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     app[TOKENS] = Tokens(admin=str(settings.admin_token), api=str(settings.api_token))
     app[METRICS] = Metrics()
     app[SNAPSHOTS] = Snapshots()
+    app[RENDERER] = renderer_for(settings)
     app[OUT_OF_MEMORY] = Spell()
     add_endpoints(
         app,

@@ -9,6 +9,7 @@ from aiohttp import web
 from config.settings import Settings
 from gateway.store import Store
 from gateway.store.records import Snapshots
+from voice.render import Renderer
 
 if TYPE_CHECKING:  # these modules read their key from here
     from gateway.api.routing import Endpoint, Tokens
@@ -20,6 +21,8 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 REDIS_URL = web.AppKey("redis_url", str)
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
+# Engines and voices, to check a say request before it is queued (workers render).
+RENDERER = web.AppKey("renderer", Renderer)
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")

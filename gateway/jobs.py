@@ -19,10 +19,13 @@ from config.settings import Settings
 from config.vocabulary import EventKind
 from gateway.providers import CallProvider, OutboundCall, PlacementError
 from gateway.providers.registry import Providers
+from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.items import now_iso, timeline_entry
 from gateway.store.jobs import Job, Moved
 from gateway.streams import Entry
+from voice.robocall import Say
+from voice.tts import SynthesisFailed, VoiceError
 from webhooks.events import Event
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class JobRunner:
         store: Store,
         providers: Providers,
         settings: Settings,
+        speech: Speech,
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
@@ -71,6 +75,7 @@ class JobRunner:
         self._store = store
         self._providers = providers
         self._settings = settings
+        self._speech = speech
         self._clock = clock
         self._jitter = jitter
 
@@ -86,6 +91,11 @@ class JobRunner:
         except NoRecipient as exc:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
             return
+        if not job["media"]:
+            rendered = await self._render(job)
+            if rendered is None:
+                return
+            job = rendered
         provider = await self._providers.get(job["provider"])
         if provider is None:
             reason = f"provider {job['provider']} is no longer configured"
@@ -110,6 +120,24 @@ class JobRunner:
             machine_detection=bool(job.request.get("machine_detection")),
         )
         await self._dial(job, provider, call, reconcile=bool(job["placing_at"]))
+
+    async def _render(self, job: Job) -> Job | None:
+        """Speak the job's text into an MP3 (cached: a campaign renders each text once);
+        the job with its media, or None when it cannot be said (the job then failed)."""
+        say = Say.model_validate(job.request["say"])
+        try:
+            rendered = await self._speech.render(say.utterance(job["text"]))
+        except (VoiceError, SynthesisFailed) as exc:
+            await self._change(job, JobStatus.FAILED, expect=(JobStatus.QUEUED,), reason=f"say: {exc}")
+            return None
+        fields = {
+            "media": rendered.key,
+            "engine": rendered.engine,
+            "voice": rendered.voice,
+            "note": rendered.note or "",
+        }
+        await self._store.jobs.set_fields(job.id, fields)
+        return Job({**job.fields, **fields})
 
     async def _recipient(self, job: Job) -> str:
         item = await self._store.items.get(job["item_id"])
@@ -201,6 +229,8 @@ class JobRunner:
                 "attempt": job.dial,
                 "test": job["test"] == "1",
             }
+            if job["note"] and status is JobStatus.SENDING:
+                data["note"] = job["note"]  # e.g. which engine spoke when gTTS failed
             tries = fields.get("tries", job.tries)
             identity = f"job:{job.id}:{job.dial}:{tries}:{status.value}"
             await self._store.items.record(job["item_id"], identity, timeline_entry("job.updated", data))

@@ -9,7 +9,6 @@ followed by hand, each hop checked the same way.
 from __future__ import annotations
 
 import asyncio
-import io
 import ipaddress
 import os
 import re
@@ -20,8 +19,9 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-import mutagen.mp3
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+from voice.audio import InvalidAudio, decode_mp3
 
 MAX_BYTES = 10 * 1024 * 1024
 TIMEOUT_SECONDS = 15.0
@@ -120,13 +120,11 @@ async def download(url: str, allowed: AddressPolicy, max_bytes: int = MAX_BYTES)
 
 
 def check_mp3(data: bytes) -> None:
-    """MediaError unless ``data`` holds MPEG audio frames a player can decode."""
+    """MediaError unless ``data`` decodes as MP3 audio (blocking: ffmpeg decodes it)."""
     try:
-        info = mutagen.mp3.MP3(io.BytesIO(data)).info  # type: ignore[no-untyped-call]
-    except mutagen.MutagenError as exc:
-        raise MediaError(f"the file is not an MP3 ({exc})") from None
-    if info is None or info.length <= 0:
-        raise MediaError("the file is not an MP3 (no audio frames)")
+        decode_mp3(data)
+    except InvalidAudio as exc:
+        raise MediaError(f"the file is not an MP3: {exc}") from None
 
 
 class MediaFiles:

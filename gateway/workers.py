@@ -18,6 +18,7 @@ from gateway.engine.processor import EventProcessor
 from gateway.jobs import JobRunner
 from gateway.metrics import Metrics
 from gateway.providers.registry import Providers
+from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.calls import RESPONDED_TTL
 from gateway.store.connection import UNAVAILABLE
@@ -32,6 +33,7 @@ from gateway.streams import (
     one_by_one,
     raise_if_cancelled,
 )
+from voice.render import renderer_for
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,8 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     Redis: a Redis out of memory or read-only at start delays the consumers, not the start.
     """
     providers = Providers(store)
-    runner = JobRunner(store, providers, settings)
+    speech = Speech(renderer_for(settings), settings.tts_workers)
+    runner = JobRunner(store, providers, settings, speech)
     workers = Workers(
         [
             *consumers(
@@ -157,3 +160,5 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
             task.cancel()
         await asyncio.gather(*workers.tasks.values(), return_exceptions=True)
         await providers.close()
+        # Off the loop: the pool's shutdown waits for a synthesis in progress.
+        await asyncio.to_thread(speech.close)

@@ -6,7 +6,7 @@ Twilio, Voximplant or the sandbox.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from config.lines import Strict
 from config.phones import E164
 from config.recipients import AUTO, PhoneChoice
+from voice import render
 from voice.audio import SPEED_MAX, SPEED_MIN, VOLUME_MAX_DB, VOLUME_MIN_DB
 
 ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -23,11 +24,18 @@ class Say(Strict):
     """Text spoken by a robot voice (``{{field}}`` templates allowed)."""
 
     text: Annotated[str, Field(min_length=1, max_length=1500)]
+    # None: piper when it has a voice for the language, else espeak-ng (voice.render).
+    engine: Literal["piper", "espeak-ng", "gtts"] | None = None
     language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
     voice: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     speed: Annotated[float, Field(ge=SPEED_MIN, le=SPEED_MAX)] = 1.0
     # dB from the level every render is normalised to (voice.audio); above +6 would clip.
     volume: Annotated[float, Field(ge=VOLUME_MIN_DB, le=VOLUME_MAX_DB)] = 0.0
+
+    def utterance(self, text: str) -> render.Say:
+        """What the renderer speaks: ``text`` (the template filled in) with these settings.
+        Raises ``voice.tts.VoiceError`` when the text has nothing to say."""
+        return render.Say(text, self.language, self.engine, self.voice, self.speed, self.volume)
 
 
 class Play(Strict):

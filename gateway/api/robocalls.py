@@ -15,12 +15,14 @@ from config.jobs import JobKind, JobStatus
 from config.templates import UnknownField, render
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
-from gateway.appkeys import SETTINGS, STORE
+from gateway.appkeys import RENDERER, SETTINGS, STORE
 from gateway.errors import ApiError, Invalid, NotFound
 from gateway.media import MediaError, MediaFiles, any_address, check_mp3, download, is_public
 from gateway.providers.registry import CALLING
 from gateway.store.items import now_iso, timeline_entry
-from voice.robocall import RobocallRequest
+from voice.render import Renderer
+from voice.robocall import RobocallRequest, Say
+from voice.tts import VoiceError, pick_voice
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 CACHE_FOREVER = "public, max-age=31536000, immutable"
@@ -54,6 +56,23 @@ async def _media_for(request: web.Request, url: str) -> str:
     return key
 
 
+def _check_say(renderer: Renderer, say: Say, text: str) -> None:
+    """422 unless the renderer can say ``text`` as asked: words to say, an engine and a
+    voice for the language (the synthesis itself runs in a worker)."""
+    try:
+        say.utterance(text)
+    except VoiceError as exc:
+        raise Invalid("say.text", f"say.text: {exc}") from None
+    engine = say.engine or renderer.offline_engine(say.language)
+    if engine not in renderer.engines:
+        raise Invalid("say.engine", f"say.engine: {engine} is not available here")
+    try:
+        pick_voice(engine, renderer.engines[engine].voices(), say.language, say.voice)
+    except VoiceError as exc:
+        field = "say.voice" if say.voice else "say.language"
+        raise Invalid(field, f"{field}: {exc}") from None
+
+
 async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Response:
     store = request.app[STORE]
     idempotency_key = params.header_token(request, IDEMPOTENCY_HEADER)
@@ -74,14 +93,16 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
     if provider is None or provider.kind not in CALLING:
         kinds = ", ".join(sorted(CALLING))
         raise Invalid("line", f"line: its provider {line.provider} cannot place robocalls (supported: {kinds})")
+    text, media = "", ""
     if body.say is not None:
         try:
-            render(body.say.text, item.card.fields)
+            text = render(body.say.text, item.card.fields)
         except UnknownField as exc:
             raise Invalid("say.text", f"say.text: {exc}", code="unknown_field") from None
-        raise Invalid("say", "say: text to speech is not available yet; use play", code="not_supported")
-    assert body.play is not None
-    media = await _media_for(request, body.play.url)
+        _check_say(request.app[RENDERER], body.say, text)
+    else:
+        assert body.play is not None
+        media = await _media_for(request, body.play.url)
 
     job_id = "job_" + secrets.token_hex(8)
     created = time.time()
@@ -96,6 +117,7 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
         "to": body.to or "",
         "test": "1" if body.test else "",
         "media": media,
+        "text": text,
         "request": body.model_dump_json(),
         "dial": "1",
         "tries": "0",

@@ -111,6 +111,10 @@ class Job:
             data["audio_url"] = f"{base_url}/media/{self['media']}.mp3"
         if self["duration"]:
             data["duration"] = int(self["duration"])
+        if self["engine"]:
+            data["engine"], data["voice"] = self["engine"], self["voice"]
+        if self["note"]:
+            data["note"] = self["note"]
         return data
 
 
@@ -219,6 +223,10 @@ class Jobs:
             self._dead_max,
         ]
         return Moved(int(await self._update(keys=keys, args=[*args, *pairs])))
+
+    async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
+        """Record facts about the job that change no status (e.g. its rendered audio)."""
+        await self._redis.hset(self._keys.job(job_id), mapping=dict(fields))
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
         """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""

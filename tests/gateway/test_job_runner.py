@@ -16,12 +16,14 @@ from gateway.jobs import JobRunner
 from gateway.keys import Keys
 from gateway.providers import CallProvider, OutboundCall, PlacementError
 from gateway.providers.registry import Providers
+from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.jobs import JOBS_STREAM
 from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, Client, ClientFactory
 from tests.gateway.test_robocalls import job_statuses, post, robocall, setup
 from tests.media import media_server
+from voice.render import renderer_for
 
 NOW = 1_800_000_000.0
 
@@ -88,7 +90,9 @@ async def queued(aiohttp_client: ClientFactory, make_settings: Callable[..., Set
 
 def runner_for(settings: Settings, redis: Redis, provider: Scripted) -> tuple[JobRunner, Store]:
     store = Store.open(redis, settings, Snapshots())
-    return JobRunner(store, Only(store, provider), settings, clock=lambda: NOW, jitter=lambda: 0.0), store
+    speech = Speech(renderer_for(settings), 1)  # unused: these jobs play a fetched MP3
+    runner = JobRunner(store, Only(store, provider), settings, speech, clock=lambda: NOW, jitter=lambda: 0.0)
+    return runner, store
 
 
 async def test_a_transient_failure_backs_off_then_the_retry_places_the_call(queued: Queued, redis: Redis) -> None:
