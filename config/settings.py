@@ -87,6 +87,13 @@ def _token(raw: str) -> str:
     return raw
 
 
+def _log_format(raw: str) -> str:
+    chosen = raw.strip().lower()
+    if chosen not in {"text", "json"}:
+        raise ValueError("not one of text, json")
+    return chosen
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -122,6 +129,8 @@ class Settings:
     dead_letters_max: int = 10000
     lead_ttl_seconds: int = 0  # 0: leads never expire
     log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: bool = True
     # Provider failures that may pass (timeouts, 5xx, 429): tries before the job fails, and
     # the first backoff, doubled on each try.
     job_max_tries: int = 5
@@ -155,6 +164,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dead_letters_max": _positive,
     "lead_ttl_seconds": _non_negative,
     "log_level": _log_level,
+    "log_format": _log_format,
+    "access_log": _bool,
     "job_max_tries": _positive,
     "job_retry_seconds": _seconds,
     "tts_workers": _positive,

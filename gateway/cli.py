@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
-from aiohttp import web
-
 from config.settings import Settings, SettingsError, load_settings
-from gateway.app import StartupError, create_app
+from gateway import launch
+from gateway.app import StartupError
 from gateway.metrics import Metrics
 from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedisError
 from gateway.store.records import Snapshots
-from gateway.tokens import TokensError, ensure_tokens
+from gateway.tokens import TOKENS_FILE, TokensError, ensure_tokens, read_stored
 from gateway.workers import running_workers
 from voice.render import Say, renderer_for
 from voice.tts import SynthesisFailed, VoiceError, normalise_language
@@ -30,18 +32,45 @@ from voice.tts import SynthesisFailed, VoiceError, normalise_language
 log = logging.getLogger("callgate")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors (``CALLGATE_LOG_FORMAT=json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
-def _serve(settings: Settings) -> None:
+def _configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
+
+
+def _announce_tokens(settings: Settings) -> Settings:
     settings, generated = ensure_tokens(settings)
     if generated:
         # Printed once, on the start that created them; later starts reuse the stored ones.
-        print(f"callgate: generated tokens (stored in {settings.data_dir / 'tokens.json'}):", flush=True)
+        print(f"callgate: generated tokens (stored in {settings.data_dir / TOKENS_FILE}):", flush=True)
         print(f"  admin token: {settings.admin_token}", flush=True)
         print(f"  api token:   {settings.api_token}", flush=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+    return settings
+
+
+def _serve(settings: Settings) -> None:
+    access_log = logging.getLogger("gateway.access") if settings.access_log else None
+    launch.run(settings, _announce_tokens, access_log)
 
 
 async def _work(settings: Settings) -> None:
@@ -60,16 +89,41 @@ async def _work(settings: Settings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         async with running_workers(Store.open(redis, settings, Snapshots()), settings, Metrics()):
-            log.info("worker running job consumers=%d", settings.consumers)
+            log.info(
+                "callgate worker started: redis %s, 1 event consumer and %d job consumers",
+                redacted(settings.redis_url),
+                settings.consumers,
+            )
             await stop.wait()
     finally:
         await redis.aclose()
+    log.info("callgate worker stopped")
 
 
-def _tokens(settings: Settings) -> None:
-    settings, _ = ensure_tokens(settings)
-    print(f"admin token: {settings.admin_token}")
-    print(f"api token:   {settings.api_token}")
+def _tokens(settings: Settings) -> int:
+    """The tokens a gateway on this data dir uses; never makes any (``serve`` does)."""
+    path = settings.data_dir.resolve() / TOKENS_FILE
+    stored = read_stored(path)
+    shown = []
+    for label, name, given in [
+        ("admin token:", "admin", settings.admin_token),
+        ("api token:  ", "api", settings.api_token),
+    ]:
+        if given:
+            shown.append(f"{label} {given}  (from CALLGATE_{name.upper()}_TOKEN)")
+        elif name in stored:
+            shown.append(f"{label} {stored[name]}")
+    if not shown:
+        print(
+            f"callgate: no tokens in {path} yet: `callgate serve` generates them on its first start "
+            "(or set CALLGATE_ADMIN_TOKEN and CALLGATE_API_TOKEN)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"callgate: tokens of the data dir {path.parent}:")
+    for line in shown:
+        print(line)
+    return 0
 
 
 def _say(settings: Settings, args: argparse.Namespace) -> None:
@@ -97,13 +151,25 @@ def _voices(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"{engine:<10} {voice.id:<28} {' '.join(voice.languages):<24} {voice.description}")
 
 
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port (0-65535)")
+    return int(raw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callgate", description="Voice and SMS gateway for CRM automation")
-    parser.add_argument("--config", help="TOML settings file (the environment wins over it)")
+    config_help = "TOML settings file (the environment wins over it)"
+    parser.add_argument("--config", help=config_help)
+    # Also accepted after the subcommand; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the API, the provider webhooks and the workers")
-    commands.add_parser("worker", help="run only the workers (event consumers, timers), to scale out")
-    commands.add_parser("tokens", help="print the admin and api tokens")
+    serve = commands.add_parser("serve", parents=[common], help="run the API, the provider webhooks and the workers")
+    serve.add_argument("--host", help="listen address (CALLGATE_HOST)")
+    serve.add_argument("--port", type=_port, help="listen port (CALLGATE_PORT)")
+    commands.add_parser("worker", parents=[common], help="run only the workers (event consumers, timers), to scale out")
+    commands.add_parser("tokens", parents=[common], help="print the admin and api tokens of the data dir")
     say = commands.add_parser("say", help="render text to an MP3 exactly as a robocall would play it")
     say.add_argument("text")
     say.add_argument(
@@ -129,14 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    if getattr(args, "host", None) is not None:
+        settings = replace(settings, host=args.host)
+    if getattr(args, "port", None) is not None:
+        settings = replace(settings, port=args.port)
+    _configure_logging(settings)
     try:
         if args.command == "serve":
             _serve(settings)
         elif args.command == "worker":
             asyncio.run(_work(settings))
         elif args.command == "tokens":
-            _tokens(settings)
+            return _tokens(settings)
         elif args.command == "say":
             _say(settings, args)
         elif args.command == "voices":

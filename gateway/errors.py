@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from gateway.appkeys import OUT_OF_MEMORY
+from gateway.appkeys import METRICS, OUT_OF_MEMORY
 from gateway.store.connection import UNAVAILABLE, out_of_memory
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except UNAVAILABLE as exc:
-        log.warning("redis unavailable request_id=%s path=%s error=%s", request_id, request.path, exc)
+        # One WARNING per outage (RedisHealth), not one per request while it lasts.
+        request.app[METRICS].redis.lost(exc)
+        log.debug("redis unavailable request_id=%s path=%s error=%s", request_id, request.path, exc)
         response = error_response(503, "unavailable", "storage is unavailable; retry later")
         response.headers["Retry-After"] = "1"
     except Exception as exc:

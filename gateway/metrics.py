@@ -10,11 +10,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.appkeys import METRICS
 from gateway.errors import Handler
+from gateway.store.connection import RedisHealth
 
 
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # Not a metric, but per app like them: whether Redis answers, logged on each change.
+    redis: RedisHealth = field(default_factory=RedisHealth)
 
     def __post_init__(self) -> None:
         self.requests = Counter(

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
-from gateway.store.connection import UNAVAILABLE
+from gateway.store.connection import UNAVAILABLE, RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ class StreamConsumer:
         process: BatchProcessor,
         on_outcome: Outcome = lambda outcome: None,
         claims: Claims | None = None,
+        health: RedisHealth | None = None,
     ) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes, and every
         # client here decodes responses to str.
@@ -247,6 +248,9 @@ class StreamConsumer:
         self._errors = keys.errors(config.name)
         self._group = config.name
         self._failures = 0
+        # Outages are logged once per process by ``health``; without one, by each consumer.
+        self._health = health
+        self._outage = False
         self.live = True
 
     @property
@@ -284,9 +288,12 @@ class StreamConsumer:
             self._resumed()
 
     def _resumed(self) -> None:
-        if self._failures:
+        if self._health is not None:
+            self._health.back()
+        if self._failures and not self._outage:
             log.info("stream=%s consumer=%s resumed after %d restarts", self._config.name, self.name, self._failures)
         self._failures = 0
+        self._outage = False
         self.live = True
 
     async def _back_off(self, exc: Exception) -> None:
@@ -299,7 +306,10 @@ class StreamConsumer:
             return
         self._failures += 1
         delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1)) * random.uniform(0.8, 1.2)
-        if self._failures % _LOG_EVERY == 1:
+        if isinstance(exc, UNAVAILABLE) and self._health is not None:
+            self._outage = True
+            self._health.lost(exc)
+        elif self._failures % _LOG_EVERY == 1:
             if isinstance(exc, UNAVAILABLE):
                 log.warning("%s redis unavailable: %s; restarting in %.1f s", where, exc, delay)
             elif isinstance(exc, RedisError):

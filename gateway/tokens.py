@@ -28,7 +28,7 @@ def ensure_tokens(settings: Settings) -> tuple[Settings, bool]:
         return settings, False
     path = Path(settings.data_dir) / TOKENS_FILE
     try:
-        stored = _read(path)
+        stored = read_stored(path)
         generated = not {"admin", "api"} <= stored.keys()
         if generated:
             stored = {"admin": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32), **stored}
@@ -46,7 +46,8 @@ def ensure_tokens(settings: Settings) -> tuple[Settings, bool]:
     return filled, generated
 
 
-def _read(path: Path) -> dict[str, str]:
+def read_stored(path: Path) -> dict[str, str]:
+    """The tokens kept in ``path`` ({} when there is no such file); never creates any."""
     if not path.exists():
         return {}
     try:

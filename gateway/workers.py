@@ -21,7 +21,7 @@ from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.calls import RESPONDED_TTL
-from gateway.store.connection import UNAVAILABLE
+from gateway.store.connection import UNAVAILABLE, RedisHealth
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.jobs import JOBS_STREAM
 from gateway.streams import (
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TIMER_POLL_SECONDS = 0.5
 
 
-async def poll_timers(store: Store) -> None:
+async def poll_timers(store: Store, health: RedisHealth) -> None:
     while True:
         raise_if_cancelled()
         try:
@@ -50,8 +50,9 @@ async def poll_timers(store: Store) -> None:
             for item_id in await store.items.expire_leads(now):
                 log.info("lead expired item=%s (nobody changed it)", item_id)
             await store.calls.forget_answers_before(now - RESPONDED_TTL)
+            health.back()
         except UNAVAILABLE as exc:
-            log.warning("timer poll: redis unavailable: %s", exc)
+            health.lost(exc)
         except Exception:
             # Timers must keep firing after any one failure.
             log.exception("timer poll failed; going on")
@@ -80,7 +81,7 @@ def consumers(
 
     claims = Claims(store.redis, store.keys, config, outcome)
     return [
-        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims)
+        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.redis)
         for i in range(count)
     ]
 
@@ -147,7 +148,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
             ),
             *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),
         ],
-        lambda: poll_timers(store),
+        lambda: poll_timers(store, metrics.redis),
     )
     workers.start()
     supervisor = asyncio.create_task(workers.supervise(), name="supervisor")

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from config.settings import Settings
+from gateway.tokens import ensure_tokens
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -174,30 +177,34 @@ def test_unreachable_redis_exits_1_with_one_line(tmp_path: Path) -> None:
     assert "CALLGATE_REDIS_URL" in result.stderr.strip().splitlines()[-1]
 
 
-def test_tokens_command_prints_both(tmp_path: Path) -> None:
-    env = clean_env(CALLGATE_DATA_DIR=str(tmp_path / "data"))
+def test_tokens_reads_the_data_dir_and_never_creates_tokens(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = clean_env(CALLGATE_DATA_DIR=str(data))
+    none = subprocess.run(callgate("tokens"), env=env, capture_output=True, text=True, timeout=30)
+    assert none.returncode == 1
+    assert none.stdout == ""
+    assert str(data / "tokens.json") in none.stderr and "callgate serve" in none.stderr
+    assert not data.exists()  # nothing was generated
+
+    ensure_tokens(Settings(data_dir=data))  # what the first `callgate serve` does
+    stored = json.loads((data / "tokens.json").read_text())
     first = subprocess.run(callgate("tokens"), env=env, capture_output=True, text=True, timeout=30)
     assert first.returncode == 0, first.stderr
-    stored = json.loads((tmp_path / "data" / "tokens.json").read_text())
+    assert str(data) in first.stdout.splitlines()[0]  # which data dir it read
     assert f"admin token: {stored['admin']}" in first.stdout
-    assert stored["api"] in first.stdout.split("api token:")[1]
-
+    assert f"api token:   {stored['api']}" in first.stdout
     second = subprocess.run(callgate("tokens"), env=env, capture_output=True, text=True, timeout=30)
-    assert second.stdout == first.stdout  # the same tokens every time
+    assert second.stdout == first.stdout
 
     configured = subprocess.run(
         callgate("tokens"),
-        env={
-            **env,
-            "CALLGATE_ADMIN_TOKEN": "admin-from-env-0123456789",
-            "CALLGATE_API_TOKEN": "api-from-env-0123456789ab",
-        },
+        env={**env, "CALLGATE_ADMIN_TOKEN": "admin-from-env-0123456789"},
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert "admin-from-env-0123456789" in configured.stdout
-    assert "api-from-env-0123456789ab" in configured.stdout
+    assert "admin token: admin-from-env-0123456789  (from CALLGATE_ADMIN_TOKEN)" in configured.stdout
+    assert f"api token:   {stored['api']}" in configured.stdout
 
 
 def test_the_console_script_is_declared() -> None:

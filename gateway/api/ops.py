@@ -34,10 +34,13 @@ def _unavailable(message: str) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    health = request.app[METRICS].redis
     try:
         await request.app[STORE].ping()
-    except UNAVAILABLE:
+    except UNAVAILABLE as exc:
+        health.lost(exc)
         return _unavailable("redis is not answering")
+    health.back()
     # Events stored but never processed are worse than a 503: take this process out of rotation.
     workers = request.app.get(WORKERS)
     idle = [stream for stream in workers.streams if workers.live_consumers(stream) == 0] if workers else []

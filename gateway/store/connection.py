@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -55,3 +57,27 @@ def connect(url: str, *, blocking: bool = False) -> Redis:
         retry_on_error=[RedisConnectionError],
         health_check_interval=30,
     )
+
+
+class RedisHealth:
+    """This process's view of whether Redis answers, shared by its consumers, timers and
+    handlers: one WARNING when it stops answering and one INFO when it is back, instead of
+    a line per consumer per retry."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger("gateway.redis")
+        self._down_since: float | None = None
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def lost(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._log.warning("redis unavailable: %s; webhooks and API calls answer 503 until it is back", exc)
+
+    def back(self) -> None:
+        if self._down_since is not None:
+            self._log.info("redis is back after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None

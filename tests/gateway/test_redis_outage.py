@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -42,6 +43,7 @@ STATUS_PATH = "/webhooks/twilio/voice/status"
 async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
     private_redis: EmbeddedRedis, private_client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.redis")
     client = private_client
     await watch_missed_calls(client)
     form = missed_call()
@@ -60,7 +62,7 @@ async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
     assert (await client.get("/healthz")).status == 200
 
     async def consumers_noticed() -> bool:
-        return any("redis unavailable" in r.getMessage() for r in caplog.records if r.name == "gateway.streams")
+        return client.app[WORKERS].live_consumers("events") == 0
 
     await eventually(consumers_noticed)  # the workers are in the outage too, and wait it out
     await private_redis.start()  # same socket and data directory
@@ -74,6 +76,11 @@ async def test_webhook_is_503_while_redis_is_down_and_processed_once_it_is_back(
     await eventually(moved, timeout=15)  # the same workers, recovered without a restart
     kinds = timeline_types(await item(client))
     assert kinds.count("item.stage_changed") == 1 and kinds.count("call.missed") == 1
+    # One line when Redis went away and one when it came back, whatever the number of
+    # consumers, retries and refused requests in between.
+    outage = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.redis"]
+    assert [level for level, _ in outage] == ["WARNING", "INFO"], outage
+    assert outage[0][1].startswith("redis unavailable") and outage[1][1].startswith("redis is back after")
 
 
 async def test_acknowledged_webhook_survives_a_redis_restart(
