@@ -25,7 +25,7 @@ from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedisError
 from gateway.store.records import Snapshots
 from gateway.tokens import TOKENS_FILE, TokensError, ensure_tokens, read_stored
-from gateway.workers import running_workers
+from gateway.workers import EVENT_CONSUMERS, running_workers
 from voice.render import Say, renderer_for
 from voice.tts import SynthesisFailed, VoiceError, normalise_language
 
@@ -90,8 +90,9 @@ async def _work(settings: Settings) -> None:
             loop.add_signal_handler(signum, stop.set)
         async with running_workers(Store.open(redis, settings, Snapshots()), settings, Metrics()):
             log.info(
-                "callgate worker started: redis %s, 1 event consumer and %d job consumers",
+                "callgate worker started: redis %s, %d event consumer and %d job consumers",
                 redacted(settings.redis_url),
+                EVENT_CONSUMERS,
                 settings.consumers,
             )
             await stop.wait()

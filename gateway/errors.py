@@ -122,7 +122,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
     except UNAVAILABLE as exc:
         # One WARNING per outage (RedisHealth), not one per request while it lasts.
-        request.app[METRICS].redis.lost(exc)
+        request.app[METRICS].health.lost(exc)
         log.debug("redis unavailable request_id=%s path=%s error=%s", request_id, request.path, exc)
         response = error_response(503, "unavailable", "storage is unavailable; retry later")
         response.headers["Retry-After"] = "1"

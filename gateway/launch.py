@@ -20,6 +20,7 @@ from gateway.app import StartupError, create_app
 from gateway.datadir import private_dir
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
+from gateway.workers import EVENT_CONSUMERS
 
 log = logging.getLogger("callgate")
 
@@ -93,7 +94,7 @@ def describe(settings: Settings) -> str:
     listening = f"http://{settings.host}:{settings.port}"
     return (
         f"callgate started: listening on {listening}, public URL {settings.base_url}, {redis}, "
-        f"1 event consumer and {settings.consumers} job consumers"
+        f"{EVENT_CONSUMERS} event consumer and {settings.consumers} job consumers"
     )
 
 

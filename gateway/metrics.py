@@ -17,7 +17,7 @@ from gateway.store.connection import RedisHealth
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     # Not a metric, but per app like them: whether Redis answers, logged on each change.
-    redis: RedisHealth = field(default_factory=RedisHealth)
+    health: RedisHealth = field(default_factory=RedisHealth)
 
     def __post_init__(self) -> None:
         self.requests = Counter(

@@ -81,7 +81,7 @@ def consumers(
 
     claims = Claims(store.redis, store.keys, config, outcome)
     return [
-        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.redis)
+        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.health)
         for i in range(count)
     ]
 
@@ -148,7 +148,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
             ),
             *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),
         ],
-        lambda: poll_timers(store, metrics.redis),
+        lambda: poll_timers(store, metrics.health),
     )
     workers.start()
     supervisor = asyncio.create_task(workers.supervise(), name="supervisor")

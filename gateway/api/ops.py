@@ -34,7 +34,7 @@ def _unavailable(message: str) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    health = request.app[METRICS].redis
+    health = request.app[METRICS].health
     try:
         await request.app[STORE].ping()
     except UNAVAILABLE as exc:

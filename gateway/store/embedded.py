@@ -147,9 +147,9 @@ class EmbeddedRedis:
         if not isinstance(owner, dict):
             return
         gateway, redis = owner.get("gateway"), owner.get("redis")
-        if _runs(gateway) and isinstance(gateway, list) and gateway[0] != os.getpid():
+        if _runs(gateway) and isinstance(gateway, list):
             raise EmbeddedRedisError(
-                f"another callgate (pid {gateway[0]}) is running on {self.data.parent}; "
+                f"another callgate (pid {gateway[0]}) already serves {self.data.parent} with its embedded Redis; "
                 "stop it first, or give this one its own CALLGATE_DATA_DIR"
             )
         if _runs(redis) and isinstance(redis, list):

@@ -208,7 +208,7 @@ class Worker:
     async def ready(self, timeout: float = 15) -> None:
         async def running() -> bool:
             assert self.alive(), self.log.read_text()
-            return "worker running" in self.log.read_text()
+            return "callgate worker started" in self.log.read_text()
 
         await eventually(running, timeout=timeout)
 
