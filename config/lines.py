@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import time
 from enum import StrEnum
-from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -43,7 +43,43 @@ REQUIRED_CREDENTIALS: dict[ProviderKind, tuple[str, ...]] = {
 _TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
 
 
+def publish_union(schema: dict[str, Any], key: str, variants: dict[str, dict[str, Any]]) -> None:
+    """Rewrite a model's JSON schema, in place, as a union discriminated by ``key``: one
+    branch per value of ``key``, each with the properties ``variants`` overrides (a
+    ``"required"`` entry there lists what that branch requires besides ``key``). Validators
+    that depend on ``key`` are then published, not only enforced."""
+    base = {name: value for name, value in schema.items() if name not in {"properties", "required"}}
+    branches = []
+    for value, overrides in variants.items():
+        overrides = dict(overrides)
+        required = [key, *schema.get("required", []), *overrides.pop("required", [])]
+        branches.append(
+            {
+                **base,
+                "title": f"{schema.get('title', '')} ({value})",
+                "properties": {**schema["properties"], **overrides, key: {"const": value}},
+                "required": list(dict.fromkeys(required)),
+            }
+        )
+    schema.clear()
+    schema.update({"oneOf": branches, "discriminator": {"propertyName": key}})
+
+
+def _provider_schema(schema: dict[str, Any]) -> None:
+    """One shape per kind, each requiring the credentials that kind needs."""
+    variants = {}
+    for kind, required in REQUIRED_CREDENTIALS.items():
+        keys: dict[str, Any] = {key: {"type": "string", "minLength": 1, "maxLength": 8192} for key in required}
+        if kind is ProviderKind.TWILIO:
+            keys["account_sid"]["pattern"] = f"^{_TWILIO_ACCOUNT_SID.pattern}$"
+        credentials = {**schema["properties"]["credentials"], "properties": keys, "required": list(required)}
+        variants[kind.value] = {"credentials": credentials, "required": ["credentials"] if required else []}
+    publish_union(schema, "kind", variants)
+
+
 class Provider(Strict):
+    model_config = ConfigDict(json_schema_extra=_provider_schema)
+
     kind: ProviderKind
     # validate_default: a twilio provider sent without any credentials is refused too.
     credentials: dict[str, Annotated[str, Field(max_length=8192)]] = Field(default_factory=dict, validate_default=True)
@@ -69,7 +105,7 @@ class Provider(Strict):
 
 
 class Pipeline(Strict):
-    stages: Annotated[list[Name], Field(min_length=1, max_length=100)]
+    stages: Annotated[list[Name], Field(min_length=1, max_length=100, json_schema_extra={"uniqueItems": True})]
 
     @field_validator("stages")
     @classmethod
@@ -96,13 +132,18 @@ def _span(value: list[str]) -> list[str]:
     return value
 
 
-Span = Annotated[list[str], Field(min_length=2, max_length=2)]
+Span = Annotated[list[Annotated[str, Field(pattern=_HHMM.pattern)]], Field(min_length=2, max_length=2)]
+
+
+def _zones_schema(schema: dict[str, Any]) -> None:
+    schema["enum"] = sorted(available_timezones())
 
 
 class Hours(Strict):
-    """Working hours in the line's time zone; a day left out is closed."""
+    """Working hours in the line's time zone; a day left out is closed. A day is
+    ["HH:MM", "HH:MM"], the opening time before the closing time."""
 
-    tz: str
+    tz: Annotated[str, Field(json_schema_extra=_zones_schema)]
     mon: Span | None = None
     tue: Span | None = None
     wed: Span | None = None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from typing import Annotated, Any
 
 import phonenumbers
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 
 class InvalidPhone(ValueError):
@@ -41,4 +41,13 @@ def normalize(raw: str) -> str:
         return raw.strip()
 
 
-E164 = Annotated[str, AfterValidator(to_e164)]
+# The published shape of a phone number. No pattern can say "a number libphonenumber knows
+# as valid" (what ``to_e164`` checks): the ``e164`` format names that rule.
+PHONE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "e164",
+    "description": "an international number with its country code, e.g. +34600111222 (stored as E.164)",
+    "examples": ["+34600111222"],
+}
+
+E164 = Annotated[str, AfterValidator(to_e164), WithJsonSchema(PHONE_SCHEMA)]

@@ -8,23 +8,45 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from config.lines import Label, Name, Strict
+from config.lines import Label, Name, Strict, publish_union
 from config.phones import E164
 from config.vocabulary import TriggerEvent
 
 Keyword = Annotated[str, Field(min_length=1, max_length=100)]
 
 
+OVERDUE_MAX_SECONDS = 30 * 24 * 3600
+
+
+def _trigger_schema(schema: dict[str, Any]) -> None:
+    """One shape per event: ``seconds`` only (and always) for response.overdue, ``keywords``
+    only for sms.incoming, as ``_fits_event`` enforces."""
+    variants: dict[str, dict[str, Any]] = {}
+    for event in TriggerEvent:
+        variant: dict[str, Any] = {}
+        if event is TriggerEvent.RESPONSE_OVERDUE:
+            variant["seconds"] = {"type": "integer", "minimum": 1, "maximum": OVERDUE_MAX_SECONDS}
+            variant["required"] = ["seconds"]
+        else:
+            variant["seconds"] = {"type": "null"}
+        if event is not TriggerEvent.SMS_INCOMING:
+            variant["keywords"] = {"type": "array", "maxItems": 0}
+        variants[event.value] = variant
+    publish_union(schema, "event", variants)
+
+
 class TriggerSpec(Strict):
     """The body of ``POST /v1/triggers``."""
+
+    model_config = ConfigDict(json_schema_extra=_trigger_schema)
 
     name: Label
     event: TriggerEvent
     line: E164 | None = None
     keywords: Annotated[list[Keyword], Field(max_length=50)] = Field(default_factory=list)
-    seconds: Annotated[int, Field(ge=1, le=30 * 24 * 3600)] | None = None
+    seconds: Annotated[int, Field(ge=1, le=OVERDUE_MAX_SECONDS)] | None = None
     pipeline: Name
     target_stage: Name
     act_as: Label | None = None

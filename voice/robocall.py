@@ -6,10 +6,10 @@ Twilio, Voximplant or the sandbox.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from config.lines import Strict
 from config.phones import E164
@@ -41,7 +41,10 @@ class Say(Strict):
 class Play(Strict):
     """A direct public link to an MP3 file."""
 
-    url: Annotated[str, Field(min_length=1, max_length=2000)]
+    # The pattern publishes what ``_http`` checks (a narrower shape: no IPv6 literals).
+    url: Annotated[
+        str, Field(min_length=1, max_length=2000, pattern=r"^https?://[A-Za-z0-9._~-]+(:[0-9]*)?([/?#].*)?$")
+    ]
 
     @field_validator("url")
     @classmethod
@@ -52,7 +55,29 @@ class Play(Strict):
         return url
 
 
+def _robocall_schema(schema: dict[str, Any]) -> None:
+    """Publish what ``_consistent`` enforces: exactly one of say and play; ``to`` exactly
+    when ``test``."""
+    absent = {"type": "null"}
+    schema["allOf"] = [
+        {
+            "oneOf": [
+                {"required": ["say"], "properties": {"say": {"type": "object"}, "play": absent}},
+                {"required": ["play"], "properties": {"play": {"type": "object"}, "say": absent}},
+            ]
+        },
+        {
+            "oneOf": [
+                {"required": ["test", "to"], "properties": {"test": {"const": True}, "to": {"type": "string"}}},
+                {"properties": {"test": {"const": False}, "to": absent}},
+            ]
+        },
+    ]
+
+
 class RobocallRequest(Strict):
+    model_config = ConfigDict(json_schema_extra=_robocall_schema)
+
     item_id: ItemId
     line: E164
     phone_type: PhoneChoice = AUTO

@@ -153,9 +153,18 @@ ENDPOINTS_ADMIN = [
         _ADMIN,
         Provider,
         tag="admin",
+        path_params={"name": params.NAME_SCHEMA},
     ),
     Endpoint("GET", "/v1/providers", list_providers, "Providers (secret values masked)", _ADMIN, tag="admin"),
-    Endpoint("GET", "/v1/providers/{name}", get_provider, "One provider (secret values masked)", _ADMIN, tag="admin"),
+    Endpoint(
+        "GET",
+        "/v1/providers/{name}",
+        get_provider,
+        "One provider (secret values masked)",
+        _ADMIN,
+        tag="admin",
+        path_params={"name": params.NAME_SCHEMA},
+    ),
     Endpoint(
         "DELETE",
         "/v1/providers/{name}",
@@ -164,6 +173,7 @@ ENDPOINTS_ADMIN = [
         _ADMIN,
         status=204,
         tag="admin",
+        path_params={"name": params.NAME_SCHEMA},
     ),
     Endpoint(
         "PUT",
@@ -173,11 +183,21 @@ ENDPOINTS_ADMIN = [
         _ADMIN,
         Line,
         tag="admin",
+        path_params={"number": params.PHONE},
     ),
     Endpoint("GET", "/v1/lines", list_lines, "Lines", _ADMIN, tag="admin"),
-    Endpoint("GET", "/v1/lines/{number}", get_line, "One line", _ADMIN, tag="admin"),
     Endpoint(
-        "DELETE", "/v1/lines/{number}", delete_line, "Delete a line no trigger watches", _ADMIN, status=204, tag="admin"
+        "GET", "/v1/lines/{number}", get_line, "One line", _ADMIN, tag="admin", path_params={"number": params.PHONE}
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/lines/{number}",
+        delete_line,
+        "Delete a line no trigger watches",
+        _ADMIN,
+        status=204,
+        tag="admin",
+        path_params={"number": params.PHONE},
     ),
     Endpoint(
         "PUT",
@@ -187,9 +207,18 @@ ENDPOINTS_ADMIN = [
         _ADMIN,
         Pipeline,
         tag="admin",
+        path_params={"id": params.NAME_SCHEMA},
     ),
     Endpoint("GET", "/v1/pipelines", list_pipelines, "Pipelines", _ADMIN, tag="admin"),
-    Endpoint("GET", "/v1/pipelines/{id}", get_pipeline, "One pipeline", _ADMIN, tag="admin"),
+    Endpoint(
+        "GET",
+        "/v1/pipelines/{id}",
+        get_pipeline,
+        "One pipeline",
+        _ADMIN,
+        tag="admin",
+        path_params={"id": params.NAME_SCHEMA},
+    ),
     Endpoint(
         "DELETE",
         "/v1/pipelines/{id}",
@@ -198,5 +227,6 @@ ENDPOINTS_ADMIN = [
         _ADMIN,
         status=204,
         tag="admin",
+        path_params={"id": params.NAME_SCHEMA},
     ),
 ]

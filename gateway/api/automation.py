@@ -101,7 +101,7 @@ async def delete_trigger(request: web.Request) -> web.Response:
 async def request_callback(request: web.Request, body: CallbackRequest) -> web.Response:
     store = request.app[STORE]
     if body.line is not None and await store.lines.get(body.line) is None:
-        raise Invalid("line", f"line: {body.line} is not a line of this gateway")
+        raise UnknownReference("line", f"line: {body.line} is not a line of this gateway")
     # A form resubmitted with the same Idempotency-Key is the same request.
     key = params.header_token(request, "Idempotency-Key") or uuid.uuid4().hex
     event = Event(
@@ -133,10 +133,8 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 
 async def retry_dead_letter(request: web.Request) -> web.Response:
-    stream, dead_id = _dead_stream(request), params.stream_id(request)
-    if stream != EVENTS_STREAM:
-        # A job that failed every try is finished (status failed): place a new one instead.
-        raise Invalid("stream", f"stream: only {EVENTS_STREAM} dead letters are retried")
+    # Events only: a job that failed every try is finished (status failed); place a new one.
+    stream, dead_id = EVENTS_STREAM, params.stream_id(request)
     entry_id = await request.app[STORE].dead_letters.retry(stream, dead_id)
     if entry_id is None:
         raise NotFound(f"dead letter {dead_id}")
@@ -151,7 +149,7 @@ async def discard_dead_letter(request: web.Request) -> web.Response:
 
 
 _ADMIN, _API = Scope.ADMIN, Scope.API
-_STREAM = Param("stream", "events (default) or jobs")
+_STREAM = Param("stream", "events (default) or jobs", schema={"type": "string", "enum": [EVENTS_STREAM, JOBS_STREAM]})
 ENDPOINTS_AUTOMATION = [
     Endpoint(
         "POST",
@@ -163,7 +161,15 @@ ENDPOINTS_AUTOMATION = [
         status=201,
         tag="automation",
     ),
-    Endpoint("GET", "/v1/triggers/{id}", get_trigger, "One trigger", _ADMIN, tag="automation"),
+    Endpoint(
+        "GET",
+        "/v1/triggers/{id}",
+        get_trigger,
+        "One trigger",
+        _ADMIN,
+        tag="automation",
+        path_params={"id": params.NAME_SCHEMA},
+    ),
     Endpoint(
         "PUT",
         "/v1/triggers/{id}",
@@ -172,6 +178,7 @@ ENDPOINTS_AUTOMATION = [
         _ADMIN,
         TriggerBody,
         tag="automation",
+        path_params={"id": params.NAME_SCHEMA},
     ),
     Endpoint(
         "GET",
@@ -181,7 +188,16 @@ ENDPOINTS_AUTOMATION = [
         _ADMIN,
         tag="automation",
     ),
-    Endpoint("DELETE", "/v1/triggers/{id}", delete_trigger, "Delete a trigger", _ADMIN, status=204, tag="automation"),
+    Endpoint(
+        "DELETE",
+        "/v1/triggers/{id}",
+        delete_trigger,
+        "Delete a trigger",
+        _ADMIN,
+        status=204,
+        tag="automation",
+        path_params={"id": params.NAME_SCHEMA},
+    ),
     Endpoint(
         "POST",
         "/v1/callback-requests",
@@ -205,11 +221,11 @@ ENDPOINTS_AUTOMATION = [
         "POST",
         "/v1/dead-letters/{id}/retry",
         retry_dead_letter,
-        "Process a dead letter again: back on its stream as a new entry",
+        "Process an event's dead letter again: back on the events stream as a new entry",
         _ADMIN,
         status=202,
-        query=(_STREAM,),
         tag="automation",
+        path_params={"id": params.STREAM_ID_SCHEMA},
     ),
     Endpoint(
         "DELETE",
@@ -220,5 +236,6 @@ ENDPOINTS_AUTOMATION = [
         status=204,
         query=(_STREAM,),
         tag="automation",
+        path_params={"id": params.STREAM_ID_SCHEMA},
     ),
 ]

@@ -92,7 +92,17 @@ _CURSOR = re.compile(r"[0-9]{1,16}:[A-Za-z0-9_.:-]{1,128}")
 
 _API = Scope.API
 ENDPOINTS_CRM = [
-    Endpoint("PUT", "/v1/items/{id}", put_item, "Create or replace a customer card", _API, Card, tag="crm"),
+    Endpoint(
+        "PUT",
+        "/v1/items/{id}",
+        put_item,
+        "Create or replace a customer card",
+        _API,
+        Card,
+        tag="crm",
+        also=(201,),
+        path_params={"id": params.ITEM_ID_SCHEMA},
+    ),
     Endpoint(
         "GET",
         "/v1/items/{id}",
@@ -101,10 +111,19 @@ ENDPOINTS_CRM = [
         "timeline_before is the position to page back from",
         _API,
         query=(
-            Param("limit", f"timeline entries (1-{TIMELINE_PAGE_MAX}, default {TIMELINE_PAGE})"),
-            Param("before", "only entries before this position (a previous timeline_before)"),
+            Param(
+                "limit",
+                f"timeline entries (1-{TIMELINE_PAGE_MAX}, default {TIMELINE_PAGE})",
+                schema=params.limit_schema(TIMELINE_PAGE_MAX),
+            ),
+            Param(
+                "before",
+                "only entries before this position (a previous timeline_before)",
+                schema=params.POSITION_SCHEMA,
+            ),
         ),
         tag="crm",
+        path_params={"id": params.ITEM_ID_SCHEMA},
     ),
     Endpoint(
         "DELETE",
@@ -114,6 +133,7 @@ ENDPOINTS_CRM = [
         _API,
         status=204,
         tag="crm",
+        path_params={"id": params.ITEM_ID_SCHEMA},
     ),
     Endpoint(
         "GET",
@@ -122,12 +142,12 @@ ENDPOINTS_CRM = [
         "The items a phone number belongs to, or every item in update order (oldest first), a page at a time",
         _API,
         query=(
-            Param("phone", "E.164 number, + encoded or not: the items holding it"),
-            Param("pipeline", "only items in this pipeline"),
-            Param("stage", "only items in this stage"),
-            Param("updated_since", "only items updated at or after this ISO-8601 time"),
-            Param("cursor", "the next_cursor of the previous page"),
-            Param("limit", "page size, 1-500 (default 50)"),
+            Param("phone", "E.164 number, + encoded or not: the items holding it", schema=params.PHONE),
+            Param("pipeline", "only items in this pipeline", schema=params.NAME_SCHEMA),
+            Param("stage", "only items in this stage", schema=params.NAME_SCHEMA),
+            Param("updated_since", "only items updated at or after this ISO-8601 time", schema=params.TIME_SCHEMA),
+            Param("cursor", "the next_cursor of the previous page", schema=params.pattern_schema(_CURSOR)),
+            Param("limit", "page size, 1-500 (default 50)", schema=params.limit_schema()),
         ),
         tag="crm",
     ),

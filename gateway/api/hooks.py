@@ -341,5 +341,6 @@ ENDPOINTS_HOOKS = [
         voximplant,
         "Events of callgate's VoxEngine scenario (HMAC-SHA256 signed)",
         tag="webhooks",
+        path_params={"provider": params.NAME_SCHEMA},
     ),
 ]

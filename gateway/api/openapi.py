@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from gateway.api.routing import Endpoint
+from gateway.api.routing import STRING, Endpoint
 
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _REF = "#/components/schemas/{model}"
@@ -34,7 +34,7 @@ def _body_schema(schema: Any, components: dict[str, Any]) -> dict[str, Any]:
     generated = TypeAdapter(schema).json_schema(ref_template=_REF)
     components.update(generated.pop("$defs", {}))
     name = getattr(schema, "__name__", None)
-    if name and generated.get("type") == "object":
+    if name and (generated.get("type") == "object" or "oneOf" in generated):
         components[name] = generated
         return {"$ref": _REF.format(model=name)}
     return generated
@@ -42,7 +42,7 @@ def _body_schema(schema: Any, components: dict[str, Any]) -> dict[str, Any]:
 
 def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": dict(endpoint.path_params.get(name, STRING))}
         for name in _PATH_PARAM.findall(endpoint.path)
     ]
     params += [
@@ -51,7 +51,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
             "in": "query",
             "required": p.required,
             "description": p.description,
-            "schema": {"type": "string"},
+            "schema": dict(p.schema),
         }
         for p in endpoint.query
     ]
@@ -62,7 +62,11 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
         "operationId": endpoint.handler.__name__,
-        "responses": {str(endpoint.status): {"description": "success"}, "4XX": error, "5XX": error},
+        "responses": {
+            **{str(status): {"description": "success"} for status in (endpoint.status, *endpoint.also)},
+            "4XX": error,
+            "5XX": error,
+        },
     }
     if endpoint.tag:
         operation["tags"] = [endpoint.tag]

@@ -7,14 +7,36 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from config.phones import InvalidPhone, to_e164
+from config.phones import PHONE_SCHEMA, InvalidPhone, to_e164
+from gateway.api.routing import Schema
 from gateway.errors import ApiError, Invalid
+
+PHONE: Schema = PHONE_SCHEMA
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# Both parts of a stream entry id are 64-bit: 19 digits always fit.
+STREAM_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
 # Visible ASCII only: a header value becomes part of a Redis key and of logs.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def pattern_schema(regex: re.Pattern[str]) -> Schema:
+    """The published schema of a value this module checks against ``regex``."""
+    text = regex.pattern.removeprefix("^").removesuffix("$")
+    # Anchored: a JSON Schema pattern matches anywhere, the checks here match whole values.
+    return {"type": "string", "pattern": f"^(?:{text})$"}
+
+
+NAME_SCHEMA = pattern_schema(NAME)
+ITEM_ID_SCHEMA = pattern_schema(_ITEM_ID)
+STREAM_ID_SCHEMA = pattern_schema(STREAM_ID)
+TIME_SCHEMA: Schema = {"type": "string", "format": "date-time"}
+POSITION_SCHEMA: Schema = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
+
+
+def limit_schema(most: int = 500) -> Schema:
+    return {"type": "integer", "minimum": 1, "maximum": most}
 
 
 def name(request: web.Request, key: str) -> str:
@@ -36,7 +58,7 @@ def item_id_value(value: str, key: str) -> str:
 
 def stream_id(request: web.Request, key: str = "id") -> str:
     value = request.match_info[key]
-    if not _STREAM_ID.match(value):
+    if not STREAM_ID.match(value):
         raise Invalid(key, f"{key}: a stream entry id (e.g. 1700000000000-0)")
     return value
 

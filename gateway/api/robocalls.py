@@ -16,7 +16,7 @@ from config.templates import UnknownField, render
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import RENDERER, SETTINGS, STORE
-from gateway.errors import ApiError, Invalid, NotFound
+from gateway.errors import ApiError, Invalid, NotFound, UnknownReference
 from gateway.media import MediaError, MediaFiles, any_address, check_mp3, download, is_public
 from gateway.providers.registry import CALLING
 from gateway.store.items import now_iso, timeline_entry
@@ -85,10 +85,10 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
             return await _accepted(request, existing[0])
     item = await store.items.get(body.item_id)
     if item is None:
-        raise Invalid("item_id", f"item_id: no item {body.item_id!r}")
+        raise UnknownReference("item_id", f"item_id: no item {body.item_id!r}")
     line = await store.lines.get(body.line)
     if line is None or not line.voice:
-        raise Invalid("line", f"line: {body.line} is not a voice line of this gateway")
+        raise UnknownReference("line", f"line: {body.line} is not a voice line of this gateway")
     provider = await store.providers.get(line.provider)
     if provider is None or provider.kind not in CALLING:
         kinds = ", ".join(sorted(CALLING))
@@ -176,14 +176,22 @@ ENDPOINTS_ROBOCALLS = [
         status=202,
         tag="jobs",
     ),
-    Endpoint("GET", "/v1/jobs/{id}", get_job, "A robocall or SMS job", _API, tag="jobs"),
+    Endpoint(
+        "GET",
+        "/v1/jobs/{id}",
+        get_job,
+        "A robocall or SMS job",
+        _API,
+        tag="jobs",
+        path_params={"id": params.NAME_SCHEMA},
+    ),
     Endpoint(
         "GET",
         "/v1/jobs",
         list_jobs,
         "An item's jobs, newest first (at most 100)",
         _API,
-        query=(Param("item_id", "the item", required=True),),
+        query=(Param("item_id", "the item", required=True, schema=params.ITEM_ID_SCHEMA),),
         tag="jobs",
     ),
     Endpoint(

@@ -10,7 +10,7 @@ import functools
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -44,11 +44,16 @@ class Tokens:
         return Scope.ADMIN if is_admin else Scope.API if is_api else None
 
 
+Schema = Mapping[str, Any]
+STRING: Schema = {"type": "string"}
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
     description: str
     required: bool = False
+    schema: Schema = field(default_factory=lambda: STRING)  # what the handler accepts, in /openapi.json
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,9 @@ class Endpoint:
     status: int = 200
     query: Sequence[Param] = field(default_factory=tuple)
     tag: str = ""
+    # The schema of each ``{name}`` in ``path`` (a plain string when not given).
+    path_params: Mapping[str, Schema] = field(default_factory=dict)
+    also: Sequence[int] = ()  # other success statuses (201 from a PUT that creates)
 
 
 def authorize(request: web.Request, needed: Scope) -> None:

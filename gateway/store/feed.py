@@ -100,7 +100,10 @@ class Feed:
     async def query(self, query: FeedQuery) -> tuple[list[dict[str, str]], str | None]:
         """Entries matching ``query``, newest first, and the cursor of the next page (None
         when this page is the last)."""
-        low = "-" if query.since is None else f"{int(query.since * 1000)}-0"
+        # A time before 1970 is before every entry id (which cannot be negative).
+        low = "-" if query.since is None else f"{max(int(query.since * 1000), 0)}-0"
+        if query.before is not None and query.before.strip("0-") == "":
+            return [], None  # nothing is older than the first possible entry id
         high = f"({query.before}" if query.before else "+"
         found: list[dict[str, str]] = []
         while True:

@@ -195,7 +195,8 @@ async def test_openapi_request_bodies_come_from_the_models(client: Client) -> No
         schema = resolve(operation["requestBody"]["content"]["application/json"]["schema"], document)
         if isinstance(endpoint.body, type) and issubclass(endpoint.body, BaseModel):
             fields = {info.alias or name for name, info in endpoint.body.model_fields.items()}
-            assert set(schema["properties"]) == fields, endpoint.path
+            for shape in schema.get("oneOf", [schema]):  # a union: each branch has every field
+                assert set(shape["properties"]) == fields, endpoint.path
         else:
             assert schema, endpoint.path
 
@@ -401,3 +402,21 @@ async def test_the_app_refuses_to_start_without_redis(make_settings: Callable[..
             await server.start_server()
     finally:
         await server.close()
+
+
+async def test_openapi_types_every_parameter_and_status(client: Client) -> None:
+    """What schemathesis relies on (tests/test_openapi_contract.py), asserted directly."""
+    document = await (await client.get("/openapi.json")).json()
+    put_item = document["paths"]["/v1/items/{id}"]["put"]
+    assert {"200", "201"} <= set(put_item["responses"])  # a PUT that creates answers 201
+    for path in ["/v1/providers/{name}", "/v1/pipelines/{id}", "/v1/items/{id}", "/v1/triggers/{id}"]:
+        for operation in document["paths"][path].values():
+            (param,) = [p for p in operation["parameters"] if p["in"] == "path"]
+            assert param["schema"]["pattern"].startswith("^"), (path, param)
+    line = document["paths"]["/v1/lines/{number}"]["get"]["parameters"][0]
+    assert line["schema"]["format"] == "e164"
+    limit = next(p for p in document["paths"]["/v1/items"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 500}
+    provider = document["components"]["schemas"]["Provider"]
+    twilio = next(b for b in provider["oneOf"] if b["properties"]["kind"] == {"const": "twilio"})
+    assert twilio["properties"]["credentials"]["required"] == ["account_sid", "auth_token"]
