@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 
 from config.vocabulary import CALL_PROGRESS
 from gateway.keys import Keys
+from gateway.store.scripts import Call, raise_first, run_many
 from webhooks.events import Event
 
 # Returns the rank the call had and whether a job placed it; the status only moves forward.
@@ -36,12 +37,14 @@ class Calls:
         is not behind what we already saw, and whether callgate placed the call (a job's)."""
         if not events:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                key = self._keys.call(event.provider, event.ref)
-                args: list[str | int] = [CALL_PROGRESS[event.kind], event.status or event.kind.value, _CALL_TTL]
-                await self._progress(keys=[key], args=args, client=pipe)
-            replies = await pipe.execute()
+        calls: list[Call] = [
+            (
+                [self._keys.call(event.provider, event.ref)],
+                [CALL_PROGRESS[event.kind], event.status or event.kind.value, _CALL_TTL],
+            )
+            for event in events
+        ]
+        replies = raise_first(await run_many(self._redis, self._progress, calls))
         return [
             (CALL_PROGRESS[event.kind] >= int(previous), bool(placed))
             for event, (previous, placed) in zip(events, replies, strict=True)

@@ -7,6 +7,7 @@ from enum import Enum
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.store.scripts import Batched
 from webhooks.events import Event
 
 EVENTS_STREAM = "events"
@@ -41,7 +42,8 @@ class Inbox:
     def __init__(self, redis: Redis, keys: Keys, dedup_ttl: int) -> None:
         self._keys = keys
         self._dedup_ttl = dedup_ttl
-        self._accept = redis.register_script(_ACCEPT)
+        # Concurrent webhooks' accepts share a round trip.
+        self._accept = Batched(redis, redis.register_script(_ACCEPT))
 
     async def accept(self, event: Event, token: str | None = None, fingerprint: str = "") -> Arrival:
         """Store ``event`` durably unless it was seen.
@@ -55,4 +57,4 @@ class Inbox:
         if token:
             keys.append(self._keys.dedup(f"token:{event.provider}:{token}"))
         args: list[str | int] = [self._dedup_ttl, event.to_json(), fingerprint, event.dedup]
-        return Arrival(int(await self._accept(keys=keys, args=args)))
+        return Arrival(int(await self._accept(keys, args)))

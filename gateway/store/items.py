@@ -17,6 +17,7 @@ from redis.exceptions import WatchError
 from config.cards import Card
 from config.triggers import may_move
 from gateway.keys import Keys
+from gateway.store.scripts import Call, raise_first, run_many
 
 T = TypeVar("T")
 
@@ -270,12 +271,14 @@ class Items:
         if not records:
             return []
         now = time.time()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for item_id, identity, entry in records:
-                keys = [self._keys.effects(item_id), self._keys.timeline(item_id), self._keys.timeline_count(item_id)]
-                args: list[str | float | int] = [marker_of_entry(identity), now, entry, self._timeline_max]
-                await self._record_once(keys=keys, args=[*args, self._markers_max], client=pipe)
-            return [bool(added) for added in await pipe.execute()]
+        calls: list[Call] = [
+            (
+                [self._keys.effects(item_id), self._keys.timeline(item_id), self._keys.timeline_count(item_id)],
+                [marker_of_entry(identity), now, entry, self._timeline_max, self._markers_max],
+            )
+            for item_id, identity, entry in records
+        ]
+        return [bool(added) for added in raise_first(await run_many(self._redis, self._record_once, calls))]
 
     async def move(self, move: Move) -> tuple[Item, bool] | None:
         """Apply a trigger's move once per (event, trigger, item).

@@ -1,0 +1,88 @@
+"""Lua scripts run many at a time: one pipelined round trip for a batch of calls.
+
+redis-py's pipelines check that their scripts are loaded with a SCRIPT EXISTS round trip
+before each execute; here the calls go out as EVALSHA at once, and only the calls that met
+NOSCRIPT (a Redis restarted or flushed) are sent again after loading the script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
+
+
+async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+    """The reply of each call, in order; a call that failed has its exception as its reply."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        for i, result in zip(todo, results, strict=True):
+            replies[i] = result
+        todo = [i for i, result in zip(todo, results, strict=True) if isinstance(result, NoScriptError)]
+        if not todo or attempt:
+            break
+        script.sha = str(await redis.script_load(script.script))
+    return replies
+
+
+def raise_first(replies: list[Any]) -> list[Any]:
+    """``replies`` unless one of them is an error, which is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+class Batched:
+    """Calls of one script from concurrent requests, sent together: the calls queued in one
+    turn of the event loop go out in one pipelined round trip."""
+
+    def __init__(self, redis: Redis, script: AsyncScript) -> None:
+        self._redis = redis
+        self._script = script
+        self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(((keys, args), future))
+        if len(self._queue) == 1:
+            # After the handlers that run in this turn have queued their calls too.
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(queue))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, queue: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await run_many(self._redis, self._script, [call for call, _ in queue])
+        except asyncio.CancelledError:
+            for _, future in queue:
+                future.cancel()
+            raise
+        except Exception as exc:  # the connection failed: every caller gets the error
+            replies = [exc] * len(queue)
+        for (_, future), reply in zip(queue, replies, strict=True):
+            if future.done():  # its request went away meanwhile
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
