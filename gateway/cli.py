@@ -15,9 +15,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from config.declared import DeclaredError, environment_references, file_format, render
 from config.settings import Settings, SettingsError, load_settings
 from gateway import launch
 from gateway.app import StartupError
+from gateway.declared import AdminApiError, apply_file, exported
 from gateway.metrics import Metrics
 from gateway.speech import Speech
 from gateway.store import Store
@@ -152,6 +154,43 @@ def _voices(settings: Settings, args: argparse.Namespace) -> None:
                 print(f"{engine:<10} {voice.id:<28} {' '.join(voice.languages):<24} {voice.description}")
 
 
+def _admin_url(settings: Settings, given: str | None) -> str:
+    """The gateway to administer: ``--url``, else this host's gateway as configured."""
+    if given:
+        return given
+    host = settings.host.strip("[]")
+    host = "127.0.0.1" if host in {"", "0.0.0.0"} else "[::1]" if host == "::" else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def _admin_token(settings: Settings) -> str:
+    token = settings.admin_token or read_stored(settings.data_dir / TOKENS_FILE).get("admin")
+    if not token:
+        raise StartupError(
+            f"no admin token: set CALLGATE_ADMIN_TOKEN, or run this where the gateway's data dir "
+            f"({settings.data_dir / TOKENS_FILE}) is"
+        )
+    return token
+
+
+def _apply(settings: Settings, args: argparse.Namespace) -> None:
+    url, token = _admin_url(settings, args.url), _admin_token(settings)
+    asyncio.run(apply_file(url, token, Path(args.file), os.environ, sys.stdout, dry_run=args.dry_run))
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> None:
+    fmt = args.format or (file_format(args.output) if args.output else "toml")
+    data = asyncio.run(exported(_admin_url(settings, args.url), _admin_token(settings)))
+    text = render(data, fmt)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    names = environment_references(data)
+    if names:
+        print(f"callgate: credentials are environment references; set {', '.join(names)} to apply it", file=sys.stderr)
+
+
 def _port(raw: str) -> int:
     if not raw.isdigit() or not 0 <= int(raw) <= 65535:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a port (0-65535)")
@@ -171,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, help="listen port (CALLGATE_PORT)")
     commands.add_parser("worker", parents=[common], help="run only the workers (event consumers, timers), to scale out")
     commands.add_parser("tokens", parents=[common], help="print the admin and api tokens of the data dir")
+    url_help = "the gateway's base URL (default: this host's, from CALLGATE_HOST and CALLGATE_PORT)"
+    apply = commands.add_parser(
+        "apply", parents=[common], help="make a gateway hold the providers, pipelines, lines and triggers of a file"
+    )
+    apply.add_argument("file", help="a .toml, .yaml or .yml file (credentials as ${ENV_VAR} references)")
+    apply.add_argument("--dry-run", action="store_true", help="only show the changes")
+    apply.add_argument("--url", help=url_help)
+    export = commands.add_parser("export", parents=[common], help="write a gateway's configuration as a file")
+    export.add_argument("-o", "--output", help="the file to write (.toml, .yaml or .yml; default: stdout)")
+    export.add_argument("--format", choices=("toml", "yaml"), help="default: from the file name, else toml")
+    export.add_argument("--url", help=url_help)
     say = commands.add_parser("say", help="render text to an MP3 exactly as a robocall would play it")
     say.add_argument("text")
     say.add_argument(
@@ -208,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_work(settings))
         elif args.command == "tokens":
             return _tokens(settings)
+        elif args.command == "apply":
+            _apply(settings, args)
+        elif args.command == "export":
+            _export(settings, args)
         elif args.command == "say":
             _say(settings, args)
         elif args.command == "voices":
@@ -215,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VoiceError as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 2
-    except (StartupError, EmbeddedRedisError, TokensError, SynthesisFailed) as exc:
+    except (StartupError, EmbeddedRedisError, TokensError, SynthesisFailed, DeclaredError, AdminApiError) as exc:
         print(f"callgate: {exc}", file=sys.stderr)
         return 1
     return 0

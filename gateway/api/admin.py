@@ -9,18 +9,26 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from config.declared import credentials_digest
 from config.lines import Line, Pipeline, Provider
 from gateway.api import params
 from gateway.api.routing import Endpoint, Scope
-from gateway.appkeys import STORE
+from gateway.appkeys import STORE, TOKENS
 from gateway.errors import InUse, NotFound, UnknownReference
 from gateway.store import Store
+
+
+def _provider_view(request: web.Request, name: str, provider: Provider) -> dict[str, object]:
+    """The record without secret values, and a digest of them keyed by the admin token, with
+    which ``callgate apply`` tells whether a file's credentials are the stored ones."""
+    digest = credentials_digest(provider.credentials, request.app[TOKENS].admin)
+    return {"name": name, **provider.public_view(), "credentials_digest": digest}
 
 
 async def put_provider(request: web.Request, body: Provider) -> web.Response:
     name = params.name(request, "name")
     await request.app[STORE].providers.put(name, body)
-    return web.json_response({"name": name, **body.public_view()})
+    return web.json_response(_provider_view(request, name, body))
 
 
 async def get_provider(request: web.Request) -> web.Response:
@@ -28,12 +36,12 @@ async def get_provider(request: web.Request) -> web.Response:
     provider = await request.app[STORE].providers.get(name)
     if provider is None:
         raise NotFound(f"provider {name}")
-    return web.json_response({"name": name, **provider.public_view()})
+    return web.json_response(_provider_view(request, name, provider))
 
 
 async def list_providers(request: web.Request) -> web.Response:
     providers = await request.app[STORE].providers.all()
-    return web.json_response({"providers": [{"name": n, **p.public_view()} for n, p in providers.items()]})
+    return web.json_response({"providers": [_provider_view(request, n, p) for n, p in providers.items()]})
 
 
 async def delete_provider(request: web.Request) -> web.Response:
