@@ -27,6 +27,10 @@ class Counting:
     def __init__(self, engine: EspeakEngine) -> None:
         self.engine = engine
         self.calls = 0
+        self.inside = 0
+        self.most_inside = 0
+        self.threads: set[str] = set()
+        self.changed = threading.Condition()
         self.release = threading.Event()
         self.release.set()
 
@@ -34,9 +38,22 @@ class Counting:
         return self.engine.voices()
 
     def synthesize(self, text: str, voice: Voice, language: str) -> AudioSegment:
-        self.calls += 1
-        self.release.wait(timeout=10)
-        return self.engine.synthesize(text, voice, language)
+        with self.changed:
+            self.calls += 1
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.add(threading.current_thread().name)
+            self.changed.notify_all()
+        try:
+            self.release.wait(timeout=10)
+            return self.engine.synthesize(text, voice, language)
+        finally:
+            with self.changed:
+                self.inside -= 1
+
+    def wait_inside(self, count: int) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.inside >= count, timeout=10)
 
 
 async def test_a_campaign_renders_each_text_once(espeak: EspeakEngine, cache: RenderCache) -> None:
@@ -56,6 +73,24 @@ async def test_a_campaign_renders_each_text_once(espeak: EspeakEngine, cache: Re
     assert len({r.key for r in [*results, again]}) == 1
     assert sum(not r.cached for r in results) == 1 and again.cached
     assert sorted(p.name for p in cache.directory.glob("*.mp3")) == [f"{again.key}.mp3"]
+
+
+async def test_synthesis_runs_in_the_bounded_pool_while_the_loop_serves(
+    espeak: EspeakEngine, cache: RenderCache
+) -> None:
+    counting = Counting(espeak)
+    speech = Speech(Renderer([counting], cache), workers=2)
+    counting.release.clear()
+    try:
+        renders = [asyncio.ensure_future(speech.render(Say(f"Turno número {n}.", "es", "espeak-ng"))) for n in range(5)]
+        assert await asyncio.to_thread(counting.wait_inside, 2)  # both workers busy, the loop still answers
+        counting.release.set()
+        results = await asyncio.gather(*renders)
+    finally:
+        speech.close()
+    assert len({r.key for r in results}) == 5 and counting.calls == 5
+    assert counting.most_inside == 2
+    assert all(name.startswith("tts") for name in counting.threads)
 
 
 def test_every_field_of_the_request_names_its_own_render(renderer: Renderer) -> None:
