@@ -10,6 +10,9 @@ from pydantic import Field
 from config.lines import Label, Name, Strict
 from config.phones import E164
 
+# What a CRM may use as an item id (robocall and SMS requests name items by it).
+ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
 
 class PhoneType(StrEnum):
     WORK = "WORK"

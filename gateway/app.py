@@ -16,6 +16,7 @@ from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
+from gateway.api.sms import ENDPOINTS_SMS
 from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, RENDERER, SETTINGS, SNAPSHOTS, STORE, TOKENS, WORKERS
 from gateway.datadir import tighten
 from gateway.errors import Spell, error_middleware
@@ -94,6 +95,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_FEED,
             *ENDPOINTS_HOOKS,
             *ENDPOINTS_ROBOCALLS,
+            *ENDPOINTS_SMS,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

@@ -1,7 +1,7 @@
-"""The job runner: takes a queued robocall from the jobs stream to a placed call, and moves
-it along as the provider reports how the call went.
+"""The job runner: takes a queued robocall or SMS from the jobs stream to a placed call or
+a sent message, and moves it along as the provider reports how it went.
 
-Exactly one call per dial: the job moves queued -> sending in a compare-and-set before the
+Exactly one call per dial (and one message per SMS job): the job moves queued -> sending in a compare-and-set before the
 provider is asked, and a job found in ``sending`` (its runner died mid-placement) or queued
 again after a timeout is reconciled with the provider (``find``) before any new dial.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from config.jobs import FINAL, IN_CALL, JobStatus, backoff
+from config.jobs import FINAL, IN_CALL, JobKind, JobStatus, backoff
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.settings import Settings
 from config.vocabulary import EventKind
-from gateway.providers import CallProvider, OutboundCall, PlacementError
+from gateway.providers import CallProvider, OutboundCall, OutboundSms, PlacementError, SmsProvider
 from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
@@ -41,8 +41,20 @@ _ENDED: dict[str, JobStatus] = {
 }
 
 
+# A message's statuses (Twilio's words; the sandbox uses them too). queued/sending/accepted
+# add nothing to the job's own sending.
+_MESSAGE: dict[str, JobStatus] = {
+    "sent": JobStatus.SENT,
+    "delivered": JobStatus.DELIVERED,
+    "undelivered": JobStatus.FAILED,
+    "failed": JobStatus.FAILED,
+}
+
+
 def call_status(event: Event) -> JobStatus | None:
-    """What a provider's report of a job's call means for the job (None: nothing)."""
+    """What a provider's report of a job's call or message means for the job (None: nothing)."""
+    if event.kind is EventKind.SMS_STATUS:
+        return _MESSAGE.get(event.status)
     if event.kind is EventKind.CALL_OUTGOING:
         return JobStatus.RINGING if event.status == "ringing" else None
     if event.kind is EventKind.CALL_ANSWERED:
@@ -55,8 +67,11 @@ def call_status(event: Event) -> JobStatus | None:
 
 
 def _reason(status: JobStatus, event: Event) -> str:
-    if status not in FINAL or status is JobStatus.COMPLETED:
+    if status not in FINAL or status in (JobStatus.COMPLETED, JobStatus.DELIVERED):
         return ""
+    if event.kind is EventKind.SMS_STATUS:
+        code = event.extra.get("ErrorCode")
+        return f"the provider reported the message {event.status}" + (f" (ErrorCode {code})" if code else "")
     code = event.extra.get("SipResponseCode") or event.extra.get("code")
     return f"the call ended {event.status or status.value}" + (f" (SIP {code})" if code else "")
 
@@ -91,7 +106,7 @@ class JobRunner:
         except NoRecipient as exc:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
             return
-        if not job["media"]:
+        if job["kind"] == JobKind.ROBOCALL and not job["media"]:
             rendered = await self._render(job)
             if rendered is None:
                 return
@@ -108,6 +123,9 @@ class JobRunner:
             )
             if not began:
                 return
+        if job["kind"] == JobKind.SMS:
+            await self._send(job, provider, to, since)
+            return
         call = OutboundCall(
             job_id=job.id,
             dial=job.dial,
@@ -119,7 +137,25 @@ class JobRunner:
             since=since,
             machine_detection=bool(job.request.get("machine_detection")),
         )
-        await self._dial(job, provider, call, reconcile=bool(job["placing_at"]))
+        await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), bool(job["placing_at"]))
+
+    async def _send(self, job: Job, provider: CallProvider, to: str, since: float) -> None:
+        if not isinstance(provider, SmsProvider):
+            reason = f"provider {job['provider']} cannot send SMS"
+            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENDING,), reason=reason)
+            return
+        sms = OutboundSms(
+            job_id=job.id,
+            key=f"{job.id}-sms",
+            to=to,
+            line=job["line"],
+            text=job["text"],
+            status_url=f"{self._settings.base_url}/webhooks/twilio/sms/status?job={job.id}",
+            since=since,
+        )
+        await self._dispatch(
+            job, lambda: provider.find_sms(sms), lambda: provider.send_sms(sms), bool(job["placing_at"])
+        )
 
     async def _render(self, job: Job) -> Job | None:
         """Speak the job's text into an MP3 (cached: a campaign renders each text once);
@@ -146,18 +182,26 @@ class JobRunner:
         choice: PhoneChoice = job.request.get("phone_type", "AUTO")
         return select_phone(item.card, choice)
 
-    async def _dial(self, job: Job, provider: CallProvider, call: OutboundCall, *, reconcile: bool) -> None:
+    async def _dispatch(
+        self,
+        job: Job,
+        find: Callable[[], Awaitable[str | None]],
+        place: Callable[[], Awaitable[str]],
+        reconcile: bool,
+    ) -> None:
+        """Place the call or send the message, unless ``find`` (asked when an earlier try's
+        outcome is unknown) says the provider already has it; the job is then ``sent``."""
         try:
-            ref = await provider.find(call) if reconcile else None
+            ref = await find() if reconcile else None
             if ref is None:
-                ref = await provider.place(call)
+                ref = await place()
         except PlacementError as exc:
             await self._placement_failed(job, exc)
             return
         await self._store.jobs.mark_call(job["provider"], ref, job.id)
         # The provider's first report may already have moved the job past sent.
         await self._change(job, JobStatus.SENT, expect=(JobStatus.SENDING,), provider_ref=ref)
-        log.info("job=%s dial=%d placed ref=%s", job.id, job.dial, ref)
+        log.info("job=%s kind=%s dial=%d placed ref=%s", job.id, job["kind"], job.dial, ref)
 
     async def _placement_failed(self, job: Job, exc: PlacementError) -> None:
         tries = job.tries + 1

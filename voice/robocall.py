@@ -11,13 +11,12 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from config.cards import ItemId
 from config.lines import Strict
 from config.phones import E164
 from config.recipients import AUTO, PhoneChoice
 from voice import render
 from voice.audio import SPEED_MAX, SPEED_MIN, VOLUME_MAX_DB, VOLUME_MIN_DB
-
-ItemId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
 
 class Say(Strict):

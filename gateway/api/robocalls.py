@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import secrets
-import time
 
 from aiohttp import hdrs, web
 
-from config.jobs import JobKind, JobStatus
+from config.jobs import JobKind
 from config.templates import UnknownField, render
 from gateway.api import params
+from gateway.api.queueing import Queueing
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import RENDERER, SETTINGS, STORE
-from gateway.errors import ApiError, Invalid, NotFound, UnknownReference
+from gateway.errors import Invalid, NotFound, UnknownReference
 from gateway.media import MediaError, MediaFiles, any_address, check_mp3, download, is_public
 from gateway.providers.registry import CALLING
-from gateway.store.items import now_iso, timeline_entry
 from voice.render import Renderer
 from voice.robocall import RobocallRequest, Say
 from voice.tts import VoiceError, pick_voice
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 CACHE_FOREVER = "public, max-age=31536000, immutable"
-
-
-async def _accepted(request: web.Request, job_id: str) -> web.Response:
-    job = await request.app[STORE].jobs.get(job_id)
-    status = job.status if job is not None else JobStatus.QUEUED
-    return web.json_response({"id": job_id, "status": status.value}, status=202)
-
-
-def _conflict() -> ApiError:
-    return ApiError(409, "idempotency_conflict", f"this {IDEMPOTENCY_HEADER} was used with a different body")
 
 
 async def _media_for(request: web.Request, url: str) -> str:
@@ -75,17 +61,11 @@ def _check_say(renderer: Renderer, say: Say, text: str) -> None:
 
 async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Response:
     store = request.app[STORE]
-    idempotency_key = params.header_token(request, IDEMPOTENCY_HEADER)
-    body_hash = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
-    if idempotency_key is not None:
-        existing = await store.jobs.existing(idempotency_key)
-        if existing is not None:
-            if existing[1] != body_hash:
-                raise _conflict()
-            return await _accepted(request, existing[0])
-    item = await store.items.get(body.item_id)
-    if item is None:
-        raise UnknownReference("item_id", f"item_id: no item {body.item_id!r}")
+    queueing = Queueing(request, body)
+    replayed = await queueing.replayed()
+    if replayed is not None:
+        return replayed
+    item = await queueing.item(body.item_id)
     line = await store.lines.get(body.line)
     if line is None or not line.voice:
         raise UnknownReference("line", f"line: {body.line} is not a voice line of this gateway")
@@ -103,39 +83,10 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
     else:
         assert body.play is not None
         media = await _media_for(request, body.play.url)
-
-    job_id = "job_" + secrets.token_hex(8)
-    created = time.time()
-    stamp = now_iso(created)
-    fields = {
-        "id": job_id,
-        "kind": JobKind.ROBOCALL.value,
-        "status": JobStatus.QUEUED.value,
-        "item_id": body.item_id,
-        "line": body.line,
-        "provider": line.provider,
-        "to": body.to or "",
-        "test": "1" if body.test else "",
-        "media": media,
-        "text": text,
-        "request": body.model_dump_json(),
-        "dial": "1",
-        "tries": "0",
-        "created_at": stamp,
-        "updated_at": stamp,
-    }
-    data = {"job_id": job_id, "kind": JobKind.ROBOCALL.value, "status": "queued", "test": body.test}
-    outcome = await store.jobs.create(
-        fields,
-        idempotency_key=idempotency_key,
-        body_hash=body_hash,
-        created=created,
-        due=created + body.delay_seconds if body.delay_seconds else 0,
-        entry=timeline_entry("job.updated", data, created),
+    fields = {"line": body.line, "provider": line.provider, "to": body.to or "", "media": media, "text": text}
+    return await queueing.queue(
+        JobKind.ROBOCALL, body.item_id, fields, delay_seconds=body.delay_seconds, test=body.test
     )
-    if not outcome.same_body:
-        raise _conflict()
-    return await _accepted(request, outcome.job_id)
 
 
 async def get_job(request: web.Request) -> web.Response:

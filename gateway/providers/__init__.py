@@ -1,10 +1,10 @@
-"""Telephony providers behind one Protocol: the job runner places calls through it and
-never knows which provider it talks to."""
+"""Telephony providers behind Protocols: the job runner places calls and sends SMS through
+them and never knows which provider it talks to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,19 @@ class OutboundCall:
     status_url: str
     since: float
     machine_detection: bool = False
+
+
+@dataclass(frozen=True)
+class OutboundSms:
+    """One SMS job as every provider needs it; ``key`` and ``since`` as for a call."""
+
+    job_id: str
+    key: str
+    to: str
+    line: str
+    text: str
+    status_url: str
+    since: float
 
 
 class PlacementError(Exception):
@@ -49,3 +62,16 @@ class CallProvider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SmsProvider(Protocol):
+    """A provider that can also text (not every kind can yet)."""
+
+    async def send_sms(self, sms: OutboundSms) -> str:
+        """Send the message; its provider reference (Twilio MessageSid, ...). Raises PlacementError."""
+        ...
+
+    async def find_sms(self, sms: OutboundSms) -> str | None:
+        """The reference of a message already sent for ``sms.key``, if the provider has one."""
+        ...

@@ -11,6 +11,8 @@ from gateway.store import Store
 
 # The kinds robocalls can be placed through.
 CALLING = frozenset({ProviderKind.SANDBOX, ProviderKind.TWILIO})
+# The kinds SMS can be sent through.
+TEXTING = frozenset({ProviderKind.SANDBOX})
 
 
 class Providers:

@@ -2,7 +2,8 @@
 same event pipeline a real provider's callbacks take, so the product demos anywhere.
 
 The number decides the outcome: ending in 0, no answer; in 1, busy; otherwise the call
-rings, is answered and completes.
+rings, is answered and completes. An SMS is sent, then delivered, or fails when the number
+ends in 9.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import time
 
 from config.vocabulary import EventKind
-from gateway.providers import OutboundCall
+from gateway.providers import OutboundCall, OutboundSms
 from gateway.store import Store
 from webhooks.events import Event
 
@@ -24,6 +25,20 @@ def outcome(number: str) -> list[tuple[EventKind, str]]:
     if number.endswith("1"):
         return [ringing, (EventKind.CALL_COMPLETED, "busy")]
     return [ringing, (EventKind.CALL_ANSWERED, "in-progress"), (EventKind.CALL_COMPLETED, "completed")]
+
+
+def sms_outcome(number: str) -> list[tuple[str, dict[str, str]]]:
+    """The statuses a sandbox SMS to ``number`` reports, in order, with their fields."""
+    if number.endswith("9"):
+        return [("sent", {}), ("failed", {"ErrorCode": UNREACHABLE})]
+    return [("sent", {}), ("delivered", {})]
+
+
+# One report: its kind, status and extra fields.
+Step = tuple[EventKind, str, dict[str, str]]
+
+# Twilio's "Unreachable destination handset", so a demo shows what a real failure shows.
+UNREACHABLE = "30003"
 
 
 class Sandbox:
@@ -47,22 +62,43 @@ class Sandbox:
             await self._report(call, ref)
         return ref
 
+    async def send_sms(self, sms: OutboundSms) -> str:
+        ref = "SM" + hashlib.sha256(sms.key.encode()).hexdigest()[:32]
+        ref = await self._store.jobs.record_sandbox_call(sms.key, ref)
+        await self._report_sms(sms, ref)
+        return ref
+
+    async def find_sms(self, sms: OutboundSms) -> str | None:
+        ref = await self._store.jobs.sandbox_call(sms.key)
+        if ref is not None:
+            await self._report_sms(sms, ref)
+        return ref
+
     async def close(self) -> None:
         return None
 
+    async def _report_sms(self, sms: OutboundSms, ref: str) -> None:
+        steps = [(EventKind.SMS_STATUS, status, extra) for status, extra in sms_outcome(sms.to)]
+        await self._accept(steps, ref, sms.line, sms.to, {"job": sms.job_id, "dial": "1"})
+
     async def _report(self, call: OutboundCall, ref: str) -> None:
-        for sequence, (kind, status) in enumerate(outcome(call.to)):
+        steps: list[Step] = [(kind, status, {}) for kind, status in outcome(call.to)]
+        await self._accept(steps, ref, call.line, call.to, {"job": call.job_id, "dial": str(call.dial)})
+
+    async def _accept(self, steps: list[Step], ref: str, line: str, to: str, tags: dict[str, str]) -> None:
+        """Feed the steps into the event pipeline as a provider's callbacks would arrive."""
+        for sequence, (kind, status, extra) in enumerate(steps):
             event = Event(
                 kind=kind,
                 provider=self._name,
-                line=call.line,
-                customer=call.to,
+                line=line,
+                customer=to,
                 ref=ref,
                 dedup=f"sandbox:{ref}:{status}",
                 at=time.time(),
                 status=status,
                 direction="outbound-api",
                 sequence=sequence,
-                extra={"job": call.job_id, "dial": str(call.dial)},
+                extra={**extra, **tags},
             )
             await self._store.inbox.accept(event)

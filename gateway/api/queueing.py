@@ -1,0 +1,93 @@
+"""Queueing a job (robocall or SMS) from a CRM request: one job per Idempotency-Key, its
+first ``job.updated`` on the item's timeline, and the 202 that answers it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from config.jobs import JobKind, JobStatus
+from gateway.api import params
+from gateway.appkeys import STORE
+from gateway.errors import ApiError, UnknownReference
+from gateway.store.items import Item, now_iso, timeline_entry
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+async def _accepted(request: web.Request, job_id: str) -> web.Response:
+    job = await request.app[STORE].jobs.get(job_id)
+    status = job.status if job is not None else JobStatus.QUEUED
+    return web.json_response({"id": job_id, "status": status.value}, status=202)
+
+
+def _conflict() -> ApiError:
+    return ApiError(409, "idempotency_conflict", f"this {IDEMPOTENCY_HEADER} was used with a different body")
+
+
+class Queueing:
+    """One request's way to its job: ``replayed()`` first (the same key answers the job it
+    made), then ``queue()`` once the request is checked."""
+
+    def __init__(self, request: web.Request, body: BaseModel) -> None:
+        self._request = request
+        self.key = params.header_token(request, IDEMPOTENCY_HEADER)
+        dumped = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+        self.body_hash = hashlib.sha256(dumped.encode()).hexdigest()
+        self.body_json = body.model_dump_json()
+
+    async def replayed(self) -> web.Response | None:
+        """The answer for a key already used (409 with another body), or None."""
+        if self.key is None:
+            return None
+        existing = await self._request.app[STORE].jobs.existing(self.key)
+        if existing is None:
+            return None
+        if existing[1] != self.body_hash:
+            raise _conflict()
+        return await _accepted(self._request, existing[0])
+
+    async def item(self, item_id: str) -> Item:
+        """The item the job is for (422 when the CRM has not synced it)."""
+        item = await self._request.app[STORE].items.get(item_id)
+        if item is None:
+            raise UnknownReference("item_id", f"item_id: no item {item_id!r}")
+        return item
+
+    async def queue(
+        self, kind: JobKind, item_id: str, fields: dict[str, str], *, delay_seconds: int, test: bool = False
+    ) -> web.Response:
+        """Store the job (``fields`` add to the common ones) and queue it; 202."""
+        job_id = "job_" + secrets.token_hex(8)
+        created = time.time()
+        stamp = now_iso(created)
+        common = {
+            "id": job_id,
+            "kind": kind.value,
+            "status": JobStatus.QUEUED.value,
+            "item_id": item_id,
+            "test": "1" if test else "",
+            "request": self.body_json,
+            "dial": "1",
+            "tries": "0",
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        data: dict[str, Any] = {"job_id": job_id, "kind": kind.value, "status": "queued", "test": test}
+        outcome = await self._request.app[STORE].jobs.create(
+            {**common, **fields},
+            idempotency_key=self.key,
+            body_hash=self.body_hash,
+            created=created,
+            due=created + delay_seconds if delay_seconds else 0,
+            entry=timeline_entry("job.updated", data, created),
+        )
+        if not outcome.same_body:
+            raise _conflict()
+        return await _accepted(self._request, outcome.job_id)

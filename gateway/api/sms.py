@@ -1,0 +1,77 @@
+"""``POST /v1/sms`` (api token): an SMS to an item's customer, queued as a job."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from config.jobs import JobKind
+from config.lines import Line
+from config.templates import UnknownField, render
+from gateway.api.queueing import Queueing
+from gateway.api.routing import Endpoint, Scope
+from gateway.appkeys import STORE
+from gateway.errors import Invalid, UnknownReference
+from gateway.providers.registry import TEXTING
+from gateway.store import Store
+from sms.request import SmsRequest, rendered_length_error
+from sms.segments import count_segments
+
+
+async def _line(store: Store, body: SmsRequest) -> tuple[str, Line]:
+    """The line the SMS goes from: the one named (it must allow SMS), else the first SMS
+    line (by number) of the provider named, else of any provider."""
+    if body.line is not None:
+        line = await store.lines.get(body.line)
+        if line is None or not line.sms:
+            raise UnknownReference("line", f"line: {body.line} is not an SMS line of this gateway (sms: true)")
+        return body.line, line
+    for number, line in (await store.lines.all()).items():
+        if line.sms and body.provider in (None, line.provider):
+            return number, line
+    of = f" of provider {body.provider}" if body.provider else ""
+    raise UnknownReference("line", f"line: none given and no line{of} allows SMS")
+
+
+async def create_sms(request: web.Request, body: SmsRequest) -> web.Response:
+    store = request.app[STORE]
+    queueing = Queueing(request, body)
+    replayed = await queueing.replayed()
+    if replayed is not None:
+        return replayed
+    item = await queueing.item(body.item_id)
+    number, line = await _line(store, body)
+    name = body.provider or line.provider
+    provider = await store.providers.get(name)
+    if provider is None or provider.kind not in TEXTING:
+        kinds = ", ".join(sorted(TEXTING))
+        raise Invalid("provider", f"provider: {name} cannot send SMS (supported kinds: {kinds})")
+    try:
+        text = render(body.text, item.card.fields)
+    except UnknownField as exc:
+        raise Invalid("text", f"text: {exc}", code="unknown_field") from None
+    error = rendered_length_error(text)
+    if error is not None:
+        raise Invalid("text", error)
+    segments = count_segments(text)
+    fields = {
+        "line": number,
+        "provider": name,
+        "text": text,
+        "segments": str(segments.segments),
+        "encoding": segments.encoding.value,
+    }
+    return await queueing.queue(JobKind.SMS, body.item_id, fields, delay_seconds=body.delay_seconds)
+
+
+ENDPOINTS_SMS = [
+    Endpoint(
+        "POST",
+        "/v1/sms",
+        create_sms,
+        "Queue an SMS to the item's customer (Idempotency-Key: the same key returns the same job)",
+        Scope.API,
+        SmsRequest,
+        status=202,
+        tag="jobs",
+    ),
+]

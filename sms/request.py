@@ -1,0 +1,34 @@
+"""What an SMS request asks for (``POST /v1/sms``) and the rule its text must keep."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from config.cards import ItemId
+from config.lines import Name, Strict
+from config.phones import E164
+from config.recipients import AUTO, PhoneChoice
+
+# SPEC 1.1: the rule's message is at most 200 characters once the card's values are in.
+MAX_CHARS = 200
+
+
+class SmsRequest(Strict):
+    item_id: ItemId
+    # A template: its length counts after rendering (rendered_length_error).
+    text: Annotated[str, Field(min_length=1, max_length=2000)]
+    phone_type: PhoneChoice = AUTO
+    provider: Name | None = None
+    line: E164 | None = None
+    delay_seconds: Annotated[int, Field(ge=0, le=30 * 24 * 3600)] = 0
+
+
+def rendered_length_error(text: str) -> str | None:
+    """Why the rendered ``text`` cannot be sent, or None when it can."""
+    if not text.strip():
+        return "text: the rendered text is empty"
+    if len(text) > MAX_CHARS:
+        return f"text: the rendered text is {len(text)} characters; at most {MAX_CHARS} are allowed"
+    return None

@@ -1,0 +1,91 @@
+"""SMS end to end through the sandbox: POST /v1/sms renders the template, checks its length
+and the line, counts segments, and the job is sent and delivered (or fails) with every
+status on the item's timeline."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import ADMIN, API, Client
+from tests.gateway.test_robocalls import final, job, job_statuses, setup
+from tests.support import item
+
+LINE = "+34910000001"
+OTHER_LINE = "+34910000002"
+CUSTOMER = "+34600111222"
+FAILING = "+34600111229"
+
+
+async def send(client: Client, body: dict[str, Any], key: str | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {**API, **({"Idempotency-Key": key} if key else {})}
+    resp = await client.post("/v1/sms", json={"item_id": "D1", **body}, headers=headers)
+    data: dict[str, Any] = await resp.json()
+    return resp.status, data
+
+
+async def test_an_sms_through_the_sandbox_is_delivered_with_its_segments(client: Client) -> None:
+    await setup(client)
+    status, accepted = await send(client, {"text": "Olá {{name}} 😀"})
+    assert status == 202 and accepted["status"] == "queued"
+
+    done = await final(client, accepted["id"], "delivered")
+    assert done["kind"] == "sms" and done["text"] == "Olá Ana 😀" and done["to"] == CUSTOMER
+    assert (done["segments"], done["encoding"]) == (1, "UCS-2")
+    assert done["line"] == LINE and done["provider"] == "sb" and done["provider_ref"].startswith("SM")
+    assert done["reason"] is None
+    timeline = (await item(client, "D1"))["timeline"]
+    assert job_statuses(timeline, accepted["id"]) == ["queued", "sending", "sent", "delivered"]
+
+
+async def test_a_sandbox_number_ending_in_9_fails_with_the_error_code(client: Client) -> None:
+    await setup(client, FAILING)
+    _, accepted = await send(client, {"text": "Your order {{order}} is ready", "line": LINE})
+    done = await final(client, accepted["id"], "failed")
+    assert done["reason"] == "the provider reported the message failed (ErrorCode 30003)"
+    assert (done["segments"], done["encoding"]) == (1, "GSM-7")
+
+
+async def test_the_rendered_text_is_at_most_200_characters(client: Client) -> None:
+    await setup(client)
+    # "Ana" is 3 characters: the template is 198 + {{name}}, the rendered text 201.
+    status, error = await send(client, {"text": "x" * 198 + "{{name}}"})
+    assert status == 422 and error["error"]["field"] == "text"
+    assert "201 characters" in error["error"]["message"] and "at most 200" in error["error"]["message"]
+    status, accepted = await send(client, {"text": "x" * 197 + "{{name}}"})
+    assert status == 202
+    assert (await job(client, accepted["id"]))["segments"] == 2
+    status, error = await send(client, {"text": "{{missing}}"})
+    assert status == 422 and error["error"]["code"] == "unknown_field"
+
+
+async def test_the_line_must_allow_sms_and_the_provider_defaults_to_the_lines(client: Client) -> None:
+    await setup(client)
+    resp = await client.put(f"/v1/lines/{OTHER_LINE}", json={"provider": "sb", "sms": False}, headers=ADMIN)
+    assert resp.status == 200
+    status, error = await send(client, {"text": "hi", "line": OTHER_LINE})
+    assert status == 422 and error["error"]["field"] == "line" and "not an SMS line" in error["error"]["message"]
+    status, error = await send(client, {"text": "hi", "provider": "nope"})
+    assert status == 422 and error["error"]["field"] == "line"
+
+    # No line given: the first line that allows SMS (OTHER_LINE does not).
+    _, accepted = await send(client, {"text": "hi", "provider": "sb"})
+    done = await final(client, accepted["id"], "delivered")
+    assert done["line"] == LINE and done["provider"] == "sb"
+
+
+async def test_a_phone_type_the_contact_lacks_ends_skipped(client: Client) -> None:
+    await setup(client)
+    _, accepted = await send(client, {"text": "hi", "phone_type": "HOME"})
+    done = await final(client, accepted["id"], "skipped")
+    assert done["reason"] == "the first contact has no HOME phone number"
+
+
+async def test_the_same_idempotency_key_is_one_sms(client: Client) -> None:
+    await setup(client)
+    results = await asyncio.gather(*(send(client, {"text": "hi"}, key="sms-1") for _ in range(5)))
+    assert {status for status, _ in results} == {202} and len({data["id"] for _, data in results}) == 1
+    status, error = await send(client, {"text": "hello"}, key="sms-1")
+    assert status == 409 and error["error"]["code"] == "idempotency_conflict"
+    jobs = (await (await client.get("/v1/jobs?item_id=D1", headers=API)).json())["jobs"]
+    assert len(jobs) == 1 and jobs[0]["kind"] == "sms"
