@@ -1,4 +1,5 @@
-"""Taking events in: store once, count, trace in the feed; and refusing webhooks visibly."""
+"""Taking events in: store once (the inbox traces each in the feed) and count; and refusing
+webhooks visibly."""
 
 from __future__ import annotations
 
@@ -53,7 +54,6 @@ async def accept(request: web.Request, event: Event, token: str | None = None, f
             event.customer,
             event.ref,
         )
-        await store.feed.record_event(event)
         if event.kind in _FIRST_CONTACT and (caller := event.withheld):
             # Accepted as any other (the call still rings the agents), but it can make no
             # lead: say so where an operator looks.

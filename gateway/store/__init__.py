@@ -53,7 +53,7 @@ class Store:
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
             items=Items(redis, keys, settings.timeline_max, settings.lead_ttl_seconds),
-            inbox=Inbox(redis, keys, settings.dedup_ttl_seconds),
+            inbox=Inbox(redis, keys, settings.dedup_ttl_seconds, settings.feed_max),
             calls=Calls(redis, keys),
             timers=Timers(redis, keys),
             triggers=Records(redis, keys.triggers, Trigger, snapshots),

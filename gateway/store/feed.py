@@ -1,8 +1,9 @@
 """The events feed: what reached the gateway, accepted or refused, newest first.
 
 A capped Redis stream: its ids order entries by time and make the cursor, and ``MAXLEN``
-bounds its memory whatever the traffic. It is a record for people reading it, written after
-the event is safely stored: an entry missing after a crash loses no event, only its trace.
+(exact, so the setting means what it says) bounds its memory whatever the traffic. An
+accepted event is traced by the inbox in the same Lua step that stores it; refusals and other
+happenings are recorded here.
 """
 
 from __future__ import annotations
@@ -43,6 +44,25 @@ class FeedQuery:
         )
 
 
+def entry_fields(
+    kind: str, provider: str, line: str, customer: str, at: float | None, details: Mapping[str, str]
+) -> dict[str, str]:
+    fields = {"kind": kind, "at": now_iso(at), "provider": provider, "line": line, "customer": customer, **details}
+    return {k: v for k, v in fields.items() if v}
+
+
+def event_fields(event: Event) -> dict[str, str]:
+    """The feed entry of an accepted provider event (or website callback request)."""
+    details = {
+        "ref": event.ref,
+        "status": event.status,
+        "text": event.text,
+        "direction": event.direction,
+        "withheld": event.withheld or "",
+    }
+    return entry_fields(event.kind.value, event.provider, event.line, event.customer, event.at, details)
+
+
 class Feed:
     def __init__(self, redis: Redis, keys: Keys, max_entries: int) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes.
@@ -64,34 +84,10 @@ class Feed:
 
         ``kind`` is an event kind (``sms.incoming``) or what happened (``webhook.refused``);
         ``details`` are further string fields shown as they are (``reason``, ``ref``, ...).
+        Accepted events are recorded by the inbox, in the step that stores them.
         """
-        fields = {
-            "kind": kind,
-            "at": now_iso(at),
-            "provider": provider,
-            "line": line,
-            "customer": customer,
-            **(details or {}),
-        }
-        await self._redis.xadd(self._key, {k: v for k, v in fields.items() if v}, maxlen=self._max, approximate=False)
-
-    async def record_event(self, event: Event) -> None:
-        """An accepted provider event (or website callback request)."""
-        details = {
-            "ref": event.ref,
-            "status": event.status,
-            "text": event.text,
-            "direction": event.direction,
-            "withheld": event.withheld or "",
-        }
-        await self.record(
-            event.kind.value,
-            provider=event.provider,
-            line=event.line,
-            customer=event.customer,
-            at=event.at,
-            details=details,
-        )
+        fields = entry_fields(kind, provider, line, customer, at, details or {})
+        await self._redis.xadd(self._key, fields, maxlen=self._max, approximate=False)
 
     async def record_refusal(self, reason: str, message: str, *, provider: str, line: str, path: str) -> None:
         details = {"reason": reason, "message": message, "path": path}

@@ -7,6 +7,7 @@ from enum import Enum
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.store.feed import event_fields
 from gateway.store.scripts import Batched
 from webhooks.events import Event
 
@@ -14,20 +15,23 @@ EVENTS_STREAM = "events"
 
 # Dedup and store in one atomic step: a delivery is either stored (and its identity
 # remembered) or a duplicate; never remembered-but-lost, which would drop the retries too.
-# KEYS: the stream, the event's identity, optionally its delivery token. The identity holds
-# a fingerprint of the request (ARGV[3]; '' when any repeat is the same request): another
-# request under it is a conflict (-1). The token holds the identity it came with and only
-# recognises a retry of that event: it is not signed, so it cannot vouch for another one.
+# KEYS: the stream, the event's identity, the events feed, optionally its delivery token.
+# The identity holds a fingerprint of the request (ARGV[3]; '' when any repeat is the same
+# request): another request under it is a conflict (-1). The token holds the identity it
+# came with and only recognises a retry of that event: it is not signed, so it cannot vouch
+# for another one. A new event is traced in the feed (capped at ARGV[5] entries; its fields
+# from ARGV[6] on) in the same step: no round trip of its own on the webhook path.
 _ACCEPT = """
 local held = redis.call('GET', KEYS[2])
 if held then
   if held == ARGV[3] or ARGV[3] == '' then return 0 end
   return -1
 end
-if KEYS[3] and redis.call('GET', KEYS[3]) == ARGV[4] then return 0 end
+if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[4] then return 0 end
 redis.call('XADD', KEYS[1], '*', 'event', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[1])
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[1]) end
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], '*', unpack(ARGV, 6))
 return 1
 """
 
@@ -39,9 +43,10 @@ class Arrival(Enum):
 
 
 class Inbox:
-    def __init__(self, redis: Redis, keys: Keys, dedup_ttl: int) -> None:
+    def __init__(self, redis: Redis, keys: Keys, dedup_ttl: int, feed_max: int) -> None:
         self._keys = keys
         self._dedup_ttl = dedup_ttl
+        self._feed_max = feed_max
         # Concurrent webhooks' accepts share a round trip.
         self._accept = Batched(redis, redis.register_script(_ACCEPT))
 
@@ -53,8 +58,9 @@ class Inbox:
         behind the event (a client's body under its ``Idempotency-Key``): the same identity
         with another fingerprint is a CONFLICT.
         """
-        keys = [self._keys.stream(EVENTS_STREAM), self._keys.dedup(event.dedup)]
+        keys = [self._keys.stream(EVENTS_STREAM), self._keys.dedup(event.dedup), self._keys.feed]
         if token:
             keys.append(self._keys.dedup(f"token:{event.provider}:{token}"))
-        args: list[str | int] = [self._dedup_ttl, event.to_json(), fingerprint, event.dedup]
+        feed = [part for pair in event_fields(event).items() for part in pair]
+        args: list[str | int] = [self._dedup_ttl, event.to_json(), fingerprint, event.dedup, self._feed_max, *feed]
         return Arrival(int(await self._accept(keys, args)))
