@@ -1,6 +1,7 @@
-"""A local emulator of Twilio's Calls API, shaped on what twilio-python's async client sends
-(form-encoded POST /2010-04-01/Accounts/{sid}/Calls.json with Basic auth; GET of the same
-path with To/From filters) and what it parses back (a call resource; a page under "calls")."""
+"""A local emulator of Twilio's Calls and Messages APIs, shaped on what twilio-python's async
+client sends (form-encoded POST /2010-04-01/Accounts/{sid}/Calls.json or Messages.json with
+Basic auth; GET of the same path with To/From filters) and what it parses back (a call or
+message resource; a page under "calls" or "messages")."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class TwilioApi:
     script: list[int | str] = field(default_factory=list)
     requests: list[MultiDictProxy[str]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     release: asyncio.Event = field(default_factory=asyncio.Event)
     _sids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -52,8 +54,10 @@ class TwilioApi:
         outcome = self.script.pop(0) if self.script else 201
         if outcome not in (201, HANG):
             return self._error(int(outcome))
+        message = request.match_info["resource"] == "Messages"
+        kind = "SM" if message else "CA"
         call = {
-            "sid": f"CA{next(self._sids):032x}",
+            "sid": f"{kind}{next(self._sids):032x}",
             "account_sid": self.account_sid,
             "to": form["To"],
             "from": form["From"],
@@ -61,9 +65,11 @@ class TwilioApi:
             "direction": "outbound-api",
             "date_created": email.utils.formatdate(usegmt=True),
             "api_version": "2010-04-01",
-            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/CA.json",
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/{request.match_info['resource']}/{kind}.json",
         }
-        self.calls.append(call)
+        if message:
+            call.update(body=form["Body"], num_segments="1")
+        (self.messages if message else self.calls).append(call)
         if outcome == HANG:
             await self.release.wait()
         return web.json_response(call, status=201)
@@ -72,11 +78,13 @@ class TwilioApi:
         if not self._authorized(request):
             return self._error(401)
         to, from_ = request.query.get("To"), request.query.get("From")
-        found = [c for c in reversed(self.calls) if to in (None, c["to"]) and from_ in (None, c["from"])]
+        resource = request.match_info["resource"]
+        stored = self.messages if resource == "Messages" else self.calls
+        found = [c for c in reversed(stored) if to in (None, c["to"]) and from_ in (None, c["from"])]
         uri = request.path
         return web.json_response(
             {
-                "calls": found,
+                resource.lower(): found,
                 "first_page_uri": uri,
                 "next_page_uri": None,
                 "previous_page_uri": None,
@@ -93,8 +101,9 @@ class TwilioApi:
 async def twilio_api(account_sid: str, auth_token: str) -> AsyncIterator[TwilioApi]:
     api = TwilioApi(account_sid, auth_token)
     app = web.Application()
-    app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", api.create)
-    app.router.add_get("/2010-04-01/Accounts/{sid}/Calls.json", api.list)
+    path = "/2010-04-01/Accounts/{sid}/{resource:Calls|Messages}.json"
+    app.router.add_post(path, api.create)
+    app.router.add_get(path, api.list)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     api.url = str(server.make_url("")).rstrip("/")

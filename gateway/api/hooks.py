@@ -269,9 +269,21 @@ async def twilio_sms(request: web.Request) -> web.Response:
     return _twiml(empty_twiml())
 
 
+def _job_sms_status(request: web.Request) -> Parser:
+    """``parse_sms_status``, with a job's message tagged with the job its status callback URL
+    names (callgate put it there; the signature covers the URL)."""
+    job = request.query.get("job")
+
+    def parse(fields: Mapping[str, str], provider: str, now: float, line: CallLine) -> list[Event]:
+        event = parse_sms_status(fields, provider, now)
+        return [replace(event, extra={**event.extra, "job": job, "dial": "1"}) if job else event]
+
+    return parse
+
+
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms_status(request: web.Request) -> web.Response:
-    await _twilio_events(request, _single(parse_sms_status))
+    await _twilio_events(request, _job_sms_status(request))
     return _twiml(empty_twiml())
 
 

@@ -12,7 +12,7 @@ from gateway.store import Store
 # The kinds robocalls can be placed through.
 CALLING = frozenset({ProviderKind.SANDBOX, ProviderKind.TWILIO})
 # The kinds SMS can be sent through.
-TEXTING = frozenset({ProviderKind.SANDBOX})
+TEXTING = frozenset({ProviderKind.SANDBOX, ProviderKind.TWILIO})
 
 
 class Providers:

@@ -2,13 +2,15 @@
 
 The call plays its audio with TwiML ``<Play>`` and reports initiated, ringing, answered and
 completed to the status callback, whose URL names the job and dial (Twilio signs it whole).
-Credentials: ``account_sid``, ``auth_token`` and optional ``api_base`` (another API host).
+A message is ``messages.create`` with a status callback naming its job (sent, delivered,
+undelivered, failed). Credentials: ``account_sid``, ``auth_token`` and optional ``api_base`` (another API host).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +21,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
-from gateway.providers import OutboundCall, PlacementError
+from gateway.providers import OutboundCall, OutboundSms, PlacementError
 
 # Below the stream's claim idle time, so a slow create never overlaps another worker's retry.
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -45,6 +47,30 @@ def _created_at(value: Any) -> float | None:
     return None
 
 
+@contextlib.contextmanager
+def _errors(*, listing: str = "") -> Iterator[None]:
+    """Twilio's failures as PlacementErrors: 429, 5xx and the network are transient (and so
+    is any failure in ``listing``, which only looks for an earlier try); other 4xx are final."""
+    try:
+        yield
+    except TwilioRestException as exc:
+        transient = bool(listing) or exc.status == 429 or exc.status >= 500
+        reason = f"Twilio HTTP {exc.status} " + (f"listing {listing}" if listing else f"({exc.code})") + f": {exc.msg}"
+        raise PlacementError(reason, transient=transient) from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PlacementError(f"Twilio unreachable: {type(exc).__name__}: {exc}", transient=True) from None
+
+
+def _since(found: Iterable[Any], since: float, matches: Any = None) -> str | None:
+    """The first resource created since ``since`` (and equal to ``matches`` on ``body``)."""
+    for resource in found:
+        created = _created_at(resource.date_created)
+        recent = created is not None and created >= since - CLOCK_SLACK_SECONDS
+        if recent and (matches is None or resource.body == matches):
+            return str(resource.sid)
+    return None
+
+
 class Twilio:
     def __init__(self, credentials: Mapping[str, str]) -> None:
         self._http = AsyncTwilioHttpClient(timeout=REQUEST_TIMEOUT_SECONDS)
@@ -53,7 +79,7 @@ class Twilio:
             self._client.api.base_url = credentials["api_base"].rstrip("/")
 
     async def place(self, call: OutboundCall) -> str:
-        try:
+        with _errors():
             created = await self._client.calls.create_async(
                 to=call.to,
                 from_=call.line,
@@ -63,27 +89,28 @@ class Twilio:
                 status_callback_method="POST",
                 machine_detection="Enable" if call.machine_detection else values.unset,
             )
-        except TwilioRestException as exc:
-            transient = exc.status == 429 or exc.status >= 500
-            raise PlacementError(f"Twilio HTTP {exc.status} ({exc.code}): {exc.msg}", transient=transient) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PlacementError(f"Twilio unreachable: {type(exc).__name__}: {exc}", transient=True) from None
         return str(created.sid)
 
     async def find(self, call: OutboundCall) -> str | None:
         """A call from our line to the customer created since the dial began: Twilio keeps
         no idempotency key, so the pair and the time identify the call a crash left unknown."""
-        try:
+        with _errors(listing="calls"):
             calls = await self._client.calls.list_async(to=call.to, from_=call.line, limit=20)
-        except TwilioRestException as exc:
-            raise PlacementError(f"Twilio HTTP {exc.status} listing calls: {exc.msg}", transient=True) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PlacementError(f"Twilio unreachable: {type(exc).__name__}: {exc}", transient=True) from None
-        for found in calls:
-            created = _created_at(found.date_created)
-            if created is not None and created >= call.since - CLOCK_SLACK_SECONDS:
-                return str(found.sid)
-        return None
+        return _since(calls, call.since)
+
+    async def send_sms(self, sms: OutboundSms) -> str:
+        with _errors():
+            created = await self._client.messages.create_async(
+                to=sms.to, from_=sms.line, body=sms.text, status_callback=sms.status_url
+            )
+        return str(created.sid)
+
+    async def find_sms(self, sms: OutboundSms) -> str | None:
+        """A message from our line to the customer with this text, created since the job
+        began sending (messages have no idempotency key either)."""
+        with _errors(listing="messages"):
+            messages = await self._client.messages.list_async(to=sms.to, from_=sms.line, limit=20)
+        return _since(messages, sms.since, sms.text)
 
     async def close(self) -> None:
         await self._http.close()

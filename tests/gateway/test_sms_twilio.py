@@ -1,0 +1,124 @@
+"""SMS through Twilio: the real SDK's async client against the local emulator of the
+Messages API. The message is created with its status callback, Twilio's signed callbacks
+move the job, and a worker SIGKILLed mid-send still ends with exactly one message."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from gateway.app import create_app
+from tests.conftest import API, Client, ClientFactory
+from tests.gateway.test_crash import workers
+from tests.gateway.test_robocalls import final, job, job_statuses
+from tests.gateway.test_robocalls_twilio import setup_twilio
+from tests.support import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, eventually, item, sms_status_form, twilio_post
+from tests.twilio_api import HANG, TwilioApi, twilio_api
+
+LINE = "+34910000001"
+CUSTOMER = "+34600111222"
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[TwilioApi]:
+    async with twilio_api(ACCOUNT_SID, AUTH_TOKEN) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def tw_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(job_retry_seconds=0.05)
+
+
+async def send(client: Client, text: str = "Hola {{name}}, su pedido {{order}}") -> dict[str, Any]:
+    resp = await client.post("/v1/sms", json={"item_id": "D1", "text": text}, headers=API)
+    assert resp.status == 202, await resp.text()
+    data: dict[str, Any] = await resp.json()
+    return data
+
+
+async def report(client: Client, job_id: str, sid: str, status: str, **fields: str) -> None:
+    form = sms_status_form(sid, status, From=LINE, To=CUSTOMER, **fields)
+    resp = await twilio_post(client, f"/webhooks/twilio/sms/status?job={job_id}", form)
+    assert resp.status == 200, await resp.text()
+
+
+async def test_a_twilio_sms_is_created_and_its_callbacks_move_the_job(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi
+) -> None:
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    accepted = await send(client)
+    sent = await final(client, accepted["id"], "sent")
+
+    [request] = api.requests
+    assert request["To"] == CUSTOMER and request["From"] == LINE
+    assert request["Body"] == "Hola Ana, su pedido A-17"
+    assert request["StatusCallback"] == f"{PUBLIC_URL}/webhooks/twilio/sms/status?job={accepted['id']}"
+    assert sent["provider_ref"] == api.messages[0]["sid"] and api.calls == []
+
+    await report(client, accepted["id"], sent["provider_ref"], "sent")
+    await report(client, accepted["id"], sent["provider_ref"], "delivered")
+    await final(client, accepted["id"], "delivered")
+    # A late or repeated "sent" moves nothing back.
+    await report(client, accepted["id"], sent["provider_ref"], "sent")
+    timeline = (await item(client, "D1"))["timeline"]
+    assert job_statuses(timeline, accepted["id"]) == ["queued", "sending", "sent", "delivered"]
+    assert not [e for e in timeline if e["type"] == "sms.status"]
+
+
+@pytest.mark.parametrize("status", ["undelivered", "failed"])
+async def test_undelivered_and_failed_end_the_job_failed_with_the_error_code(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, status: str
+) -> None:
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    accepted = await send(client)
+    sent = await final(client, accepted["id"], "sent")
+    await report(client, accepted["id"], sent["provider_ref"], status, ErrorCode="30006")
+    done = await final(client, accepted["id"], "failed")
+    assert done["reason"] == f"the provider reported the message {status} (ErrorCode 30006)"
+
+
+async def test_a_twilio_4xx_fails_the_sms_and_a_5xx_is_retried(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi
+) -> None:
+    api.script = [503, 400]
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    accepted = await send(client)
+    failed = await final(client, accepted["id"], "failed")
+    assert failed["reason"].startswith("Twilio HTTP 400 (21211)")
+    assert len(api.requests) == 2 and api.messages == []
+
+
+async def test_a_worker_killed_mid_send_ends_with_exactly_one_message(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, tmp_path: Path
+) -> None:
+    api.script = [HANG]  # the message is created, the answer never reaches the worker
+    client = await aiohttp_client(create_app(tw_settings, workers=False))
+    await setup_twilio(client, api)
+    accepted = await send(client)
+    with workers(tw_settings, tmp_path, 1) as [worker]:
+        worker.env["CALLGATE_PUBLIC_URL"] = PUBLIC_URL
+        worker.start()
+
+        async def sending() -> bool:
+            return len(api.requests) == 1
+
+        await eventually(sending, timeout=20)
+        assert (await job(client, accepted["id"]))["status"] == "sending"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+    # Another process takes the pending entry over and finds the message before sending.
+    takeover = await aiohttp_client(create_app(tw_settings))
+    sent = await final(takeover, accepted["id"], "sent")
+    assert sent["provider_ref"] == api.messages[0]["sid"]
+    assert len(api.requests) == 1 and len(api.messages) == 1
