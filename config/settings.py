@@ -81,6 +81,11 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _auto_bool(raw: str) -> bool | None:
+    """``auto`` (or empty) is None: detect it."""
+    return None if raw.strip().lower() in {"", "auto"} else _bool(raw)
+
+
 def _token(raw: str) -> str:
     if len(raw) < 16:
         raise ValueError("too short: use at least 16 characters")
@@ -108,6 +113,7 @@ def _secret(default: str | None = None) -> Any:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None = _secret()  # may carry a password (redis://:pw@host)
+    redis_cluster: bool | None = None  # None: ask the node (INFO cluster) at start
     data_dir: Path = Path("callgate-data")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -145,6 +151,7 @@ class Settings:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
+    "redis_cluster": _auto_bool,
     "data_dir": Path,
     "host": str,
     "port": _port,

@@ -17,13 +17,24 @@ from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
 from gateway.api.sms import ENDPOINTS_SMS
-from gateway.appkeys import METRICS, OUT_OF_MEMORY, REDIS_URL, RENDERER, SETTINGS, SNAPSHOTS, STORE, TOKENS, WORKERS
+from gateway.appkeys import (
+    METRICS,
+    OUT_OF_MEMORY,
+    REDIS_CLUSTER,
+    REDIS_URL,
+    RENDERER,
+    SETTINGS,
+    SNAPSHOTS,
+    STORE,
+    TOKENS,
+    WORKERS,
+)
 from gateway.datadir import tighten
 from gateway.errors import Spell, error_middleware
 from gateway.metrics import Metrics, metrics_middleware
 from gateway.serving import server_log
 from gateway.store import Store
-from gateway.store.connection import UNAVAILABLE, connect, redacted
+from gateway.store.connection import UNAVAILABLE, cluster_enabled, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.records import Snapshots
 from gateway.tokens import ensure_tokens
@@ -43,7 +54,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if embedded is not None:
         await embedded.start()
     url = embedded.url if embedded else str(settings.redis_url)
-    redis = connect(url)
+    try:
+        cluster = await cluster_enabled(url, settings.redis_cluster)
+    except UNAVAILABLE as exc:
+        raise StartupError(f"CALLGATE_REDIS_URL: Redis at {redacted(url)} does not answer ({exc})") from None
+    redis = connect(url, cluster=cluster)
     try:
         try:
             await redis.ping()
@@ -51,6 +66,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             raise StartupError(f"CALLGATE_REDIS_URL: Redis at {redacted(url)} does not answer ({exc})") from None
         app[STORE] = Store.open(redis, settings, app[SNAPSHOTS])
         app[REDIS_URL] = url
+        app[REDIS_CLUSTER] = cluster
         yield
     finally:
         await redis.aclose()
@@ -61,7 +77,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Event consumers and timers, on their own client: blocking reads need long timeouts."""
     settings = app[SETTINGS]
-    redis = connect(app[REDIS_URL], blocking=True)
+    redis = connect(app[REDIS_URL], blocking=True, cluster=app[REDIS_CLUSTER])
     try:
         async with running_workers(Store.open(redis, settings, app[SNAPSHOTS]), settings, app[METRICS]) as workers:
             app[WORKERS] = workers

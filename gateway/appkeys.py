@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # these modules read their key from here
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 REDIS_URL = web.AppKey("redis_url", str)
+REDIS_CLUSTER = web.AppKey("redis_cluster", bool)  # whether REDIS_URL names a Redis Cluster node
 SNAPSHOTS = web.AppKey("snapshots", Snapshots)
 # Engines and voices, to check a say request before it is queued (workers render).
 RENDERER = web.AppKey("renderer", Renderer)

@@ -23,7 +23,7 @@ from gateway.declared import AdminApiError, apply_file, exported
 from gateway.metrics import Metrics
 from gateway.speech import Speech
 from gateway.store import Store
-from gateway.store.connection import UNAVAILABLE, connect, redacted
+from gateway.store.connection import UNAVAILABLE, cluster_enabled, connect, redacted
 from gateway.store.embedded import EmbeddedRedisError
 from gateway.store.records import Snapshots
 from gateway.tokens import TOKENS_FILE, TokensError, ensure_tokens, read_stored
@@ -78,7 +78,13 @@ def _serve(settings: Settings) -> None:
 async def _work(settings: Settings) -> None:
     if not settings.redis_url:
         raise StartupError("CALLGATE_REDIS_URL: a worker shares a Redis with the server; set it")
-    redis = connect(settings.redis_url, blocking=True)
+    try:
+        cluster = await cluster_enabled(settings.redis_url, settings.redis_cluster)
+    except UNAVAILABLE as exc:
+        raise StartupError(
+            f"CALLGATE_REDIS_URL: Redis at {redacted(settings.redis_url)} does not answer ({exc})"
+        ) from None
+    redis = connect(settings.redis_url, blocking=True, cluster=cluster)
     try:
         try:
             await redis.ping()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,7 +41,19 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def connect(url: str, *, blocking: bool = False) -> Redis:
+async def cluster_enabled(url: str, forced: bool | None = None) -> bool:
+    """Whether ``url`` names a node of a Redis Cluster: ``forced`` when the settings say,
+    else what the node's ``INFO cluster`` says. Raises one of UNAVAILABLE when it does not answer."""
+    if forced is not None:
+        return forced
+    probe = Redis.from_url(url, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=2.0)
+    try:
+        return str((await probe.info("cluster")).get("cluster_enabled", "0")) == "1"
+    finally:
+        await probe.aclose()
+
+
+def connect(url: str, *, blocking: bool = False, cluster: bool = False) -> Redis:
     """A client for request handlers, or (``blocking``) for consumers' blocking reads.
 
     Request handlers must fail within 2 s when Redis is down (Twilio gives a webhook 15 s
@@ -48,15 +61,19 @@ def connect(url: str, *, blocking: bool = False) -> Redis:
     rides over a reconnect after a Redis restart. A Redis that accepts connections but
     never answers costs at most three timeouts (read, reconnect handshake, retried read).
     """
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=0.5,
-        socket_timeout=10.0 if blocking else 0.5,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-        retry_on_error=[RedisConnectionError],
-        health_check_interval=30,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 10.0 if blocking else 0.5,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        "health_check_interval": 30,
+    }
+    if cluster:
+        # The cluster client sends each command to the shard that owns its key (any node of
+        # the cluster will do in the URL). Typed as Redis: callgate uses only commands both
+        # clients have, each multi-key step inside one hash slot.
+        return cast(Redis, RedisCluster.from_url(url, **options))
+    return Redis.from_url(url, retry_on_error=[RedisConnectionError], **options)
 
 
 class RedisHealth:

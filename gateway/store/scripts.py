@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -20,6 +20,11 @@ Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
 
 async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
     """The reply of each call, in order; a call that failed has its exception as its reply."""
+    if isinstance(redis, RedisCluster):
+        # redis-py's cluster pipelines refuse EVALSHA: the calls go out concurrently instead,
+        # each to the shard owning its keys.
+        calls_made = (script(keys=list(keys), args=list(args)) for keys, args in calls)
+        return list(await asyncio.gather(*calls_made, return_exceptions=True))
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):

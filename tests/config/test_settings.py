@@ -182,3 +182,11 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("auto", None), ("", None), ("true", True), ("0", False)])
+def test_redis_cluster_is_detected_unless_forced(raw: str, expected: bool | None) -> None:
+    assert load_settings({"CALLGATE_REDIS_CLUSTER": raw}).redis_cluster is expected
+    assert load_settings({}).redis_cluster is None
+    with pytest.raises(SettingsError, match="CALLGATE_REDIS_CLUSTER"):
+        load_settings({"CALLGATE_REDIS_CLUSTER": "sometimes"})
