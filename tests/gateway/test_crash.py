@@ -92,7 +92,9 @@ async def test_workers_and_server_share_the_work_without_double_effects(
         await eventually(all_moved, timeout=20)
         await settled(redis, keys)
         done_here = await processed_in(client)
-        assert 0 < done_here < 2 * n, done_here  # the worker processes took their share
+        # The worker processes took their share (the server's one events consumer may get
+        # none of it when the workers' consumers, blocked first, are woken first).
+        assert done_here < 2 * n, done_here
         for proc in procs:
             assert proc.alive()
     await assert_exactly_once(redis, keys, n)
