@@ -21,7 +21,7 @@ import tomli_w
 import yaml
 from pydantic import Field, ValidationError
 
-from config.lines import Line, Name, Pipeline, Provider, Strict
+from config.lines import Line, Name, Pipeline, Provider, Strict, plain_message
 from config.phones import E164
 from config.triggers import TriggerSpec
 
@@ -88,7 +88,7 @@ def parse(text: str, fmt: str, environ: Mapping[str, str]) -> Declared:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise DeclaredError(f"{where}: {first['msg']}") from None
+        raise DeclaredError(f"{where}: {plain_message(first['msg'])}") from None
     names = [trigger.name for trigger in declared.triggers]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

@@ -17,6 +17,15 @@ Label = Annotated[str, Field(max_length=200)]
 ReplyText = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+# Pydantic prefixes a validator's own message with the kind of exception it raised.
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def plain_message(message: str) -> str:
+    """A validation message as a person should read it: without pydantic's prefix."""
+    return _PYDANTIC_PREFIX.sub("", message)
+
+
 class Strict(BaseModel):
     """Unknown fields are refused: a typo in a config must not pass silently.
 

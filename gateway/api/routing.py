@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hmac
 import json
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -19,6 +18,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
+from config.lines import plain_message
 from gateway.appkeys import ENDPOINTS, TOKENS
 from gateway.errors import ApiError, Forbidden
 
@@ -137,14 +137,10 @@ async def read_body(request: web.Request, schema: Any) -> Any:
         if first["type"] == "json_invalid":
             raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
         where = _field_of(first, raw)
-        text = _PYDANTIC_PREFIX.sub("", str(first["msg"]))
+        text = plain_message(str(first["msg"]))
         # A validator's own message may already start with the field it is about.
         message = f"{where}: {text}" if where and not text.startswith((f"{where}:", f"{where}.")) else text
         raise ApiError(422, _code(first["type"]), message, where or None) from None
-
-
-# Pydantic prefixes a validator's own message with the kind of exception it raised.
-_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
 
 
 def _code(pydantic_type: str) -> str:

@@ -103,14 +103,19 @@ async def test_dry_run_shows_the_diff_and_changes_nothing(client: Client, tmp_pa
         ('[pipelines.sales]\nstages = "NEW"\n', "pipelines.sales.stages"),
         ("[lines.nonsense]\nprovider = 'tw'\n", "lines.nonsense"),
         ("colour = 1\n", "colour"),
+        (
+            '[providers.tw]\nkind = "twilio"\ncredentials = {account_sid = "AC1", auth_token = "t"}\n',
+            r"^providers\.tw\.credentials.*: .*Twilio Account SID is AC followed by 32 hex digits$",
+        ),
         ("not toml [", "not valid TOML"),
     ],
 )
 async def test_bad_files_are_refused_before_any_change(client: Client, tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(DeclaredError, match=message):
+    with pytest.raises(DeclaredError, match=message) as raised:
         await apply(client, path, {})
+    assert "Value error" not in str(raised.value)
 
 
 async def test_an_api_refusal_stops_the_apply(client: Client, tmp_path: Path) -> None:
