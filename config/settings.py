@@ -106,6 +106,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _words(raw: str) -> tuple[str, ...]:
+    words = tuple(word.strip() for word in raw.split(",") if word.strip())
+    if any(" " in word for word in words):
+        raise ValueError("keywords are single words, separated by commas")
+    return words
+
+
 def _secret(default: str | None = None) -> Any:
     return field(default=default, repr=False)
 
@@ -143,6 +150,10 @@ class Settings:
     job_retry_seconds: float = 2.0
     tts_workers: int = 2
     gtts_url: str = "https://translate.google.com/_/TranslateWebserverUi/data/batchexecute"
+    # Inbound SMS keywords that opt a number out of / back into SMS and robocalls; empty:
+    # sms.consent's defaults (Twilio's plus Spanish, Portuguese and German).
+    stop_words: tuple[str, ...] = ()
+    start_words: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -177,6 +188,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "job_retry_seconds": _seconds,
     "tts_workers": _positive,
     "gtts_url": _url,
+    "stop_words": _words,
+    "start_words": _words,
 }
 
 

@@ -14,6 +14,7 @@ from gateway.api.crm import ENDPOINTS_CRM
 from gateway.api.feed import ENDPOINTS_FEED
 from gateway.api.hooks import ENDPOINTS_HOOKS
 from gateway.api.ops import ENDPOINTS_OPS
+from gateway.api.optouts import ENDPOINTS_OPTOUTS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
 from gateway.api.sms import ENDPOINTS_SMS
@@ -112,6 +113,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_HOOKS,
             *ENDPOINTS_ROBOCALLS,
             *ENDPOINTS_SMS,
+            *ENDPOINTS_OPTOUTS,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

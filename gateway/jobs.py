@@ -17,10 +17,12 @@ from config.jobs import FINAL, IN_CALL, JobKind, JobStatus, backoff
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.settings import Settings
 from config.vocabulary import EventKind
+from gateway.consent import Consents
 from gateway.providers import CallProvider, OutboundCall, OutboundSms, PlacementError, SmsProvider
 from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
+from gateway.store.consent import ConsentRecord
 from gateway.store.items import now_iso, timeline_entry
 from gateway.store.jobs import Job, Moved
 from gateway.streams import Entry
@@ -31,6 +33,8 @@ from webhooks.events import Event
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_SECONDS = 300.0
+# A message status's ErrorCode saying the recipient opted out (Twilio's 21610).
+OPTED_OUT_CODE = "21610"
 
 _ENDED: dict[str, JobStatus] = {
     "completed": JobStatus.COMPLETED,
@@ -93,6 +97,7 @@ class JobRunner:
         self._speech = speech
         self._clock = clock
         self._jitter = jitter
+        self._consents = Consents(store, settings)
 
     async def __call__(self, entry: Entry) -> None:
         await self.run(entry.fields["job"])
@@ -105,6 +110,11 @@ class JobRunner:
             to = job["to"] or await self._recipient(job)
         except NoRecipient as exc:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
+            return
+        job = Job({**job.fields, "to": to})
+        refusal = await self._consents.refusal(to) if job.status is JobStatus.QUEUED else None
+        if refusal is not None:
+            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=refusal, to=to)
             return
         if job["kind"] == JobKind.ROBOCALL and not job["media"]:
             rendered = await self._render(job)
@@ -206,7 +216,12 @@ class JobRunner:
     async def _placement_failed(self, job: Job, exc: PlacementError) -> None:
         tries = job.tries + 1
         expect = (JobStatus.SENDING,)
-        if not exc.transient:
+        if exc.opted_out:
+            record = ConsentRecord(job["to"], True, "provider", exc.reason, self._clock())
+            await self._consents.record(record, f"consent:{job.id}:{job.dial}:refused")
+            reason = await self._consents.refusal(job["to"]) or exc.reason
+            await self._change(job, JobStatus.SKIPPED, expect=expect, reason=reason, tries=tries)
+        elif not exc.transient:
             await self._change(job, JobStatus.FAILED, expect=expect, reason=exc.reason, tries=tries)
         elif tries >= self._settings.job_max_tries:
             reason = f"gave up after {tries} tries: {exc.reason}"
@@ -228,6 +243,10 @@ class JobRunner:
             return
         if event.extra.get("dial", str(job.dial)) != str(job.dial) or job["provider_ref"] not in ("", event.ref):
             return  # a report on an earlier dial's call
+        if event.extra.get("ErrorCode") == OPTED_OUT_CODE:
+            detail = f"the provider refused message {event.ref} (ErrorCode {OPTED_OUT_CODE}: opted out)"
+            record = ConsentRecord(job["to"], True, "provider", detail, event.at)
+            await self._consents.record(record, f"consent:{event.identity}")
         expect = (JobStatus.SENDING, JobStatus.SENT, *IN_CALL)
         await self._change(
             job,

@@ -148,6 +148,11 @@ class Keys:
         a campaign fetches its link once and a changed file is picked up the next day."""
         return f"{self.prefix}media-url:{digest}"
 
+    def consent(self, e164: str) -> str:
+        """Hash: a number's consent (opted out or not), when and by what it last changed. No
+        TTL: an opt-out holds until the customer or an admin opts the number back in."""
+        return f"{self.prefix}consent:{e164}"
+
     def sandbox_call(self, key: str) -> str:
         """The sandbox's record of a call it placed for an idempotency key: a retry or a
         reconciliation finds it instead of placing a second call. TTL 2 days."""

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from config.settings import Settings
+from gateway.consent import Consents
 from gateway.engine.processor import EventProcessor
 from gateway.jobs import JobRunner
 from gateway.metrics import Metrics
@@ -144,7 +145,12 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     workers = Workers(
         [
             *consumers(
-                store, settings, metrics, EVENTS_STREAM, EventProcessor(store, runner.on_call_event), EVENT_CONSUMERS
+                store,
+                settings,
+                metrics,
+                EVENTS_STREAM,
+                EventProcessor(store, runner.on_call_event, Consents(store, settings).on_message),
+                EVENT_CONSUMERS,
             ),
             *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),
         ],

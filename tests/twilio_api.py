@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from multidict import MultiDictProxy
 
 HANG = "hang"  # create the call, then never answer the request (the caller's process dies)
+OPTED_OUT = 21610  # as a script entry: a 400 with Twilio's unsubscribed-recipient code
 
 
 @dataclass
@@ -42,7 +43,9 @@ class TwilioApi:
         code, message = {
             400: (21211, "The 'To' number is not a valid phone number."),
             429: (20429, "Too Many Requests"),
+            OPTED_OUT: (OPTED_OUT, "Attempt to send to unsubscribed recipient"),
         }.get(status, (20500, "Internal Server Error"))
+        status = 400 if status == OPTED_OUT else status
         body = {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}"}
         return web.json_response({**body, "status": status}, status=status)
 

@@ -20,14 +20,21 @@ from gateway.engine.overdue import OverdueTimers
 from gateway.engine.timeline import Timeline
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE
+from gateway.store.items import Item
 from gateway.streams import Entry
 from webhooks.events import Event
 
 JobCallHandler = Callable[[str, Event], Awaitable[None]]
+# What else an inbound SMS does once it is on its items' timelines (consent keywords).
+MessageHandler = Callable[[Event, list[Item]], Awaitable[None]]
 TRIGGER_KINDS = frozenset(kind.value for kind in TriggerEvent)
 
 
 async def _no_jobs(job_id: str, event: Event) -> None:
+    return None
+
+
+async def _no_messages(event: Event, items: list[Item]) -> None:
     return None
 
 
@@ -46,9 +53,12 @@ def rounds(events: list[tuple[str, Event]]) -> list[list[tuple[str, Event]]]:
 
 
 class EventProcessor:
-    def __init__(self, store: Store, on_job_call: JobCallHandler = _no_jobs) -> None:
+    def __init__(
+        self, store: Store, on_job_call: JobCallHandler = _no_jobs, on_message: MessageHandler = _no_messages
+    ) -> None:
         self._store = store
         self._on_job_call = on_job_call
+        self._on_message = on_message
         self._leads = Leads(store)
         self._timeline = Timeline(store)
         self._timers = OverdueTimers(store)
@@ -107,6 +117,9 @@ class EventProcessor:
                 if fresh or event.kind.value in TRIGGER_KINDS
             ]
         )
+        for (event, _), items in zip(current, found, strict=True):
+            if event.kind is EventKind.SMS_INCOMING:
+                await self._on_message(event, items)
         triggers = in_order((await store.triggers.all()).values())
         await self._timers.arm([event for event, _ in current], triggers)
         for (event, _), items in zip(current, found, strict=True):

@@ -44,11 +44,16 @@ class PlacementError(Exception):
     """The provider did not place the call. ``transient`` ones (timeouts, 5xx, 429) are
     retried with backoff; the rest (4xx, an invalid number) end the job ``failed``."""
 
-    def __init__(self, reason: str, *, transient: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, transient: bool, retry_after: float | None = None, opted_out: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
         self.retry_after = retry_after
+        # The provider refused because the customer opted out (Twilio 21610): the job is
+        # skipped and the number opted out in the ledger.
+        self.opted_out = opted_out
 
 
 class CallProvider(Protocol):

@@ -28,6 +28,8 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 # Clocks differ: a call created this long before the dial began still counts as its call.
 CLOCK_SLACK_SECONDS = 60.0
+# "Attempt to send to unsubscribed recipient": the customer texted STOP to this sender.
+OPTED_OUT = 21610
 
 
 def play_twiml(audio_url: str) -> str:
@@ -56,7 +58,7 @@ def _errors(*, listing: str = "") -> Iterator[None]:
     except TwilioRestException as exc:
         transient = bool(listing) or exc.status == 429 or exc.status >= 500
         reason = f"Twilio HTTP {exc.status} " + (f"listing {listing}" if listing else f"({exc.code})") + f": {exc.msg}"
-        raise PlacementError(reason, transient=transient) from None
+        raise PlacementError(reason, transient=transient, opted_out=exc.code == OPTED_OUT) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlacementError(f"Twilio unreachable: {type(exc).__name__}: {exc}", transient=True) from None
 

@@ -15,6 +15,7 @@ from config.triggers import Trigger
 from gateway.keys import Keys
 from gateway.store.backlog import Backlogs
 from gateway.store.calls import Calls
+from gateway.store.consent import ConsentLedger
 from gateway.store.dead_letters import DeadLetters
 from gateway.store.feed import Feed
 from gateway.store.inbox import Inbox
@@ -41,6 +42,7 @@ class Store:
     feed: Feed
     jobs: Jobs
     backlogs: Backlogs
+    consent: ConsentLedger
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -61,6 +63,7 @@ class Store:
             feed=Feed(redis, keys, settings.feed_max),
             jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds, settings.dead_letters_max),
             backlogs=Backlogs(redis, keys),
+            consent=ConsentLedger(redis, keys),
         )
 
     async def ping(self) -> None:

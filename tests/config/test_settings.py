@@ -190,3 +190,11 @@ def test_redis_cluster_is_detected_unless_forced(raw: str, expected: bool | None
     assert load_settings({}).redis_cluster is None
     with pytest.raises(SettingsError, match="CALLGATE_REDIS_CLUSTER"):
         load_settings({"CALLGATE_REDIS_CLUSTER": "sometimes"})
+
+
+def test_consent_keywords_are_comma_separated_single_words() -> None:
+    settings = load_settings({"CALLGATE_STOP_WORDS": "BASTA, Para", "CALLGATE_START_WORDS": "VOLVER"})
+    assert settings.stop_words == ("BASTA", "Para") and settings.start_words == ("VOLVER",)
+    assert load_settings({}).stop_words == ()
+    with pytest.raises(SettingsError, match="CALLGATE_STOP_WORDS"):
+        load_settings({"CALLGATE_STOP_WORDS": "no more"})
