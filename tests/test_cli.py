@@ -285,6 +285,8 @@ def test_start_and_stop_lines_and_options_after_the_subcommand(data_dir: Path, t
     assert len(warnings) == 1 and "CALLGATE_PUBLIC_URL" in warnings[0], err
     assert "loopback" in warnings[0]
     assert err.strip().splitlines()[-1].endswith("callgate stopped")
+    tokens = json.loads((data_dir / "tokens.json").read_text())
+    assert tokens["admin"] not in err and tokens["api"] not in err  # printed once on stdout, never logged
 
 
 @pytest.mark.timeout(90)

@@ -36,6 +36,15 @@ async def test_sms_from_unknown_number_on_a_line_without_lead_is_in_the_feed(cli
     assert (await found.json())["items"] == []
 
 
+async def test_accepted_webhooks_are_logged_at_debug(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    await configure(client)
+    with caplog.at_level(logging.DEBUG, logger="gateway.ingest"):
+        assert (await twilio_post(client, "/webhooks/twilio/sms", sms_form(From=STRANGER))).status == 200
+    accepted = [r for r in caplog.records if r.name == "gateway.ingest"]
+    assert [r.levelno for r in accepted] == [logging.DEBUG]
+    assert accepted[0].getMessage().startswith(f"accepted sms.incoming provider=tw line={LINE} customer={STRANGER}")
+
+
 async def test_duplicates_are_recorded_once(client: Client) -> None:
     await configure(client)
     for _ in range(3):
