@@ -139,6 +139,10 @@ class Settings:
     timeline_max: int = 1000
     dedup_ttl_seconds: int = 7 * 24 * 3600
     feed_max: int = 10000
+    # Client connections at once (lowered to fit the process's file limit), and how long one
+    # may sit without sending a byte while no request of it is being handled.
+    max_connections: int = 10000
+    idle_timeout_seconds: int = 15
     dead_letters_max: int = 10000
     lead_ttl_seconds: int = 0  # 0: leads never expire
     log_level: str = "INFO"
@@ -179,6 +183,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "timeline_max": _positive,
     "dedup_ttl_seconds": _positive,
     "feed_max": _positive,
+    "max_connections": _positive,
+    "idle_timeout_seconds": _positive,
     "dead_letters_max": _positive,
     "lead_ttl_seconds": _non_negative,
     "log_level": _log_level,

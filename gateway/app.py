@@ -33,7 +33,7 @@ from gateway.appkeys import (
 from gateway.datadir import tighten
 from gateway.errors import Spell, error_middleware
 from gateway.metrics import Metrics, metrics_middleware
-from gateway.serving import server_log
+from gateway.serving import connection_middleware, server_log
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE, cluster_enabled, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
@@ -92,7 +92,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
     tighten(settings.data_dir)
     settings, _ = ensure_tokens(settings)
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[connection_middleware, metrics_middleware, error_middleware],
         client_max_size=settings.max_body_bytes,
         handler_args={"logger": server_log()},
     )

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # these modules read their key from here
     from gateway.api.routing import Endpoint, Tokens
     from gateway.errors import Spell
     from gateway.metrics import Metrics
+    from gateway.serving import ConnectionGate
     from gateway.workers import Workers
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,3 +31,4 @@ ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
 OUT_OF_MEMORY: web.AppKey[Spell] = web.AppKey("out_of_memory")
 # Set only in processes that run the workers (``create_app(workers=True)``).
 WORKERS: web.AppKey[Workers] = web.AppKey("workers")
+CONNECTIONS: web.AppKey[ConnectionGate] = web.AppKey("connections")

@@ -17,7 +17,9 @@ from aiohttp import web
 
 from config.settings import Settings
 from gateway.app import StartupError, create_app
+from gateway.appkeys import CONNECTIONS
 from gateway.datadir import private_dir
+from gateway.serving import ConnectionGate, connection_cap, raise_file_limit, start_gated
 from gateway.store.connection import UNAVAILABLE, connect, redacted
 from gateway.store.embedded import EmbeddedRedis
 from gateway.workers import EVENT_CONSUMERS
@@ -117,10 +119,14 @@ async def serve(settings: Settings, sock: socket.socket, access_log: logging.Log
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(create_app(settings), access_log=access_log, handle_signals=False)
+    gate = ConnectionGate(connection_cap(settings.max_connections, raise_file_limit()), settings.idle_timeout_seconds)
+    app = create_app(settings)
+    app[CONNECTIONS] = gate
+    runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
+    gated = None
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        gated = await start_gated(runner, sock, gate)
         why = unreachable_public_url(settings)
         if why:
             log.warning(
@@ -129,9 +135,11 @@ async def serve(settings: Settings, sock: socket.socket, access_log: logging.Log
                 settings.base_url,
                 why,
             )
-        log.info(describe(settings))
+        log.info("%s; at most %d client connections", describe(settings), gate.cap)
         await stop.wait()
     finally:
+        if gated is not None:
+            await gated.close()
         await runner.cleanup()
         sock.close()
     log.info("callgate stopped")
