@@ -157,6 +157,9 @@ class Settings:
     # Inbound SMS keywords that opt a number out of / back into SMS and robocalls; empty:
     # sms.consent's defaults (Twilio's plus Spanish, Portuguese and German).
     stop_words: tuple[str, ...] = ()
+    # An SMS conversation quiet this long is over: the customer's next message opens a new
+    # one (and gets the welcome or after-hours reply again).
+    conversation_idle_seconds: int = 24 * 3600
     start_words: tuple[str, ...] = ()
 
     @property
@@ -195,6 +198,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "tts_workers": _positive,
     "gtts_url": _url,
     "stop_words": _words,
+    "conversation_idle_seconds": _positive,
     "start_words": _words,
 }
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from config.settings import Settings
 from gateway.api.admin import ENDPOINTS_ADMIN
 from gateway.api.automation import ENDPOINTS_AUTOMATION
+from gateway.api.conversations import ENDPOINTS_CONVERSATIONS
 from gateway.api.crm import ENDPOINTS_CRM
 from gateway.api.feed import ENDPOINTS_FEED
 from gateway.api.hooks import ENDPOINTS_HOOKS
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_ROBOCALLS,
             *ENDPOINTS_SMS,
             *ENDPOINTS_OPTOUTS,
+            *ENDPOINTS_CONVERSATIONS,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

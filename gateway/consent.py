@@ -41,13 +41,15 @@ class Consents:
             log.info("consent number=%s opted_out=%s source=%s", record.number, record.opted_out, record.source)
         return current
 
-    async def on_message(self, event: Event, items: list[Item]) -> None:
-        """An inbound SMS that is a STOP or START keyword alone changes the number's consent."""
+    async def on_message(self, event: Event, items: list[Item]) -> Consent | None:
+        """An inbound SMS that is a STOP or START keyword alone changes the number's
+        consent; what it said, or None when it is no keyword."""
         consent = keyword(event.text, self._stop, self._start)
         if consent is None or event.withheld:
-            return
+            return None
         record = ConsentRecord(event.customer, consent is Consent.OPT_OUT, "sms", fold(event.text), event.at)
         await self.record(record, f"consent:{event.identity}", items)
+        return consent
 
     async def refusal(self, number: str) -> str | None:
         """Why nothing may be sent to ``number`` (it opted out), or None."""

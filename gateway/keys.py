@@ -153,6 +153,11 @@ class Keys:
         TTL: an opt-out holds until the customer or an admin opts the number back in."""
         return f"{self.prefix}consent:{e164}"
 
+    def conversation(self, e164: str) -> str:
+        """Hash: a customer's open SMS conversation (its line, the message that opened it);
+        expires when the conversation goes idle, and is deleted when an agent closes it."""
+        return f"{self.prefix}conversation:{e164}"
+
     def sandbox_call(self, key: str) -> str:
         """The sandbox's record of a call it placed for an idempotency key: a retry or a
         reconciliation finds it instead of placing a second call. TTL 2 days."""

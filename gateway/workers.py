@@ -15,7 +15,8 @@ from typing import Any
 
 from config.settings import Settings
 from gateway.consent import Consents
-from gateway.engine.processor import EventProcessor
+from gateway.conversations import Conversations
+from gateway.engine.processor import EventProcessor, MessageHandler
 from gateway.jobs import JobRunner
 from gateway.metrics import Metrics
 from gateway.providers.registry import Providers
@@ -24,6 +25,7 @@ from gateway.store import Store
 from gateway.store.calls import RESPONDED_TTL
 from gateway.store.connection import UNAVAILABLE, RedisHealth
 from gateway.store.inbox import EVENTS_STREAM
+from gateway.store.items import Item
 from gateway.store.jobs import JOBS_STREAM
 from gateway.streams import (
     BatchProcessor,
@@ -35,6 +37,7 @@ from gateway.streams import (
     raise_if_cancelled,
 )
 from voice.render import renderer_for
+from webhooks.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,18 @@ class Workers:
                 self._start(name)
 
 
+def on_message(store: Store, settings: Settings) -> MessageHandler:
+    """What an inbound SMS does beyond the engine: a consent keyword changes the ledger (and
+    gets no automatic reply); any other message opens or continues a conversation."""
+    consents, conversations = Consents(store, settings), Conversations(store, settings)
+
+    async def handle(event: Event, items: list[Item]) -> None:
+        if await consents.on_message(event, items) is None:
+            await conversations.on_message(event, items)
+
+    return handle
+
+
 @contextlib.asynccontextmanager
 async def running_workers(store: Store, settings: Settings, metrics: Metrics) -> AsyncIterator[Workers]:
     """Consumers and the timer poller under a supervisor; cancelled and awaited on exit.
@@ -149,7 +164,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
                 settings,
                 metrics,
                 EVENTS_STREAM,
-                EventProcessor(store, runner.on_call_event, Consents(store, settings).on_message),
+                EventProcessor(store, runner.on_call_event, on_message(store, settings)),
                 EVENT_CONSUMERS,
             ),
             *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-import time
-from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -15,8 +12,9 @@ from pydantic import BaseModel
 from config.jobs import JobKind, JobStatus
 from gateway.api import params
 from gateway.appkeys import STORE
+from gateway.enqueue import enqueue
 from gateway.errors import ApiError, UnknownReference
-from gateway.store.items import Item, now_iso, timeline_entry
+from gateway.store.items import Item
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -64,29 +62,16 @@ class Queueing:
         self, kind: JobKind, item_id: str, fields: dict[str, str], *, delay_seconds: int, test: bool = False
     ) -> web.Response:
         """Store the job (``fields`` add to the common ones) and queue it; 202."""
-        job_id = "job_" + secrets.token_hex(8)
-        created = time.time()
-        stamp = now_iso(created)
-        common = {
-            "id": job_id,
-            "kind": kind.value,
-            "status": JobStatus.QUEUED.value,
-            "item_id": item_id,
-            "test": "1" if test else "",
-            "request": self.body_json,
-            "dial": "1",
-            "tries": "0",
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        data: dict[str, Any] = {"job_id": job_id, "kind": kind.value, "status": "queued", "test": test}
-        outcome = await self._request.app[STORE].jobs.create(
-            {**common, **fields},
+        outcome = await enqueue(
+            self._request.app[STORE],
+            kind,
+            item_id,
+            fields,
+            request_json=self.body_json,
             idempotency_key=self.key,
             body_hash=self.body_hash,
-            created=created,
-            due=created + delay_seconds if delay_seconds else 0,
-            entry=timeline_entry("job.updated", data, created),
+            delay_seconds=delay_seconds,
+            test=test,
         )
         if not outcome.same_body:
             raise _conflict()

@@ -16,6 +16,7 @@ from gateway.keys import Keys
 from gateway.store.backlog import Backlogs
 from gateway.store.calls import Calls
 from gateway.store.consent import ConsentLedger
+from gateway.store.conversations import Conversations
 from gateway.store.dead_letters import DeadLetters
 from gateway.store.feed import Feed
 from gateway.store.inbox import Inbox
@@ -43,6 +44,7 @@ class Store:
     jobs: Jobs
     backlogs: Backlogs
     consent: ConsentLedger
+    conversations: Conversations
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -64,6 +66,7 @@ class Store:
             jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds, settings.dead_letters_max),
             backlogs=Backlogs(redis, keys),
             consent=ConsentLedger(redis, keys),
+            conversations=Conversations(redis, keys),
         )
 
     async def ping(self) -> None:

@@ -115,6 +115,8 @@ class Job:
             data["engine"], data["voice"] = self["engine"], self["voice"]
         if self["note"]:
             data["note"] = self["note"]
+        if self["reply"]:
+            data["reply"] = self["reply"]
         if self["encoding"]:
             data["segments"], data["encoding"] = int(self["segments"]), self["encoding"]
         return data

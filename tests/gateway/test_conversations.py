@@ -1,0 +1,114 @@
+"""SMS conversations: the message that opens one gets the line's welcome reply, or its
+after-hours reply outside the line's hours (judged in the line's time zone at the time the
+message arrived, here a frozen 23:00 in Madrid); closing sends the closing reply; the whole
+conversation is on the item's timeline in order."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from config.vocabulary import EventKind
+from gateway.appkeys import STORE
+from tests.conftest import ADMIN, API, Client
+from tests.gateway.test_robocalls import final, setup
+from tests.support import CUSTOMER, LINE, eventually, item
+from webhooks.events import Event
+
+MADRID = ZoneInfo("Europe/Madrid")
+WEEK = {day: ["09:00", "18:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+REPLIES = {"welcome": "Hola, te atendemos enseguida", "after_hours": "Cerrado: abrimos a las 9", "closing": "Gracias"}
+
+
+async def configure_line(client: Client, **line: Any) -> None:
+    await setup(client)
+    body = {"provider": "sb", "hours": {"tz": "Europe/Madrid", **WEEK}, "replies": REPLIES, **line}
+    resp = await client.put(f"/v1/lines/{LINE}", json=body, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+
+
+async def text_in(client: Client, body: str, at: datetime, n: int) -> None:
+    """The customer's message as the sandbox would feed it, arriving at ``at``."""
+    event = Event(
+        kind=EventKind.SMS_INCOMING,
+        provider="sb",
+        line=LINE,
+        customer=CUSTOMER,
+        ref=f"SBIN{n}",
+        dedup=f"sandbox:in:{n}",
+        at=at.timestamp(),
+        text=body,
+    )
+    await client.app[STORE].inbox.accept(event)
+
+
+async def replies(client: Client, count: int) -> list[dict[str, Any]]:
+    """The item's SMS jobs once there are ``count``, oldest first, each delivered."""
+
+    async def made() -> bool:
+        jobs = (await (await client.get("/v1/jobs?item_id=D1", headers=API)).json())["jobs"]
+        return len(jobs) >= count
+
+    await eventually(made)
+    jobs = (await (await client.get("/v1/jobs?item_id=D1", headers=API)).json())["jobs"]
+    return [await final(client, job["id"], "delivered") for job in reversed(jobs)]
+
+
+async def test_a_message_at_23_00_in_madrid_gets_the_after_hours_reply(client: Client) -> None:
+    await configure_line(client)
+    await text_in(client, "¿Tenéis stock?", datetime(2026, 11, 23, 23, 0, tzinfo=MADRID), 1)
+    [reply] = await replies(client, 1)
+    assert reply["text"] == REPLIES["after_hours"] and reply["to"] == CUSTOMER and reply["line"] == LINE
+    assert reply["reply"] == "after_hours"
+
+    # The conversation is open: more messages get no second reply.
+    await text_in(client, "¿Hola?", datetime(2026, 11, 23, 23, 5, tzinfo=MADRID), 2)
+
+    async def both_in() -> bool:
+        timeline = (await item(client, "D1"))["timeline"]
+        return [e["type"] for e in timeline].count("sms.incoming") == 2
+
+    await eventually(both_in)
+    assert len(await replies(client, 1)) == 1
+
+    # An agent closes it: the closing reply; the next message opens a new conversation,
+    # in working hours this time.
+    resp = await client.post(f"/v1/conversations/{CUSTOMER}/close", headers=API)
+    assert resp.status == 200
+    closed = await resp.json()
+    assert closed["line"] == LINE and closed["closing_job"]
+    assert (await client.post(f"/v1/conversations/{CUSTOMER}/close", headers=API)).status == 404
+    await text_in(client, "Buenos días", datetime(2026, 11, 24, 10, 0, tzinfo=MADRID), 3)
+    texts = [job["text"] for job in await replies(client, 3)]
+    assert texts == [REPLIES["after_hours"], REPLIES["closing"], REPLIES["welcome"]]
+
+    # Both directions on the timeline, in order.
+    timeline = (await item(client, "D1"))["timeline"]
+    said = [
+        ("in", e["data"]["text"]) if e["type"] == "sms.incoming" else ("out", e["data"]["text"])
+        for e in timeline
+        if e["type"] == "sms.incoming" or (e["type"] == "job.updated" and e["data"]["status"] == "queued")
+    ]
+    assert said == [
+        ("in", "¿Tenéis stock?"),
+        ("out", REPLIES["after_hours"]),
+        ("in", "¿Hola?"),
+        ("out", REPLIES["closing"]),
+        ("in", "Buenos días"),
+        ("out", REPLIES["welcome"]),
+    ]
+
+
+async def test_consent_keywords_get_no_reply_and_a_line_without_hours_welcomes(client: Client) -> None:
+    await configure_line(client, hours=None)
+    await text_in(client, "STOP", datetime(2026, 11, 24, 10, 0, tzinfo=MADRID), 1)
+
+    async def opted_out() -> bool:
+        return (await client.get(f"/v1/optouts/{CUSTOMER}", headers=ADMIN)).status == 200
+
+    await eventually(opted_out)
+    await text_in(client, "START", datetime(2026, 11, 24, 10, 1, tzinfo=MADRID), 2)
+    await text_in(client, "hola", datetime(2026, 11, 24, 10, 2, tzinfo=MADRID), 3)
+    [reply] = await replies(client, 1)
+    assert reply["text"] == REPLIES["welcome"]
