@@ -10,7 +10,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -65,7 +65,14 @@ def connection_cap(wanted: int, file_limit: int) -> int:
 class _Connection:
     transport: asyncio.Transport
     last_active: float
-    busy: int = 0  # requests being handled (the app's middleware counts them)
+    # Requests being handled (the app's middleware registers them).
+    requests: list[web.BaseRequest] = field(default_factory=list)
+
+    @property
+    def waiting_on_client(self) -> bool:
+        """Nothing of ours to wait for: no request, or only requests whose body is still
+        arriving (a client can trickle a body as slowly as a request head)."""
+        return all(not request.content.is_eof() for request in self.requests)
 
 
 class ConnectionGate:
@@ -74,8 +81,9 @@ class ConnectionGate:
     A connection that is not being handled (still sending its request, or idle between
     keep-alive requests) is closed after ``idle_timeout`` seconds without a byte; at the cap,
     the one idle the longest makes room for the newcomer, so slow clients cannot lock the
-    others (health checks included) out. Only when every connection is busy is a newcomer
-    refused. Both are counted and logged once per spell, not once per connection.
+    others (health checks included) out; a request whose body is still arriving counts as
+    the client's to finish, like its head. Only when every connection waits on us is a
+    newcomer refused. Both are counted and logged once per spell, not once per connection.
     """
 
     def __init__(self, cap: int, idle_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -93,9 +101,9 @@ class ConnectionGate:
     def admit(self, transport: asyncio.Transport) -> bool:
         now = self._clock()
         if len(self._open) >= self.cap:
-            idle = [c for c in self._open.values() if not c.busy]
+            idle = [c for c in self._open.values() if c.waiting_on_client]
             if not idle:
-                self._note("refused: every connection is busy", now)
+                self._note("refused: every connection has a request being handled", now)
                 return False
             self._close(min(idle, key=lambda c: c.last_active), "at the cap", now)
         self._open[transport] = _Connection(transport, now)
@@ -107,11 +115,16 @@ class ConnectionGate:
         if connection is not None:
             connection.last_active = self._clock()
 
-    def handling(self, transport: asyncio.BaseTransport | None, delta: int) -> None:
+    def handling(self, request: web.BaseRequest, started: bool) -> None:
+        transport = request.transport
         connection = self._open.get(transport) if transport is not None else None
-        if connection is not None:
-            connection.busy += delta
-            connection.last_active = self._clock()
+        if connection is None:
+            return
+        if started:
+            connection.requests.append(request)
+        elif request in connection.requests:
+            connection.requests.remove(request)
+        connection.last_active = self._clock()
 
     def release(self, transport: asyncio.BaseTransport) -> None:
         self._open.pop(transport, None)
@@ -120,7 +133,7 @@ class ConnectionGate:
         """Close the connections idle longer than ``idle_timeout``."""
         now = self._clock()
         for connection in list(self._open.values()):
-            if not connection.busy and now - connection.last_active > self.idle_timeout:
+            if connection.waiting_on_client and now - connection.last_active > self.idle_timeout:
                 self._close(connection, "idle", now)
 
     def _close(self, connection: _Connection, why: str, now: float) -> None:
@@ -179,16 +192,15 @@ class _Gated(asyncio.Protocol):
 
 @web.middleware
 async def connection_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A connection with a request in hand is busy: never closed as idle or for the cap."""
+    """A connection with a request being handled is not idle (unless its body is late)."""
     gate = request.app.get(CONNECTIONS)
     if gate is None:  # served without a gate (tests' TestServer)
         return await handler(request)
-    transport = request.transport
-    gate.handling(transport, +1)
+    gate.handling(request, started=True)
     try:
         return await handler(request)
     finally:
-        gate.handling(transport, -1)
+        gate.handling(request, started=False)
 
 
 @dataclass

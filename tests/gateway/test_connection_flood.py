@@ -42,16 +42,27 @@ async def gated(settings: Settings) -> AsyncIterator[tuple[int, ConnectionGate]]
         sock.close()
 
 
-async def slow_client(port: int, stop: asyncio.Event) -> None:
-    """A slowloris: a request head that never ends, a header every 0.3 s; reconnects when cut."""
+# A request head that never ends (a header every 0.3 s), or a body that never ends (a
+# webhook reads its body before it can check the signature).
+SLOW_HEAD = (b"GET /healthz HTTP/1.1\r\nHost: t\r\n", b"X-Slow: 1\r\n")
+SLOW_BODY = (
+    b"POST /webhooks/twilio/sms HTTP/1.1\r\nHost: t\r\n"
+    b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n",
+    b"a=1&",
+)
+
+
+async def slow_client(port: int, stop: asyncio.Event, slow: tuple[bytes, bytes]) -> None:
+    """A slowloris, which reconnects when cut."""
+    start, drip = slow
     while not stop.is_set():
         writer = None
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+            writer.write(start)
             while not stop.is_set():
                 await asyncio.sleep(0.3)
-                writer.write(b"X-Slow: 1\r\n")
+                writer.write(drip)
                 await writer.drain()
         except OSError:
             await asyncio.sleep(0.05)
@@ -62,13 +73,14 @@ async def slow_client(port: int, stop: asyncio.Event) -> None:
                     await writer.wait_closed()
 
 
+@pytest.mark.parametrize("slow", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
 async def test_health_checks_answer_during_a_flood_of_slow_clients(
-    gated: tuple[int, ConnectionGate], caplog: pytest.LogCaptureFixture
+    gated: tuple[int, ConnectionGate], caplog: pytest.LogCaptureFixture, slow: tuple[bytes, bytes]
 ) -> None:
     port, gate = gated
     stop = asyncio.Event()
     with caplog.at_level(logging.INFO):
-        flood = [asyncio.create_task(slow_client(port, stop)) for _ in range(SLOW_CLIENTS)]
+        flood = [asyncio.create_task(slow_client(port, stop, slow)) for _ in range(SLOW_CLIENTS)]
         try:
 
             async def flooded() -> None:
@@ -99,6 +111,18 @@ class FakeTransport:
         self.aborted = True
 
 
+class FakeRequest:
+    """A request being handled on ``transport``, its body all received or not."""
+
+    def __init__(self, transport: FakeTransport, body_received: bool = True) -> None:
+        self.transport = transport
+        self.content = self
+        self._received = body_received
+
+    def is_eof(self) -> bool:
+        return self._received
+
+
 def test_the_gate_sheds_the_longest_idle_and_refuses_only_when_all_are_busy() -> None:
     now = [0.0]
     gate = ConnectionGate(2, idle_timeout=10, clock=lambda: now[0])
@@ -110,14 +134,22 @@ def test_the_gate_sheds_the_longest_idle_and_refuses_only_when_all_are_busy() ->
     assert gate.admit(transports[2])
     assert second.aborted and not first.aborted and len(gate) == 2
 
-    gate.handling(transports[0], +1)
-    gate.handling(transports[2], +1)
-    assert not gate.admit(transports[3])  # every connection is busy: the newcomer waits its turn
-    gate.handling(transports[2], -1)
+    handled: list[Any] = [FakeRequest(first), FakeRequest(third)]
+    for request in handled:
+        gate.handling(request, started=True)
+    assert not gate.admit(transports[3])  # every connection waits on us: the newcomer waits its turn
+    gate.handling(handled[1], started=False)
 
     now[0] = 20
     gate.sweep()  # third idled past the timeout; first is being handled
     assert third.aborted and not first.aborted and len(gate) == 1
+
+    late: Any = FakeRequest(first, body_received=False)  # its body stopped arriving
+    gate.handling(handled[0], started=False)
+    gate.handling(late, started=True)
+    now[0] = 40
+    gate.sweep()
+    assert first.aborted and len(gate) == 0
 
 
 def test_the_cap_stays_under_a_raised_file_limit() -> None:
