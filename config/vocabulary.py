@@ -19,6 +19,7 @@ class EventKind(StrEnum):
     SMS_STATUS = "sms.status"
     CALLBACK_REQUESTED = "callback.requested"
     RESPONSE_OVERDUE = "response.overdue"
+    LINK_CLICKED = "link.clicked"  # a customer followed a messenger invite's link
 
 
 class TriggerEvent(StrEnum):
@@ -30,6 +31,7 @@ class TriggerEvent(StrEnum):
     SMS_INCOMING = EventKind.SMS_INCOMING.value
     CALLBACK_REQUESTED = EventKind.CALLBACK_REQUESTED.value
     RESPONSE_OVERDUE = EventKind.RESPONSE_OVERDUE.value
+    LINK_CLICKED = EventKind.LINK_CLICKED.value
 
 
 # How far a call has progressed; a callback that ranks below what a call already reached

@@ -14,6 +14,7 @@ from gateway.api.conversations import ENDPOINTS_CONVERSATIONS
 from gateway.api.crm import ENDPOINTS_CRM
 from gateway.api.feed import ENDPOINTS_FEED
 from gateway.api.hooks import ENDPOINTS_HOOKS
+from gateway.api.invites import ENDPOINTS_INVITES
 from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.optouts import ENDPOINTS_OPTOUTS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_SMS,
             *ENDPOINTS_OPTOUTS,
             *ENDPOINTS_CONVERSATIONS,
+            *ENDPOINTS_INVITES,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

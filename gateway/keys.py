@@ -158,6 +158,11 @@ class Keys:
         expires when the conversation goes idle, and is deleted when an agent closes it."""
         return f"{self.prefix}conversation:{e164}"
 
+    def invite(self, token: str) -> str:
+        """Hash: a messenger invite by its link's token (item, line, channel, target, the
+        phone type its SMS went to); TTL ``INVITE_TTL``, the life of the link."""
+        return f"{self.prefix}invite:{token}"
+
     def sandbox_call(self, key: str) -> str:
         """The sandbox's record of a call it placed for an idempotency key: a retry or a
         reconciliation finds it instead of placing a second call. TTL 2 days."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from config.jobs import JobKind
@@ -13,11 +15,12 @@ from gateway.appkeys import STORE
 from gateway.errors import Invalid, UnknownReference
 from gateway.providers.registry import TEXTING
 from gateway.store import Store
+from sms.invite import Invite
 from sms.request import SmsRequest, rendered_length_error
 from sms.segments import count_segments
 
 
-async def _line(store: Store, body: SmsRequest) -> tuple[str, Line]:
+async def _line(store: Store, body: SmsRequest | Invite) -> tuple[str, Line]:
     """The line the SMS goes from: the one named (it must allow SMS), else the first SMS
     line (by number) of the provider named, else of any provider."""
     if body.line is not None:
@@ -32,12 +35,22 @@ async def _line(store: Store, body: SmsRequest) -> tuple[str, Line]:
     raise UnknownReference("line", f"line: none given and no line{of} allows SMS")
 
 
-async def create_sms(request: web.Request, body: SmsRequest) -> web.Response:
+async def queue_sms(
+    request: web.Request,
+    body: SmsRequest | Invite,
+    template: str,
+    *,
+    values: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
+    delay_seconds: int = 0,
+) -> tuple[web.Response, dict[str, str]]:
+    """Check and queue an SMS job whose text is ``template`` filled from the item's fields
+    and ``values``; the 202 and the job's fields (none when an Idempotency-Key replayed)."""
     store = request.app[STORE]
     queueing = Queueing(request, body)
     replayed = await queueing.replayed()
     if replayed is not None:
-        return replayed
+        return replayed, {}
     item = await queueing.item(body.item_id)
     number, line = await _line(store, body)
     name = body.provider or line.provider
@@ -46,7 +59,7 @@ async def create_sms(request: web.Request, body: SmsRequest) -> web.Response:
         kinds = ", ".join(sorted(TEXTING))
         raise Invalid("provider", f"provider: {name} cannot send SMS (supported kinds: {kinds})")
     try:
-        text = render(body.text, item.card.fields)
+        text = render(template, {**item.card.fields, **(values or {})})
     except UnknownField as exc:
         raise Invalid("text", f"text: {exc}", code="unknown_field") from None
     error = rendered_length_error(text)
@@ -59,8 +72,15 @@ async def create_sms(request: web.Request, body: SmsRequest) -> web.Response:
         "text": text,
         "segments": str(segments.segments),
         "encoding": segments.encoding.value,
+        **(extra or {}),
     }
-    return await queueing.queue(JobKind.SMS, body.item_id, fields, delay_seconds=body.delay_seconds)
+    response = await queueing.queue(JobKind.SMS, body.item_id, fields, delay_seconds=delay_seconds)
+    return response, fields
+
+
+async def create_sms(request: web.Request, body: SmsRequest) -> web.Response:
+    response, _ = await queue_sms(request, body, body.text, delay_seconds=body.delay_seconds)
+    return response
 
 
 ENDPOINTS_SMS = [

@@ -20,6 +20,7 @@ from gateway.store.conversations import Conversations
 from gateway.store.dead_letters import DeadLetters
 from gateway.store.feed import Feed
 from gateway.store.inbox import Inbox
+from gateway.store.invites import Invites
 from gateway.store.items import Items
 from gateway.store.jobs import Jobs
 from gateway.store.records import Records, Snapshots
@@ -45,6 +46,7 @@ class Store:
     backlogs: Backlogs
     consent: ConsentLedger
     conversations: Conversations
+    invites: Invites
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -67,6 +69,7 @@ class Store:
             backlogs=Backlogs(redis, keys),
             consent=ConsentLedger(redis, keys),
             conversations=Conversations(redis, keys),
+            invites=Invites(redis, keys),
         )
 
     async def ping(self) -> None:

@@ -1,0 +1,30 @@
+"""Messenger invites by the token of their tracked link."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway.keys import Keys
+
+# How long an invite's link keeps working (and counting clicks).
+INVITE_TTL = 30 * 24 * 3600
+
+
+class Invites:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis: Any = redis  # decoded replies (str)
+        self._keys = keys
+
+    async def put(self, token: str, invite: Mapping[str, str]) -> None:
+        key = self._keys.invite(token)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=dict(invite))
+            pipe.expire(key, INVITE_TTL)
+            await pipe.execute()
+
+    async def get(self, token: str) -> dict[str, str] | None:
+        found: dict[str, str] = await self._redis.hgetall(self._keys.invite(token))
+        return found or None
