@@ -19,6 +19,7 @@ from gateway.api.ops import ENDPOINTS_OPS
 from gateway.api.optouts import ENDPOINTS_OPTOUTS
 from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
+from gateway.api.sandbox import ENDPOINTS_SANDBOX
 from gateway.api.sms import ENDPOINTS_SMS
 from gateway.appkeys import (
     METRICS,
@@ -118,6 +119,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_OPTOUTS,
             *ENDPOINTS_CONVERSATIONS,
             *ENDPOINTS_INVITES,
+            *ENDPOINTS_SANDBOX,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

@@ -9,12 +9,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from config.vocabulary import EventKind
-from gateway.appkeys import STORE
 from tests.conftest import ADMIN, API, Client
 from tests.gateway.test_robocalls import final, setup
 from tests.support import CUSTOMER, LINE, eventually, item
-from webhooks.events import Event
 
 MADRID = ZoneInfo("Europe/Madrid")
 WEEK = {day: ["09:00", "18:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
@@ -28,19 +25,11 @@ async def configure_line(client: Client, **line: Any) -> None:
     assert resp.status == 200, await resp.text()
 
 
-async def text_in(client: Client, body: str, at: datetime, n: int) -> None:
-    """The customer's message as the sandbox would feed it, arriving at ``at``."""
-    event = Event(
-        kind=EventKind.SMS_INCOMING,
-        provider="sb",
-        line=LINE,
-        customer=CUSTOMER,
-        ref=f"SBIN{n}",
-        dedup=f"sandbox:in:{n}",
-        at=at.timestamp(),
-        text=body,
-    )
-    await client.app[STORE].inbox.accept(event)
+async def text_in(client: Client, body: str, at: datetime) -> None:
+    """The customer's message through the sandbox's inbound endpoint, arriving at ``at``."""
+    sms = {"from": CUSTOMER, "to": LINE, "text": body, "at": at.isoformat()}
+    resp = await client.post("/v1/sandbox/sms", json=sms, headers=ADMIN)
+    assert resp.status == 202, await resp.text()
 
 
 async def replies(client: Client, count: int) -> list[dict[str, Any]]:
@@ -57,13 +46,13 @@ async def replies(client: Client, count: int) -> list[dict[str, Any]]:
 
 async def test_a_message_at_23_00_in_madrid_gets_the_after_hours_reply(client: Client) -> None:
     await configure_line(client)
-    await text_in(client, "¿Tenéis stock?", datetime(2026, 11, 23, 23, 0, tzinfo=MADRID), 1)
+    await text_in(client, "¿Tenéis stock?", datetime(2026, 11, 23, 23, 0, tzinfo=MADRID))
     [reply] = await replies(client, 1)
     assert reply["text"] == REPLIES["after_hours"] and reply["to"] == CUSTOMER and reply["line"] == LINE
     assert reply["reply"] == "after_hours"
 
     # The conversation is open: more messages get no second reply.
-    await text_in(client, "¿Hola?", datetime(2026, 11, 23, 23, 5, tzinfo=MADRID), 2)
+    await text_in(client, "¿Hola?", datetime(2026, 11, 23, 23, 5, tzinfo=MADRID))
 
     async def both_in() -> bool:
         timeline = (await item(client, "D1"))["timeline"]
@@ -79,7 +68,7 @@ async def test_a_message_at_23_00_in_madrid_gets_the_after_hours_reply(client: C
     closed = await resp.json()
     assert closed["line"] == LINE and closed["closing_job"]
     assert (await client.post(f"/v1/conversations/{CUSTOMER}/close", headers=API)).status == 404
-    await text_in(client, "Buenos días", datetime(2026, 11, 24, 10, 0, tzinfo=MADRID), 3)
+    await text_in(client, "Buenos días", datetime(2026, 11, 24, 10, 0, tzinfo=MADRID))
     texts = [job["text"] for job in await replies(client, 3)]
     assert texts == [REPLIES["after_hours"], REPLIES["closing"], REPLIES["welcome"]]
 
@@ -102,13 +91,16 @@ async def test_a_message_at_23_00_in_madrid_gets_the_after_hours_reply(client: C
 
 async def test_consent_keywords_get_no_reply_and_a_line_without_hours_welcomes(client: Client) -> None:
     await configure_line(client, hours=None)
-    await text_in(client, "STOP", datetime(2026, 11, 24, 10, 0, tzinfo=MADRID), 1)
+    sms = {"from": CUSTOMER, "to": "+34910000002", "text": "hola"}
+    resp = await client.post("/v1/sandbox/sms", json=sms, headers=ADMIN)
+    assert resp.status == 422 and (await resp.json())["error"]["field"] == "to"
+    await text_in(client, "STOP", datetime(2026, 11, 24, 10, 0, tzinfo=MADRID))
 
     async def opted_out() -> bool:
         return (await client.get(f"/v1/optouts/{CUSTOMER}", headers=ADMIN)).status == 200
 
     await eventually(opted_out)
-    await text_in(client, "START", datetime(2026, 11, 24, 10, 1, tzinfo=MADRID), 2)
-    await text_in(client, "hola", datetime(2026, 11, 24, 10, 2, tzinfo=MADRID), 3)
+    await text_in(client, "START", datetime(2026, 11, 24, 10, 1, tzinfo=MADRID))
+    await text_in(client, "hola", datetime(2026, 11, 24, 10, 2, tzinfo=MADRID))
     [reply] = await replies(client, 1)
     assert reply["text"] == REPLIES["welcome"]
