@@ -182,6 +182,14 @@ class Replies(Strict):
     closing: ReplyText | None = None
 
 
+class Caps(Strict):
+    """At most this many jobs of each kind to one customer per day (the line's time zone,
+    else UTC), counted across every line and rule; None: no cap."""
+
+    sms: Annotated[int, Field(ge=0, le=1000)] | None = None
+    robocall: Annotated[int, Field(ge=0, le=1000)] | None = None
+
+
 class Line(Strict):
     provider: Name
     label: Label = ""
@@ -191,3 +199,4 @@ class Line(Strict):
     lead: StageRef | None = None
     hours: Hours | None = None
     replies: Replies | None = None
+    caps: Caps | None = None

@@ -12,6 +12,8 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from config.jobs import FINAL, IN_CALL, JobKind, JobStatus, backoff
 from config.recipients import NoRecipient, PhoneChoice, select_phone
@@ -112,7 +114,7 @@ class JobRunner:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
             return
         job = Job({**job.fields, "to": to})
-        refusal = await self._consents.refusal(to) if job.status is JobStatus.QUEUED else None
+        refusal = await self._refusal(job, to) if job.status is JobStatus.QUEUED else None
         if refusal is not None:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=refusal, to=to)
             return
@@ -166,6 +168,22 @@ class JobRunner:
         await self._dispatch(
             job, lambda: provider.find_sms(sms), lambda: provider.send_sms(sms), bool(job["placing_at"])
         )
+
+    async def _refusal(self, job: Job, to: str) -> str | None:
+        """Why the job may not reach ``to``: an opt-out, or the line's per-customer cap of
+        the job's kind for the day (answers to the customer's own message are not capped)."""
+        refusal = await self._consents.refusal(to)
+        line = await self._store.lines.get(job["line"])
+        if refusal is not None or line is None or line.caps is None or job["reply"]:
+            return refusal
+        cap: int | None = getattr(line.caps, job["kind"])
+        if cap is None:
+            return None
+        zone = ZoneInfo(line.hours.tz) if line.hours is not None else UTC
+        day = datetime.fromtimestamp(self._clock(), zone).date().isoformat()
+        if await self._store.caps.take(to, job["kind"], day, job.id, cap):
+            return None
+        return f"{to} already got {cap} {job['kind']} job(s) on {day} (the line's caps.{job['kind']})"
 
     async def _render(self, job: Job) -> Job | None:
         """Speak the job's text into an MP3 (cached: a campaign renders each text once);

@@ -163,6 +163,11 @@ class Keys:
         phone type its SMS went to); TTL ``INVITE_TTL``, the life of the link."""
         return f"{self.prefix}invite:{token}"
 
+    def cap(self, e164: str, kind: str, day: str) -> str:
+        """Set of the job ids of ``kind`` a customer got on ``day``, for per-customer caps;
+        TTL two days."""
+        return f"{self.prefix}cap:{e164}:{kind}:{day}"
+
     def sandbox_call(self, key: str) -> str:
         """The sandbox's record of a call it placed for an idempotency key: a retry or a
         reconciliation finds it instead of placing a second call. TTL 2 days."""

@@ -15,6 +15,7 @@ from config.triggers import Trigger
 from gateway.keys import Keys
 from gateway.store.backlog import Backlogs
 from gateway.store.calls import Calls
+from gateway.store.caps import Caps
 from gateway.store.consent import ConsentLedger
 from gateway.store.conversations import Conversations
 from gateway.store.dead_letters import DeadLetters
@@ -47,6 +48,7 @@ class Store:
     consent: ConsentLedger
     conversations: Conversations
     invites: Invites
+    caps: Caps
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -70,6 +72,7 @@ class Store:
             consent=ConsentLedger(redis, keys),
             conversations=Conversations(redis, keys),
             invites=Invites(redis, keys),
+            caps=Caps(redis, keys),
         )
 
     async def ping(self) -> None:
