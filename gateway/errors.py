@@ -32,6 +32,9 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
 }
 
+# aiohttp's RequestPayloadError: a body that does not decompress as its Content-Encoding says.
+UNDECODABLE = "the body does not decode as its Content-Encoding says"
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
@@ -139,5 +142,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
             response = error_response(500, "internal", f"internal error; request id {request_id}")
+    if request.content.exception() is not None:
+        # The body broke mid-stream (it does not decompress): aiohttp drops the connection
+        # after this answer, so the client must not send another request on it.
+        response.force_close()
     response.headers[REQUEST_ID] = request_id
     return response

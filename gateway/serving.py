@@ -23,12 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class ServerLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's protocol logger (``handler_args``). A request it cannot parse is the client's
+    """aiohttp's protocol logger (``handler_args``). A request it cannot parse (its head, or a
+    body that does not decompress, met again when the unread rest is drained) is the client's
     fault: one WARNING line naming it, not an ERROR traceback per request that a scanner can
     multiply at will. Anything else keeps its traceback."""
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            exc = exc.__cause__  # the body parser's own error
         if isinstance(exc, HttpProcessingError):
             remote = args[0] if args else "?"
             self.logger.warning("malformed request from %s: %s", remote, " ".join(str(exc.message).split())[:200])

@@ -20,7 +20,7 @@ from config.vocabulary import EventKind
 from gateway.api import params
 from gateway.api.routing import Endpoint
 from gateway.appkeys import SETTINGS, STORE
-from gateway.errors import ApiError
+from gateway.errors import UNDECODABLE, ApiError
 from gateway.ingest import Refused, accept, refuse
 from webhooks.errors import MalformedWebhook
 from webhooks.events import Event
@@ -87,6 +87,8 @@ async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tup
                 raise ValueError("a Twilio JSON webhook is an object")
             return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float)}, raw
         form = await request.post()
+    except web.RequestPayloadError:
+        raise ApiError(400, "malformed_webhook", UNDECODABLE) from None
     # UnicodeDecodeError is a ValueError; LookupError is a charset Python does not know.
     except (ValueError, RecursionError, LookupError) as exc:
         raise ApiError(400, "malformed_webhook", f"the body cannot be read: {exc}") from None
@@ -295,7 +297,10 @@ async def voximplant(request: web.Request) -> web.Response:
     provider = await store.providers.get(name)
     if provider is None or provider.kind is not ProviderKind.VOXIMPLANT:
         raise Refused(403, "unknown_provider", f"no Voximplant provider named {name}", provider=name)
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.RequestPayloadError:
+        raise Refused(400, "malformed_webhook", UNDECODABLE, provider=name) from None
     settings = request.app[SETTINGS]
     stamp = request.headers.get(VOXIMPLANT_TIMESTAMP_HEADER)
     signature = request.headers.get(VOXIMPLANT_SIGNATURE_HEADER)

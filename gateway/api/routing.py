@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 
 from config.lines import plain_message
 from gateway.appkeys import ENDPOINTS, TOKENS
-from gateway.errors import ApiError, Forbidden
+from gateway.errors import UNDECODABLE, ApiError, Forbidden
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
@@ -129,7 +129,10 @@ def _field_of(error: ErrorDetails, raw: bytes) -> str:
 
 async def read_body(request: web.Request, schema: Any) -> Any:
     """Parse and validate the JSON body: 400 when it is not JSON, 422 naming the first bad field."""
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError:
+        raise ApiError(400, "malformed_json", UNDECODABLE) from None
     try:
         return _adapter(schema).validate_json(raw or b"null")
     except ValidationError as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
+
+import pytest
 
 from gateway.appkeys import ENDPOINTS
 from tests.conftest import ADMIN, Client
@@ -50,3 +53,25 @@ async def test_every_endpoint_refuses_hostile_input_without_500(client: Client) 
                         assert error["code"] and error["message"]
                     checked += 1
     assert checked > 300
+
+
+async def test_a_body_that_does_not_decompress_is_a_400_in_the_envelope(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    await configure(client)
+    vox = {"kind": "voximplant", "credentials": {"webhook_secret": "s"}}
+    assert (await client.put("/v1/providers/vox", json=vox, headers=ADMIN)).status == 200
+    for method, path, code in [
+        ("POST", "/v1/callback-requests", "malformed_json"),
+        ("PUT", "/v1/items/deal-1", "malformed_json"),
+        ("POST", "/webhooks/twilio/sms", "malformed_webhook"),
+        ("POST", "/webhooks/voximplant/vox", "malformed_webhook"),
+    ]:
+        for encoding in ["gzip", "deflate"]:
+            for content_type in ["application/json", "application/x-www-form-urlencoded"]:
+                headers = {**ADMIN, "Content-Type": content_type, "Content-Encoding": encoding}
+                resp = await client.request(method, path, data=b"not compressed at all", headers=headers)
+                assert resp.status == 400, (path, encoding, await resp.text())
+                assert (await resp.json())["error"]["code"] == code
+    # The client's fault: no traceback in the log.
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
