@@ -6,9 +6,10 @@ import re
 from datetime import time
 from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from config.phones import E164
 
@@ -24,6 +25,24 @@ _PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
 def plain_message(message: str) -> str:
     """A validation message as a person should read it: without pydantic's prefix."""
     return _PYDANTIC_PREFIX.sub("", message)
+
+
+def _web_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
+_PORT = "(|[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+# A link callgate fetches or posts to (media, CRM endpoints); whether its host may be
+# reached is the gateway's SSRF guard's call. The pattern publishes what ``_web_url``
+# checks (a narrower shape: no IPv6 literals).
+WebUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=2000, pattern=rf"^https?://[A-Za-z0-9._~-]+(:{_PORT})?([/?#].*)?$"),
+    AfterValidator(_web_url),
+]
 
 
 class Strict(BaseModel):

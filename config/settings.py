@@ -61,6 +61,16 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _duration(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise ValueError("must be more than 0")
+    return value
+
+
 def _non_negative(raw: str) -> int:
     value = _int(raw)
     if value < 0:
@@ -153,6 +163,14 @@ class Settings:
     job_max_tries: int = 5
     job_retry_seconds: float = 2.0
     tts_workers: int = 2
+    # Events to the CRM: the first retry after this, doubled per failure up to the max
+    # (with jitter); given up (dead-lettered) once an event failed for the window; each
+    # attempt times out; at most this many attempts in flight per subscription and process.
+    outbox_retry_seconds: float = 1.0
+    outbox_retry_max_seconds: float = 3600.0
+    outbox_window_seconds: float = 24 * 3600.0
+    outbox_timeout_seconds: float = 10.0
+    outbox_concurrency: int = 4
     gtts_url: str = "https://translate.google.com/_/TranslateWebserverUi/data/batchexecute"
     # Inbound SMS keywords that opt a number out of / back into SMS and robocalls; empty:
     # sms.consent's defaults (Twilio's plus Spanish, Portuguese and German).
@@ -196,6 +214,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "job_max_tries": _positive,
     "job_retry_seconds": _seconds,
     "tts_workers": _positive,
+    "outbox_retry_seconds": _seconds,
+    "outbox_retry_max_seconds": _seconds,
+    "outbox_window_seconds": _duration,
+    "outbox_timeout_seconds": _seconds,
+    "outbox_concurrency": _positive,
     "gtts_url": _url,
     "stop_words": _words,
     "conversation_idle_seconds": _positive,

@@ -21,6 +21,7 @@ from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
 from gateway.api.sandbox import ENDPOINTS_SANDBOX
 from gateway.api.sms import ENDPOINTS_SMS
+from gateway.api.subscriptions import ENDPOINTS_SUBSCRIPTIONS
 from gateway.appkeys import (
     METRICS,
     OUT_OF_MEMORY,
@@ -120,6 +121,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_CONVERSATIONS,
             *ENDPOINTS_INVITES,
             *ENDPOINTS_SANDBOX,
+            *ENDPOINTS_SUBSCRIPTIONS,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

@@ -128,6 +128,31 @@ class Keys:
         """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""
         return f"{self.prefix}idem:{scope}:{key}"
 
+    @property
+    def subscriptions(self) -> str:
+        """Hash: subscription id -> JSON (url, secret, events). While it exists, every
+        timeline entry is also added to the outbox stream, in the entry's own step."""
+        return f"{self.prefix}subscriptions"
+
+    def outbox_due(self, sub: str) -> str:
+        """Sorted set: item id -> unix time the item's oldest undelivered event to ``sub``
+        may be tried (a future time while one is in flight: its lease)."""
+        return f"{self.prefix}outbox:{sub}:due"
+
+    def outbox_queue(self, sub: str, item_id: str) -> str:
+        """Sorted set: the item's undelivered event ids to ``sub``, in the order they happened."""
+        return f"{self.prefix}outbox:{sub}:queue:{item_id}"
+
+    def outbox_event(self, sub: str, event_id: str) -> str:
+        """Hash: one event's delivery to ``sub`` (the exact body, attempts, last error);
+        kept 2 days once delivered, so a repeated fan-out never sends it again."""
+        return f"{self.prefix}outbox:{sub}:event:{event_id}"
+
+    def outbox_dead(self, sub: str) -> str:
+        """Sorted set: event ids ``sub`` never accepted within the retry window, by when
+        they were given up; replayable."""
+        return f"{self.prefix}outbox:{sub}:dead"
+
     def job(self, job_id: str) -> str:
         """Hash of one robocall or SMS job: its status, where it stands in placing the call,
         and the request it runs. No TTL: it is the CRM's record of what was done."""

@@ -60,7 +60,7 @@ async def resolve(host: str, port: int, allowed: AddressPolicy) -> list[ResolveR
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a label IDNA cannot encode
             raise MediaError(f"the host {host} cannot be resolved ({exc})") from None
         found = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos]
     for _, address in found:

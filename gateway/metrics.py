@@ -57,6 +57,20 @@ class Metrics:
             ["stream", "outcome"],
             registry=self.registry,
         )
+        self.outbox_deliveries = Counter(
+            "callgate_outbox_deliveries",
+            "Attempts to deliver an event to a CRM endpoint, by subscription and outcome "
+            "(delivered, failed: to be retried, dead: given up)",
+            ["subscription", "outcome"],
+            registry=self.registry,
+        )
+        self.outbox_lag = Histogram(
+            "callgate_outbox_delivery_lag_seconds",
+            "From an event queued for a subscription to its endpoint taking it",
+            ["subscription"],
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3600.0, 86400.0),
+        )
         # Set when scraped (gateway.api.ops): alert on no live consumer or a growing backlog.
         self.consumers_live = Gauge(
             "callgate_stream_consumers_live",

@@ -1,4 +1,5 @@
-"""The workers: event and job consumers and the timer poller, run by serve and by worker.
+"""The workers: event, job and outbox consumers, the timer poller and the CRM deliverer, run
+by serve and by worker.
 
 A supervisor watches their tasks: a consumer restarts itself after any failure, and should
 its task end anyway, the supervisor says why and starts it again.
@@ -19,6 +20,7 @@ from gateway.conversations import Conversations
 from gateway.engine.processor import EventProcessor, MessageHandler
 from gateway.jobs import JobRunner
 from gateway.metrics import Metrics
+from gateway.outbox import Deliverer, FanOut
 from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
@@ -27,6 +29,7 @@ from gateway.store.connection import UNAVAILABLE, RedisHealth
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.items import Item
 from gateway.store.jobs import JOBS_STREAM
+from gateway.store.outbox import OUTBOX_STREAM
 from gateway.streams import (
     BatchProcessor,
     Claims,
@@ -67,6 +70,8 @@ async def poll_timers(store: Store, health: RedisHealth) -> None:
 # CPU-bound and a second one in the same process adds no throughput, only a race between
 # two events of one customer (a call's ringing and answered) read by different consumers.
 EVENT_CONSUMERS = 1
+# One fan-out consumer per process, for the same reason: an item's events queue in order.
+OUTBOX_CONSUMERS = 1
 
 
 def consumers(
@@ -96,10 +101,10 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 class Workers:
     """The tasks of one process's workers, kept running by a supervisor."""
 
-    def __init__(self, consumers: list[StreamConsumer], timers: Job) -> None:
+    def __init__(self, consumers: list[StreamConsumer], others: dict[str, Job]) -> None:
         self.consumers = consumers
         self._jobs: dict[str, Job] = {self._name(i, c): c.run for i, c in enumerate(consumers)}
-        self._jobs["timers"] = timers
+        self._jobs.update(others)
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     @staticmethod
@@ -157,6 +162,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     providers = Providers(store)
     speech = Speech(renderer_for(settings), settings.tts_workers)
     runner = JobRunner(store, providers, settings, speech)
+    deliverer = Deliverer(store, settings, metrics)
     workers = Workers(
         [
             *consumers(
@@ -168,8 +174,9 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
                 EVENT_CONSUMERS,
             ),
             *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),
+            *consumers(store, settings, metrics, OUTBOX_STREAM, FanOut(store, deliverer.wake), OUTBOX_CONSUMERS),
         ],
-        lambda: poll_timers(store, metrics.health),
+        {"timers": lambda: poll_timers(store, metrics.health), "outbox": deliverer.run},
     )
     workers.start()
     supervisor = asyncio.create_task(workers.supervise(), name="supervisor")

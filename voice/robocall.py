@@ -7,12 +7,11 @@ Twilio, Voximplant or the sandbox.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from config.cards import ItemId
-from config.lines import Strict
+from config.lines import Strict, WebUrl
 from config.phones import E164
 from config.recipients import AUTO, PhoneChoice
 from voice import render
@@ -40,18 +39,7 @@ class Say(Strict):
 class Play(Strict):
     """A direct public link to an MP3 file."""
 
-    # The pattern publishes what ``_http`` checks (a narrower shape: no IPv6 literals).
-    url: Annotated[
-        str, Field(min_length=1, max_length=2000, pattern=r"^https?://[A-Za-z0-9._~-]+(:[0-9]*)?([/?#].*)?$")
-    ]
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return url
+    url: WebUrl
 
 
 def _robocall_schema(schema: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from gateway.store import Store
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.items import now_iso
 from gateway.store.jobs import JOBS_STREAM
+from gateway.store.outbox import OUTBOX_STREAM
 from webhooks.events import Event
 
 
@@ -122,8 +123,8 @@ async def request_callback(request: web.Request, body: CallbackRequest) -> web.R
 
 def _dead_stream(request: web.Request) -> str:
     stream = request.query.get("stream", EVENTS_STREAM)
-    if stream not in (EVENTS_STREAM, JOBS_STREAM):
-        raise Invalid("stream", f"stream: one of {EVENTS_STREAM}, {JOBS_STREAM}")
+    if stream not in (EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM):
+        raise Invalid("stream", f"stream: one of {EVENTS_STREAM}, {JOBS_STREAM}, {OUTBOX_STREAM}")
     return stream
 
 
@@ -149,7 +150,11 @@ async def discard_dead_letter(request: web.Request) -> web.Response:
 
 
 _ADMIN, _API = Scope.ADMIN, Scope.API
-_STREAM = Param("stream", "events (default) or jobs", schema={"type": "string", "enum": [EVENTS_STREAM, JOBS_STREAM]})
+_STREAM = Param(
+    "stream",
+    "events (default), jobs or outbox (the fan-out of events to subscriptions)",
+    schema={"type": "string", "enum": [EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM]},
+)
 ENDPOINTS_AUTOMATION = [
     Endpoint(
         "POST",

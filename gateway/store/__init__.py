@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from config.lines import Line, Pipeline, Provider
 from config.settings import Settings
+from config.subscriptions import Subscription
 from config.triggers import Trigger
 from gateway.keys import Keys
 from gateway.store.backlog import Backlogs
@@ -24,6 +25,7 @@ from gateway.store.inbox import Inbox
 from gateway.store.invites import Invites
 from gateway.store.items import Items
 from gateway.store.jobs import Jobs
+from gateway.store.outbox import Outbox
 from gateway.store.records import Records, Snapshots
 from gateway.store.timers import Timers
 
@@ -49,18 +51,21 @@ class Store:
     conversations: Conversations
     invites: Invites
     caps: Caps
+    subscriptions: Records[Subscription]
+    outbox: Outbox
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
         """A store on ``redis``; stores of one process share ``snapshots`` of admin records."""
         keys = Keys(settings.key_prefix)
+        outbox = Outbox(redis, keys, settings.dead_letters_max)
         return cls(
             redis=redis,
             keys=keys,
             providers=Records(redis, keys.providers, Provider, snapshots),
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
-            items=Items(redis, keys, settings.timeline_max, settings.lead_ttl_seconds),
+            items=Items(redis, keys, outbox, settings.timeline_max, settings.lead_ttl_seconds),
             inbox=Inbox(redis, keys, settings.dedup_ttl_seconds, settings.feed_max),
             calls=Calls(redis, keys),
             timers=Timers(redis, keys),
@@ -73,6 +78,8 @@ class Store:
             conversations=Conversations(redis, keys),
             invites=Invites(redis, keys),
             caps=Caps(redis, keys),
+            subscriptions=Records(redis, keys.subscriptions, Subscription, snapshots),
+            outbox=outbox,
         )
 
     async def ping(self) -> None:

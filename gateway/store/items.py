@@ -17,6 +17,7 @@ from redis.exceptions import WatchError
 from config.cards import Card
 from config.triggers import may_move
 from gateway.keys import Keys
+from gateway.store.outbox import OUTBOX_STREAM, Outbox, publish_lua
 from gateway.store.scripts import Call, raise_first, run_many
 
 T = TypeVar("T")
@@ -98,16 +99,22 @@ def marker_of_move(move: Move) -> str:
     return f"move:{move.identity}:{move.trigger_id}"
 
 
-# A timeline entry that an event adds at most once, however often the event is processed.
-_RECORD_ONCE = """
+# A timeline entry that an event adds at most once, however often the event is processed,
+# and its outbox record with it (the CRM hears of it exactly when the item shows it).
+_RECORD_ONCE = (
+    """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
+"""
+    + publish_lua("KEYS[4]", "KEYS[5]", "ARGV[6]", "ARGV[3]")
+    + """
 return 1
 """
+)
 
 
 @dataclass(frozen=True)
@@ -164,9 +171,10 @@ class Move:
 
 
 class Items:
-    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, lead_ttl: int = 0) -> None:
+    def __init__(self, redis: Redis, keys: Keys, outbox: Outbox, timeline_max: int, lead_ttl: int = 0) -> None:
         self._redis = redis
         self._keys = keys
+        self._outbox = outbox
         self._timeline_max = timeline_max
         self._markers_max = timeline_max * MARKERS_PER_ENTRY
         self._lead_ttl = lead_ttl
@@ -196,11 +204,12 @@ class Items:
         pipe.zremrangebyrank(key, 0, -self._markers_max - 1)
 
     def append(self, pipe: Pipeline, item_id: str, entry: str) -> None:
-        """Queue a timeline entry; the list keeps the newest ``timeline_max``."""
+        """Queue a timeline entry and its outbox record; the list keeps the newest ``timeline_max``."""
         key = self._keys.timeline(item_id)
         pipe.rpush(key, entry)
         pipe.ltrim(key, -self._timeline_max, -1)
         pipe.incr(self._keys.timeline_count(item_id))
+        self._outbox.publish(pipe, item_id, entry)
 
     def _save(self, pipe: Pipeline, item: Item, old: Item | None) -> None:
         """Queue the card and the phone index changes it makes against ``old``.
@@ -273,8 +282,14 @@ class Items:
         now = time.time()
         calls: list[Call] = [
             (
-                [self._keys.effects(item_id), self._keys.timeline(item_id), self._keys.timeline_count(item_id)],
-                [marker_of_entry(identity), now, entry, self._timeline_max, self._markers_max],
+                [
+                    self._keys.effects(item_id),
+                    self._keys.timeline(item_id),
+                    self._keys.timeline_count(item_id),
+                    self._keys.subscriptions,
+                    self._keys.stream(OUTBOX_STREAM),
+                ],
+                [marker_of_entry(identity), now, entry, self._timeline_max, self._markers_max, item_id],
             )
             for item_id, identity, entry in records
         ]

@@ -13,19 +13,22 @@ from redis.asyncio import Redis
 
 from config.jobs import RANK, JobStatus
 from gateway.keys import Keys
+from gateway.store.outbox import OUTBOX_STREAM, publish_lua
 from gateway.store.timers import FIRE_DUE, fire_all_due
 
 JOBS_STREAM = "jobs"
 
-# The job, its index entry, its first timeline entry and its queueing happen together, and
-# the Idempotency-Key is claimed in the same step: concurrent identical requests make one job.
-_CREATE = """
+# The job, its index entry, its first timeline entry (with its outbox record) and its
+# queueing happen together, and the Idempotency-Key is claimed in the same step:
+# concurrent identical requests make one job.
+_CREATE = (
+    """
 if ARGV[8] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return existing end
   redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 9))
+redis.call('HSET', KEYS[2], unpack(ARGV, 10))
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if tonumber(ARGV[5]) > 0 then
   redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
@@ -34,8 +37,12 @@ else
 end
 redis.call('RPUSH', KEYS[6], ARGV[6])
 redis.call('LTRIM', KEYS[6], -tonumber(ARGV[7]), -1)
+"""
+    + publish_lua("KEYS[7]", "KEYS[8]", "ARGV[9]", "ARGV[6]")
+    + """
 return false
 """
+)
 
 # A status change applies only from the statuses (and the dial) the caller expects, and,
 # for provider callbacks, only forward; scheduling and dead-lettering ride in the same step
@@ -166,11 +173,15 @@ class Jobs:
             self._keys.stream(JOBS_STREAM),
             self._keys.jobs_due,
             self._keys.timeline(fields["item_id"]),
+            self._keys.subscriptions,
+            self._keys.stream(OUTBOX_STREAM),
         ]
         pairs = [value for pair in {**fields, "rank": str(RANK[JobStatus.QUEUED])}.items() for value in pair]
         args: list[str | int | float] = [job_id, body_hash, self._idempotency_ttl, created, due, entry]
         args.append(self._timeline_max)
-        existing = await self._create(keys=keys, args=[*args, "1" if idempotency_key else "0", *pairs])
+        existing = await self._create(
+            keys=keys, args=[*args, "1" if idempotency_key else "0", fields["item_id"], *pairs]
+        )
         if existing is None:
             return Created(job_id, new=True, same_body=True)
         existing_id, _, existing_hash = str(existing).partition("|")

@@ -19,20 +19,31 @@ SNAPSHOT_SECONDS = 1.0
 
 
 class Snapshots:
-    """Parsed records per hash, shared by every store of one process (API and workers)."""
+    """Parsed records per hash, shared by every store of one process (API and workers).
+
+    A snapshot read while this process wrote the hash is not kept: it may predate the write.
+    """
 
     def __init__(self, ttl: float = SNAPSHOT_SECONDS) -> None:
         self._ttl = ttl
         self._entries: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._writes: dict[str, int] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         entry = self._entries.get(key)
         return entry[1] if entry and entry[0] > time.monotonic() else None
 
-    def put(self, key: str, records: dict[str, Any]) -> None:
-        self._entries[key] = (time.monotonic() + self._ttl, records)
+    def writes(self, key: str) -> int:
+        """How many times this process changed ``key``: pass it to ``put``."""
+        return self._writes.get(key, 0)
+
+    def put(self, key: str, records: dict[str, Any], writes: int) -> None:
+        """Keep ``records``, read when ``writes(key)`` was ``writes``, unless a write came since."""
+        if writes == self.writes(key):
+            self._entries[key] = (time.monotonic() + self._ttl, records)
 
     def drop(self, key: str) -> None:
+        self._writes[key] = self.writes(key) + 1
         self._entries.pop(key, None)
 
 
@@ -46,9 +57,10 @@ class Records(Generic[M]):
     async def _snapshot(self) -> dict[str, M]:
         cached = self._snapshots.get(self._key)
         if cached is None:
+            writes = self._snapshots.writes(self._key)
             raw = await self._redis.hgetall(self._key)
             cached = {str(name): self._model.model_validate_json(value) for name, value in raw.items()}
-            self._snapshots.put(self._key, cached)
+            self._snapshots.put(self._key, cached, writes)
         return cached
 
     async def put(self, name: str, record: M) -> bool:
@@ -72,6 +84,11 @@ class Records(Generic[M]):
 
     async def all(self) -> dict[str, M]:
         return dict(sorted((await self._snapshot()).items()))
+
+    async def fresh(self) -> dict[str, M]:
+        """``all`` as stored right now, another process's writes included."""
+        self._snapshots.drop(self._key)
+        return await self.all()
 
     async def delete(self, name: str) -> bool:
         deleted = bool(await self._redis.hdel(self._key, name))
