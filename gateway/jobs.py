@@ -8,6 +8,7 @@ again after a timeout is reconciled with the provider (``find``) before any new 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from config.hours import NeverOpen, next_open
 from config.jobs import FINAL, IN_CALL, JobKind, JobStatus, backoff
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.settings import Settings
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 BACKOFF_CAP_SECONDS = 300.0
 # A message status's ErrorCode saying the recipient opted out (Twilio's 21610).
 OPTED_OUT_CODE = "21610"
+# A rate-limit slot this near is waited for in the consumer; a later one in the due set.
+MAX_SLOT_WAIT_SECONDS = 2.0
 
 _ENDED: dict[str, JobStatus] = {
     "completed": JobStatus.COMPLETED,
@@ -108,50 +112,95 @@ class JobRunner:
         job = await self._store.jobs.get(job_id)
         if job is None or job.status in FINAL or job.status in IN_CALL:
             return  # a duplicate entry: the job is past placement
-        try:
-            to = job["to"] or await self._recipient(job)
-        except NoRecipient as exc:
-            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
-            return
-        job = Job({**job.fields, "to": to})
-        refusal = await self._refusal(job, to) if job.status is JobStatus.QUEUED else None
-        if refusal is not None:
-            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=refusal, to=to)
-            return
-        if job["kind"] == JobKind.ROBOCALL and not job["media"]:
-            rendered = await self._render(job)
-            if rendered is None:
-                return
-            job = rendered
         provider = await self._providers.get(job["provider"])
         if provider is None:
             reason = f"provider {job['provider']} is no longer configured"
             await self._change(job, JobStatus.FAILED, expect=(JobStatus.QUEUED, JobStatus.SENDING), reason=reason)
             return
-        since = float(job["placing_at"] or self._clock())
+        # A try made before (a crash, a timeout) may have reached the provider.
+        reconcile = bool(job["placing_at"])
         if job.status is JobStatus.QUEUED:
-            began = await self._change(
-                job, JobStatus.SENDING, expect=(JobStatus.QUEUED,), to=to, placing_at=repr(since), reason=""
-            )
-            if not began:
+            ready = await self._ready(job)
+            if ready is None:
                 return
+            job = ready
+        since = float(job["placing_at"])
         if job["kind"] == JobKind.SMS:
-            await self._send(job, provider, to, since)
+            await self._send(job, provider, since, reconcile)
             return
         call = OutboundCall(
             job_id=job.id,
             dial=job.dial,
             key=f"{job.id}-{job.dial}",
-            to=to,
+            to=job["to"],
             line=job["line"],
             audio_url=f"{self._settings.base_url}/media/{job['media']}.mp3",
             status_url=f"{self._settings.base_url}/webhooks/twilio/voice/status?job={job.id}&dial={job.dial}",
             since=since,
             machine_detection=bool(job.request.get("machine_detection")),
         )
-        await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), bool(job["placing_at"]))
+        await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), reconcile)
 
-    async def _send(self, job: Job, provider: CallProvider, to: str, since: float) -> None:
+    async def _ready(self, job: Job) -> Job | None:
+        """Everything before the provider is asked: the number, the audio, quiet hours and a
+        rate-limit slot; then the job moves to ``sending``. None when it ended or waits."""
+        try:
+            to = job["to"] or await self._recipient(job)
+        except NoRecipient as exc:
+            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
+            return None
+        refusal = await self._refusal(job, to)
+        if refusal is not None:
+            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=refusal, to=to)
+            return None
+        if job["kind"] == JobKind.ROBOCALL and not job["media"]:
+            rendered = await self._render(job)
+            if rendered is None:
+                return None
+            job = rendered
+        if not await self._in_hours(job, to) or not await self._slot(job):
+            return None
+        since = job["placing_at"] or repr(self._clock())
+        began = await self._change(
+            job, JobStatus.SENDING, expect=(JobStatus.QUEUED,), to=to, placing_at=since, reason=""
+        )
+        return Job({**job.fields, "to": to, "placing_at": since, "status": JobStatus.SENDING.value}) if began else None
+
+    async def _in_hours(self, job: Job, to: str) -> bool:
+        """Whether the line's hours let us reach ``to`` now; if not, the job waits (due set)
+        for the next window. Test calls are the admin's and go at once."""
+        line = await self._store.lines.get(job["line"])
+        if job["test"] == "1" or line is None or line.hours is None:
+            return True
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        try:
+            opening = next_open(line.hours, to, now)
+        except NeverOpen as exc:
+            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
+            return False
+        if opening <= now:
+            return True
+        reason = f"quiet hours: waiting until {opening.isoformat()}"
+        await self._store.jobs.defer(job.id, opening.timestamp(), reason)
+        log.info("job=%s deferred to %s (quiet hours)", job.id, opening.isoformat())
+        return False
+
+    async def _slot(self, job: Job) -> bool:
+        """A slot of the provider's ``calls_per_second`` (``sms_per_second`` for SMS), shared
+        by every process: waited for when it is near, else the job waits in the due set
+        without holding a consumer."""
+        record = await self._store.providers.get(job["provider"])
+        sms = job["kind"] == JobKind.SMS
+        per_second = (record.sms_per_second if sms else record.calls_per_second) if record is not None else 1.0
+        name = f"{'sms' if sms else 'calls'}:{job['provider']}"
+        slot = await self._store.limits.reserve(name, per_second, MAX_SLOT_WAIT_SECONDS)
+        if not slot.granted:
+            await self._store.jobs.defer(job.id, self._clock() + slot.wait, job["reason"])
+            return False
+        await asyncio.sleep(slot.wait)
+        return True
+
+    async def _send(self, job: Job, provider: CallProvider, since: float, reconcile: bool) -> None:
         if not isinstance(provider, SmsProvider):
             reason = f"provider {job['provider']} cannot send SMS"
             await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENDING,), reason=reason)
@@ -159,15 +208,13 @@ class JobRunner:
         sms = OutboundSms(
             job_id=job.id,
             key=f"{job.id}-sms",
-            to=to,
+            to=job["to"],
             line=job["line"],
             text=job["text"],
             status_url=f"{self._settings.base_url}/webhooks/twilio/sms/status?job={job.id}",
             since=since,
         )
-        await self._dispatch(
-            job, lambda: provider.find_sms(sms), lambda: provider.send_sms(sms), bool(job["placing_at"])
-        )
+        await self._dispatch(job, lambda: provider.find_sms(sms), lambda: provider.send_sms(sms), reconcile)
 
     async def _refusal(self, job: Job, to: str) -> str | None:
         """Why the job may not reach ``to``: an opt-out, or the line's per-customer cap of
@@ -275,6 +322,31 @@ class JobRunner:
             reason=_reason(status, event),
             duration=event.extra.get("CallDuration", job["duration"]),
         )
+        if status in (JobStatus.NO_ANSWER, JobStatus.BUSY):
+            await self._redial(job, status, event)
+
+    async def _redial(self, job: Job, status: JobStatus, event: Event) -> None:
+        """Another dial after no answer or busy while ``attempts`` last, never after the
+        customer declined the call (SIP 603). Decided from the event alone, so processing
+        it again after a crash decides the same."""
+        attempts = int(job.request.get("attempts", 1))
+        declined = "603" in (event.extra.get("SipResponseCode"), event.extra.get("code"))
+        if job.dial >= attempts or declined:
+            return
+        interval = int(job.request.get("retry_interval_seconds", 600))
+        reason = f"attempt {job.dial} of {attempts} ended {status.value}; next in {interval} s"
+        await self._change(
+            job,
+            JobStatus.QUEUED,
+            expect=(status,),
+            due=self._clock() + interval,
+            reason=reason,
+            dial=job.dial + 1,
+            tries=0,
+            provider_ref="",
+            placing_at="",
+            duration="",
+        )
 
     async def _change(
         self,
@@ -294,7 +366,7 @@ class JobRunner:
             job.id,
             status,
             expect=expect,
-            dial=job.dial,
+            on_dial=job.dial,
             forward=forward,
             due=due,
             dead=dead,

@@ -197,3 +197,8 @@ class Keys:
         """The sandbox's record of a call it placed for an idempotency key: a retry or a
         reconciliation finds it instead of placing a second call. TTL 2 days."""
         return f"{self.prefix}sandbox-call:{key}"
+
+    def limit(self, name: str) -> str:
+        """A rate limit's next free slot (unix seconds, Redis' clock); expires once it has
+        passed, so an idle limit costs nothing."""
+        return f"{self.prefix}limit:{name}"

@@ -75,6 +75,9 @@ class RobocallRequest(Strict):
     delay_seconds: Annotated[int, Field(ge=0, le=30 * 24 * 3600)] = 0
     # Twilio answering-machine detection (the call's callbacks then carry AnsweredBy).
     machine_detection: bool = False
+    # Dials in all when the customer does not answer or is busy, and the pause between them.
+    attempts: Annotated[int, Field(ge=1, le=10)] = 1
+    retry_interval_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 600
 
     @model_validator(mode="after")
     def _consistent(self) -> RobocallRequest:

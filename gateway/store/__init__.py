@@ -25,6 +25,7 @@ from gateway.store.inbox import Inbox
 from gateway.store.invites import Invites
 from gateway.store.items import Items
 from gateway.store.jobs import Jobs
+from gateway.store.limits import Limits
 from gateway.store.outbox import Outbox
 from gateway.store.records import Records, Snapshots
 from gateway.store.timers import Timers
@@ -46,6 +47,7 @@ class Store:
     dead_letters: DeadLetters
     feed: Feed
     jobs: Jobs
+    limits: Limits
     backlogs: Backlogs
     consent: ConsentLedger
     conversations: Conversations
@@ -73,6 +75,7 @@ class Store:
             dead_letters=DeadLetters(redis, keys),
             feed=Feed(redis, keys, settings.feed_max),
             jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds, settings.dead_letters_max),
+            limits=Limits(redis, keys),
             backlogs=Backlogs(redis, keys),
             consent=ConsentLedger(redis, keys),
             conversations=Conversations(redis, keys),

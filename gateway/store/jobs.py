@@ -213,14 +213,14 @@ class Jobs:
         status: JobStatus,
         *,
         expect: Iterable[JobStatus] = (),
-        dial: int | None = None,
+        on_dial: int | None = None,
         forward: bool = False,
         due: float | None = None,
         dead: str = "",
         **fields: str | int | float,
     ) -> Moved:
         """Move the job to ``status`` (and set ``fields``) when it is in one of ``expect``,
-        on ``dial``, and (``forward``) behind ``status``.
+        on dial ``on_dial``, and (``forward``) behind ``status``.
 
         ``due`` schedules it to run again at that time; ``dead`` dead-letters it with that
         reason, both in the same step.
@@ -229,7 +229,7 @@ class Jobs:
         keys = [self._keys.job(job_id), self._keys.jobs_due, self._keys.dead(JOBS_STREAM)]
         args: list[str | int] = [
             ",".join(s.value for s in expect),
-            "" if dial is None else str(dial),
+            "" if on_dial is None else str(on_dial),
             RANK[status],
             "1" if forward else "0",
             "" if due is None else repr(due),
@@ -242,6 +242,13 @@ class Jobs:
     async def set_fields(self, job_id: str, fields: Mapping[str, str]) -> None:
         """Record facts about the job that change no status (e.g. its rendered audio)."""
         await self._redis.hset(self._keys.job(job_id), mapping=dict(fields))
+
+    async def defer(self, job_id: str, due: float, reason: str) -> None:
+        """Leave the job queued until ``due`` (quiet hours, a busy rate limit)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys.job(job_id), "reason", reason)
+            pipe.zadd(self._keys.jobs_due, {job_id: due})
+            await pipe.execute()
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
         """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""

@@ -44,7 +44,8 @@ async def robo(aiohttp_client: ClientFactory, make_settings: Callable[..., Setti
 async def setup(client: Client, phone: str = CUSTOMER) -> None:
     for path, body in [
         ("/v1/pipelines/sales", {"stages": ["NEW", "WON"]}),
-        ("/v1/providers/sb", {"kind": "sandbox"}),
+        # Fast enough that pacing never slows a test; test_limits covers the limiter.
+        ("/v1/providers/sb", {"kind": "sandbox", "calls_per_second": 100}),
         (f"/v1/lines/{LINE}", {"provider": "sb"}),
     ]:
         resp = await client.put(path, json=body, headers=ADMIN)

@@ -57,11 +57,13 @@ async def setup_twilio(client: Client, api: TwilioApi) -> None:
     await put_card(client, "D1", [{"type": "MOBILE", "value": CUSTOMER}])
 
 
-async def progress(client: Client, job_id: str, sid: str, statuses: list[str], first: int = 0) -> None:
+async def progress(
+    client: Client, job_id: str, sid: str, statuses: list[str], first: int = 0, dial: int = 1, **fields: str
+) -> None:
     """Twilio's signed status callbacks for the call, as its status_callback URL receives them."""
-    path = f"{STATUS_PATH}?job={job_id}&dial=1"
+    path = f"{STATUS_PATH}?job={job_id}&dial={dial}"
     for sequence, status in enumerate(statuses, start=first):
-        form = status_form(sid, status, str(sequence), From=LINE, To=CUSTOMER, Direction="outbound-api")
+        form = {**status_form(sid, status, str(sequence), From=LINE, To=CUSTOMER, Direction="outbound-api"), **fields}
         resp = await twilio_post(client, path, form)
         assert resp.status == 200, await resp.text()
 
@@ -169,3 +171,29 @@ async def test_a_worker_killed_mid_placement_ends_with_exactly_one_call(
     assert sent["provider_ref"] == api.calls[0]["sid"]
     assert len(api.requests) == 1 and len(api.calls) == 1
     assert (await takeover.get(f"/v1/jobs/{accepted['id']}", headers=API)).status == 200
+
+
+async def test_no_answer_is_redialled_but_a_declined_call_never(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    _, accepted = await post(client, robocall(mp3, attempts=3, retry_interval_seconds=1))
+    first = await final(client, accepted["id"], "sent")
+    await progress(client, accepted["id"], first["provider_ref"], ["no-answer"])
+
+    async def second_dial_placed() -> bool:
+        data = await job(client, accepted["id"])
+        return bool(data["attempt"] == 2 and data["status"] == "sent")
+
+    await eventually(second_dial_placed)
+    assert len(api.calls) == 2
+    second = await job(client, accepted["id"])
+    assert second["provider_ref"] == api.calls[1]["sid"] != first["provider_ref"]
+    # A late report on the first dial changes nothing now.
+    await progress(client, accepted["id"], first["provider_ref"], ["completed"], first=5)
+
+    await progress(client, accepted["id"], second["provider_ref"], ["busy"], dial=2, SipResponseCode="603")
+    done = await final(client, accepted["id"], "busy")
+    assert done["attempt"] == 2 and done["reason"] == "the call ended busy (SIP 603)"
+    assert len(api.calls) == 2  # declined: attempt 3 is never dialled

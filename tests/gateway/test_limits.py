@@ -1,0 +1,128 @@
+"""Limits: the provider rate limiter shared by processes, redials after no answer or busy,
+and quiet hours that hold a job until the customer's window opens."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from config.hours import next_open
+from config.lines import DAYS, Hours
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.keys import Keys
+from gateway.store.limits import Limits
+from tests.conftest import ADMIN, Client, ClientFactory
+from tests.gateway.test_robocalls import CUSTOMER, LINE, NO_ANSWER, final, job, job_statuses, post, put_card, setup
+from tests.media import media_server
+from tests.support import eventually, item
+
+_RESERVER = """
+import asyncio, json, sys
+from redis.asyncio import Redis
+from gateway.keys import Keys
+from gateway.store.limits import Limits
+
+async def main():
+    redis = Redis.from_url(sys.argv[1], decode_responses=True)
+    limits = Limits(redis, Keys(sys.argv[2]))
+    slots = [await limits.reserve("calls:tw", 20, 3600) for _ in range(40)]
+    print(json.dumps([slot.at for slot in slots]))
+    await redis.aclose()
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_share_one_rate_exactly(settings: Settings) -> None:
+    """Two processes reserving as fast as they can: the slots they get, merged, are one
+    interval apart, none closer, so the provider sees 20 calls a second, not 40."""
+    args = [sys.executable, "-c", _RESERVER, str(settings.redis_url), settings.key_prefix]
+    procs = [await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE) for _ in range(2)]
+    outputs = [json.loads((await proc.communicate())[0]) for proc in procs]
+    slots = sorted(outputs[0] + outputs[1])
+    assert len(slots) == 80
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert min(gaps) >= 0.05 - 1e-5 and max(gaps) <= 0.05 + 1e-5
+    assert (slots[-1] - slots[0]) / 79 == pytest.approx(0.05, rel=0.001)
+
+
+async def test_a_slot_too_far_away_is_not_taken(redis: Redis, prefix: str) -> None:
+    limits = Limits(redis, Keys(prefix))
+    first = await limits.reserve("calls:x", 1, 2)
+    second = await limits.reserve("calls:x", 1, 2)
+    assert first.granted and first.wait == pytest.approx(0, abs=0.01)
+    assert second.granted and second.at == pytest.approx(first.at + 1, abs=1e-5)
+    too_far = await limits.reserve("calls:x", 1, 0.5)
+    assert not too_far.granted and too_far.at == pytest.approx(first.at + 2, abs=1e-5)
+    assert (await limits.reserve("calls:x", 1, 5)).at == pytest.approx(first.at + 2, abs=1e-5)
+
+
+@pytest.fixture
+async def mp3() -> AsyncIterator[str]:
+    server = await media_server()
+    yield str(server.make_url("/ok.mp3"))
+    await server.close()
+
+
+@pytest.fixture
+async def robo(aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]) -> Client:
+    client = await aiohttp_client(create_app(make_settings(media_allow_private=True)))
+    await setup(client)
+    return client
+
+
+def robocall(mp3: str, **extra: Any) -> dict[str, Any]:
+    return {"item_id": "D1", "line": LINE, "play": {"url": mp3}, **extra}
+
+
+async def test_no_answer_is_redialled_until_the_attempts_run_out(robo: Client, mp3: str) -> None:
+    await put_card(robo, "D1", [{"type": "MOBILE", "value": NO_ANSWER}])
+    _, accepted = await post(robo, robocall(mp3, attempts=2, retry_interval_seconds=1))
+
+    async def second_dial_ended() -> bool:
+        data = await job(robo, accepted["id"])
+        return bool(data["attempt"] == 2 and data["status"] == "no_answer")
+
+    await eventually(second_dial_ended)
+    statuses = job_statuses((await item(robo, "D1"))["timeline"], accepted["id"])
+    assert statuses.count("no_answer") == 2 and statuses.count("sending") == 2
+    assert statuses[statuses.index("no_answer") + 1] == "queued"  # the redial waited its interval
+
+
+def closed_hours() -> Hours:
+    """Open one hour, two days from now: closed at this moment in every time zone."""
+    day = DAYS[(datetime.now(UTC).weekday() + 2) % 7]
+    return Hours.model_validate({"tz": "Europe/Madrid", day: ["09:00", "10:00"]})
+
+
+async def test_quiet_hours_hold_the_job_until_the_customers_window(
+    robo: Client, mp3: str, redis: Redis, prefix: str
+) -> None:
+    hours = closed_hours()
+    resp = await robo.put(f"/v1/lines/{LINE}", json={"provider": "sb", "hours": hours.model_dump()}, headers=ADMIN)
+    assert resp.status == 200
+    _, accepted = await post(robo, robocall(mp3))
+    opening = next_open(hours, CUSTOMER, datetime.now(UTC))
+    assert opening - datetime.now(UTC) > timedelta(hours=1)
+
+    async def deferred() -> bool:
+        return (await job(robo, accepted["id"]))["reason"] is not None
+
+    await eventually(deferred)
+    waiting = await job(robo, accepted["id"])
+    assert waiting["status"] == "queued" and waiting["reason"] == f"quiet hours: waiting until {opening.isoformat()}"
+    assert await redis.zscore(Keys(prefix).jobs_due, accepted["id"]) == opening.timestamp()
+
+    # A test call is the admin's own: it goes now.
+    _, test_call = await post(robo, robocall(mp3, test=True, to="+34600999888"))
+    await final(robo, test_call["id"], "completed")
