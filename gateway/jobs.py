@@ -168,9 +168,10 @@ class JobRunner:
 
     async def _in_hours(self, job: Job, to: str) -> bool:
         """Whether the line's hours let us reach ``to`` now; if not, the job waits (due set)
-        for the next window. Test calls are the admin's and go at once."""
+        for the next window. Test calls are the admin's and automatic replies answer the
+        customer's own message: both go at once."""
         line = await self._store.lines.get(job["line"])
-        if job["test"] == "1" or line is None or line.hours is None:
+        if job["test"] == "1" or job["reply"] or line is None or line.hours is None:
             return True
         now = datetime.fromtimestamp(self._clock(), UTC)
         try:
