@@ -23,13 +23,12 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
-from gateway.store.connection import UNAVAILABLE, RedisHealth
+from gateway.store.connection import UNAVAILABLE, DecodedRedis, RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ class Claims:
     """
 
     def __init__(self, redis: Redis, keys: Keys, config: StreamConfig, on_outcome: Outcome) -> None:
-        self._redis: Any = redis
+        self._redis: DecodedRedis = redis
         self._config = config
         self._on_outcome = on_outcome
         self._stream = keys.stream(config.name)
@@ -235,9 +234,7 @@ class StreamConsumer:
         claims: Claims | None = None,
         health: RedisHealth | None = None,
     ) -> None:
-        # Typed loosely: redis-py types replies as unions over both decode modes, and every
-        # client here decodes responses to str.
-        self._redis: Any = redis
+        self._redis: DecodedRedis = redis
         self._config = config
         self.name = name
         self._process = process
@@ -328,10 +325,6 @@ class StreamConsumer:
             block=self._config.block_ms if block else None,
         )
         return [Entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries if fields]
-
-    async def claim_stale(self) -> list[Entry]:
-        """Take over entries idle longer than ``claim_idle_ms``; dead-letter the hopeless."""
-        return await self._claims.take(self.name)
 
     async def process(self, entries: list[Entry]) -> None:
         """Run the batch; acknowledge what succeeded and keep why the rest failed, in one

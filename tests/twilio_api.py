@@ -28,7 +28,7 @@ class TwilioApi:
     auth_token: str
     # What the next creates answer: an HTTP status (201 places the call) or HANG.
     script: list[int | str] = field(default_factory=list)
-    requests: list[MultiDictProxy[str]] = field(default_factory=list)
+    requests: list[MultiDictProxy[str | bytes | bytearray | web.FileField]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
@@ -53,7 +53,7 @@ class TwilioApi:
         if not self._authorized(request) or request.match_info["sid"] != self.account_sid:
             return self._error(401)
         form = await request.post()
-        self.requests.append(form)  # type: ignore[arg-type]
+        self.requests.append(form)
         outcome = self.script.pop(0) if self.script else 201
         if outcome not in (201, HANG):
             return self._error(int(outcome))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.keys import Keys
+from gateway.store.connection import DecodedRedis
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Backlog:
 class Backlogs:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes.
-        self._redis: Any = redis
+        self._redis: DecodedRedis = redis
         self._keys = keys
 
     async def of(self, stream: str) -> Backlog:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
@@ -19,6 +19,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # redis-py wraps socket errors in these; a bare OSError is someone else's (a client that
 # hung up mid-body), not Redis's.
 UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+
+# A client as the stores hold it: redis-py types replies as unions over both decode modes,
+# and every client here decodes responses to str, so its replies are read untyped.
+DecodedRedis: TypeAlias = Any
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -84,10 +88,6 @@ class RedisHealth:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger("gateway.redis")
         self._down_since: float | None = None
-
-    @property
-    def available(self) -> bool:
-        return self._down_since is None
 
     def lost(self, exc: BaseException) -> None:
         if self._down_since is None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.store.connection import DecodedRedis
 
 # Back into its stream as a new entry (a fresh delivery count), without the dead letter's
 # own fields, and out of the dead letters, in one step: never in both, never in neither.
@@ -29,7 +28,7 @@ return id
 class DeadLetters:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes.
-        self._redis: Any = redis
+        self._redis: DecodedRedis = redis
         self._keys = keys
         self._retry = redis.register_script(_RETRY)
 

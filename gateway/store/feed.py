@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.store.connection import DecodedRedis
 from gateway.store.items import now_iso
 from webhooks.events import Event
 
@@ -66,7 +66,7 @@ def event_fields(event: Event) -> dict[str, str]:
 class Feed:
     def __init__(self, redis: Redis, keys: Keys, max_entries: int) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes.
-        self._redis: Any = redis
+        self._redis: DecodedRedis = redis
         self._key = keys.feed
         self._max = max_entries
 

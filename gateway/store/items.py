@@ -262,7 +262,7 @@ class Items:
                 return Item.from_json(raw)
             stamp = now_iso()
             item = Item(item_id, card, stamp, stamp)
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             self._save(pipe, item, None)
             self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage, **data}))
             if self._lead_ttl:
@@ -310,7 +310,7 @@ class Items:
         async def body(pipe: Pipeline) -> tuple[Item, bool] | None:
             raw = await pipe.get(key)
             done = await pipe.zscore(effects, marker) is not None
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if not raw:
                 return None
             item = Item.from_json(raw)
@@ -355,7 +355,7 @@ class Items:
 
         async def body(pipe: Pipeline) -> bool:
             raw = await pipe.get(key)
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if not raw:
                 return False
             self._remove(pipe, Item.from_json(raw))
@@ -374,7 +374,7 @@ class Items:
         async def body(pipe: Pipeline) -> bool:
             raw = await pipe.get(key)
             due = await pipe.zscore(self._keys.leads, item_id)
-            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if due is None or due > now:  # someone changed it meanwhile
                 return False
             if not raw:

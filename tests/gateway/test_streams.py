@@ -62,14 +62,12 @@ async def test_failed_entry_stays_pending_and_another_consumer_claims_it(redis: 
         counts.append(int(info[0]["times_delivered"]))
         assert info[0]["consumer"] == "B"
 
-    b = make_consumer(redis, prefix, "B", count_deliveries)
-    assert await b.claim_stale() == []  # not idle long enough yet: A may still be working on it
+    claims = Claims(redis, keys, CONFIG, lambda outcome: None)
+    assert await claims.take("B") == []  # not idle long enough yet: A may still be working on it
 
-    async def claimed() -> bool:
-        await b.process(await b.claim_stale())
-        return bool(counts)
-
-    await eventually(claimed)
+    b = StreamConsumer(redis, keys, CONFIG, "B", one_by_one(count_deliveries), claims=claims)
+    async with running(b):
+        await eventually(lambda: drained(redis, stream, "t"))
     assert counts == [2]
     assert await redis.xlen(stream) == 0
     assert (await redis.xpending(stream, "t"))["pending"] == 0

@@ -138,6 +138,7 @@ async def test_outgoing_call_fires_but_calls_we_placed_do_not(client: Client, re
         return await stage_of(client) == "CONTACTED"
 
     await eventually(moved)
+    await processed(client)  # D2's status event too
     assert await stage_of(client, "D2") == "NEW"
     assert "call.outgoing" not in timeline_types(await item(client, "D2"))
 

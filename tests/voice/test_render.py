@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -133,9 +133,9 @@ def test_the_default_engine_is_piper_where_it_speaks_the_language_else_espeak(re
         (lambda: Say("hi", volume=7), "volume must be between -20 and \\+6 dB"),
     ],
 )
-def test_bad_requests_are_refused_before_any_work(say: object, message: str) -> None:
+def test_bad_requests_are_refused_before_any_work(say: Callable[[], Say], message: str) -> None:
     with pytest.raises(VoiceError, match=message):
-        say()  # type: ignore[operator]
+        say()
 
 
 @pytest.mark.parametrize(
