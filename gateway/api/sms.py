@@ -22,14 +22,17 @@ from sms.segments import count_segments
 
 async def _line(store: Store, body: SmsRequest | Invite) -> tuple[str, Line]:
     """The line the SMS goes from: the one named (it must allow SMS), else the first SMS
-    line (by number) of the provider named, else of any provider."""
+    line (by number) of the provider named, else of any provider that can send SMS."""
     if body.line is not None:
         line = await store.lines.get(body.line)
         if line is None or not line.sms:
             raise UnknownReference("line", f"line: {body.line} is not an SMS line of this gateway (sms: true)")
         return body.line, line
+    providers = await store.providers.all()
     for number, line in (await store.lines.all()).items():
-        if line.sms and body.provider in (None, line.provider):
+        account = providers.get(line.provider)
+        texts = account is not None and account.kind in TEXTING
+        if line.sms and texts and body.provider in (None, line.provider):
             return number, line
     of = f" of provider {body.provider}" if body.provider else ""
     raise UnknownReference("line", f"line: none given and no line{of} allows SMS")

@@ -74,6 +74,18 @@ async def test_the_line_must_allow_sms_and_the_provider_defaults_to_the_lines(cl
     assert done["line"] == LINE and done["provider"] == "sb"
 
 
+async def test_no_line_given_skips_lines_whose_provider_cannot_text(client: Client) -> None:
+    await setup(client)
+    vox = {"kind": "voximplant", "credentials": {"webhook_secret": "s"}}
+    assert (await client.put("/v1/providers/vox", json=vox, headers=ADMIN)).status == 200
+    # A lower number than LINE, sms true by default, on a provider kind that sends no SMS here.
+    resp = await client.put("/v1/lines/+34910000000", json={"provider": "vox"}, headers=ADMIN)
+    assert resp.status == 200
+    status, accepted = await send(client, {"text": "hi"})
+    assert status == 202
+    assert (await final(client, accepted["id"], "delivered"))["line"] == LINE
+
+
 async def test_a_phone_type_the_contact_lacks_ends_skipped(client: Client) -> None:
     await setup(client)
     _, accepted = await send(client, {"text": "hi", "phone_type": "HOME"})
