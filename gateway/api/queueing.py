@@ -75,4 +75,7 @@ class Queueing:
         )
         if not outcome.same_body:
             raise _conflict()
+        if outcome.new:
+            # A worker may already be sending it; the contract's answer to a new job is "queued".
+            return web.json_response({"id": outcome.job_id, "status": JobStatus.QUEUED.value}, status=202)
         return await _accepted(self._request, outcome.job_id)
