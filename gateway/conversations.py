@@ -11,6 +11,7 @@ import secrets
 from config.jobs import JobKind
 from config.lines import Line
 from config.settings import Settings
+from config.templates import UnknownField, render
 from gateway.enqueue import enqueue
 from gateway.store import Store
 from gateway.store.items import Item
@@ -57,7 +58,14 @@ class Conversations:
         """Queue ``reply`` to ``customer`` from the line (once per ``key``); its job id."""
         if not line.sms:
             return None
-        kind, text = reply
+        kind, template = reply
+        try:
+            text = render(template, item.card.fields)
+        except UnknownField as exc:
+            # The line's reply is the admin's text, checked by no request: tell the operator why
+            # the customer got nothing rather than send the braces.
+            log.warning("reply=%s customer=%s line=%s not sent: %s", kind.value, customer, number, exc)
+            return None
         segments = count_segments(text)
         fields = {
             "line": number,

@@ -104,3 +104,13 @@ async def test_consent_keywords_get_no_reply_and_a_line_without_hours_welcomes(c
     await text_in(client, "hola", datetime(2026, 11, 24, 10, 2, tzinfo=MADRID))
     [reply] = await replies(client, 1)
     assert reply["text"] == REPLIES["welcome"]
+
+
+async def test_replies_are_templates_filled_from_the_item(client: Client) -> None:
+    await configure_line(client, hours=None, replies={"welcome": "Hola {{name}}", "closing": "Adiós {{nope}}"})
+    await text_in(client, "Hola", datetime(2026, 11, 23, 12, 0, tzinfo=MADRID))
+    [reply] = await replies(client, 1)
+    assert reply["text"] == "Hola Ana"
+    # A reply naming a field the item lacks is not sent (no braces reach the customer).
+    resp = await client.post(f"/v1/conversations/{CUSTOMER}/close", headers=API)
+    assert resp.status == 200 and (await resp.json())["closing_job"] is None
