@@ -135,8 +135,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 log.error("redis out of memory; writes answer 503 until it frees up: %s", exc)
             response = error_response(503, "unavailable", "storage is full; retry later")
             response.headers["Retry-After"] = "5"
-        elif isinstance(exc, ConnectionResetError) and request.transport is None:
-            # The client hung up mid-body: nobody is left to answer, and nothing is wrong here.
+        elif isinstance(exc, ConnectionResetError | RuntimeError) and request.transport is None:
+            # The client hung up (or was shed) mid-body: aiohttp's body reader says so with a
+            # ConnectionResetError or RuntimeError("Connection closed."); nobody is left to answer.
             log.info("client disconnected request_id=%s path=%s", request_id, request.path)
             response = error_response(400, "incomplete_request", "the client disconnected mid-request")
         else:
