@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 
 from config.vocabulary import EventKind
 from gateway.providers import OutboundCall, OutboundSms
@@ -36,6 +37,8 @@ def sms_outcome(number: str) -> list[tuple[str, dict[str, str]]]:
 
 # One report: its kind, status and extra fields.
 Step = tuple[EventKind, str, dict[str, str]]
+# Reports a recorded call or message (by its reference) through the event pipeline.
+Report = Callable[[str], Awaitable[None]]
 
 # Twilio's "Unreachable destination handset", so a demo shows what a real failure shows.
 UNREACHABLE = "30003"
@@ -47,31 +50,31 @@ class Sandbox:
         self._store = store
 
     async def place(self, call: OutboundCall) -> str:
-        ref = "SB" + hashlib.sha256(call.key.encode()).hexdigest()[:32]
-        # The call "exists" once recorded under its key; a second place() for the same dial
-        # finds it and reports the same call.
-        ref = await self._store.jobs.record_sandbox_call(call.key, ref)
-        await self._report(call, ref)
-        return ref
+        return await self._record(call.key, "SB", lambda ref: self._report(call, ref))
 
     async def find(self, call: OutboundCall) -> str | None:
-        ref = await self._store.jobs.sandbox_call(call.key)
-        if ref is not None:
-            # A crash may have come between recording the call and reporting it; reports
-            # are deduplicated, so sending them again is harmless.
-            await self._report(call, ref)
-        return ref
+        return await self._found(call.key, lambda ref: self._report(call, ref))
 
     async def send_sms(self, sms: OutboundSms) -> str:
-        ref = "SM" + hashlib.sha256(sms.key.encode()).hexdigest()[:32]
-        ref = await self._store.jobs.record_sandbox_call(sms.key, ref)
-        await self._report_sms(sms, ref)
-        return ref
+        return await self._record(sms.key, "SM", lambda ref: self._report_sms(sms, ref))
 
     async def find_sms(self, sms: OutboundSms) -> str | None:
-        ref = await self._store.jobs.sandbox_call(sms.key)
+        return await self._found(sms.key, lambda ref: self._report_sms(sms, ref))
+
+    async def _record(self, key: str, prefix: str, report: Report) -> str:
+        ref = prefix + hashlib.sha256(key.encode()).hexdigest()[:32]
+        # The call or message "exists" once recorded under its key; a second attempt for the
+        # same key finds it and reports the same one.
+        ref = await self._store.jobs.record_sandbox_call(key, ref)
+        await report(ref)
+        return ref
+
+    async def _found(self, key: str, report: Report) -> str | None:
+        ref = await self._store.jobs.sandbox_call(key)
         if ref is not None:
-            await self._report_sms(sms, ref)
+            # A crash may have come between recording and reporting; reports are
+            # deduplicated, so sending them again is harmless.
+            await report(ref)
         return ref
 
     async def close(self) -> None:
