@@ -1,18 +1,62 @@
 """The Redis key schema: every key callgate writes, in one place.
 
-All keys share the settings' prefix, which carries a hash tag (``{callgate}:``) so that the
-multi-key transactions below stay legal on Redis Cluster. Tests use a unique prefix per run
-and delete only that.
+All keys share the settings' prefix. Tests use a unique prefix per run and delete only that.
+
+On Redis Cluster a multi-key step (Lua, MULTI) must keep its keys in one slot. Keys that such
+a step touches together carry the hash tag of their *partition* (``tag_of(entity)``): an
+entity (an item, a customer's number) always maps to the same partition, and the partitions'
+tags are chosen so their slots spread evenly over the 16384 slots, hence over the shards of
+any cluster whose masters own contiguous slot ranges, as ``redis-cli --cluster create`` and
+``CLUSTER ADDSLOTSRANGE`` assign them.
 """
 
 from __future__ import annotations
 
+import functools
+import zlib
 from dataclasses import dataclass
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+DEFAULT_PARTITIONS = 16
+
+
+def partition_of(entity: str, partitions: int) -> int:
+    """The partition an entity's keys live in: stable across processes and restarts
+    (crc32, not Python's salted ``hash``)."""
+    return zlib.crc32(entity.encode("utf-8", "surrogateescape")) % partitions
+
+
+@functools.cache
+def partition_tags(partitions: int) -> tuple[str, ...]:
+    """One hash tag per partition, each in its own equal share of the slots.
+
+    A tag ``{p.k}`` is the first ``k`` whose slot falls in partition ``p``'s share, so the
+    tags are the same in every process and any ``partitions`` up to the slot count works.
+    """
+    tags = []
+    for partition in range(partitions):
+        low = partition * REDIS_CLUSTER_HASH_SLOTS // partitions
+        high = (partition + 1) * REDIS_CLUSTER_HASH_SLOTS // partitions
+        candidate = 0
+        while not low <= key_slot(f"{partition}.{candidate}".encode()) < high:
+            candidate += 1
+        tags.append(f"{{{partition}.{candidate}}}")
+    return tuple(tags)
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str
+    partitions: int = DEFAULT_PARTITIONS
+
+    def tag(self, partition: int) -> str:
+        """The hash tag (with its braces) of one partition's keys."""
+        return partition_tags(self.partitions)[partition]
+
+    def tag_of(self, entity: str) -> str:
+        """The hash tag of the partition ``entity`` (an item id, a customer's number) is in."""
+        return self.tag(partition_of(entity, self.partitions))
 
     # Admin records, one hash each (field = name/number/id, value = JSON): small, read whole.
     @property
