@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import time
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -52,6 +52,11 @@ class Strict(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Text-to-speech engines a robocall can ask for: the local ones render an MP3; "provider"
+# has the provider speak the text.
+TtsEngine = Literal["piper", "espeak-ng", "gtts", "provider"]
 
 
 class ProviderKind(StrEnum):
@@ -219,3 +224,5 @@ class Line(Strict):
     hours: Hours | None = None
     replies: Replies | None = None
     caps: Caps | None = None
+    # The engine a robocall's say uses when the request names none (voice.robocall.Say.engine).
+    tts_engine: TtsEngine | None = None

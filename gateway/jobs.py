@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -41,6 +42,8 @@ BACKOFF_CAP_SECONDS = 300.0
 OPTED_OUT_CODE = "21610"
 # A rate-limit slot this near is waited for in the consumer; a later one in the due set.
 MAX_SLOT_WAIT_SECONDS = 2.0
+# The say engine whose text the provider speaks: nothing is rendered.
+PROVIDER_ENGINE = "provider"
 
 _ENDED: dict[str, JobStatus] = {
     "completed": JobStatus.COMPLETED,
@@ -128,16 +131,18 @@ class JobRunner:
         if job["kind"] == JobKind.SMS:
             await self._send(job, provider, since, reconcile)
             return
+        spoken = job["say_engine"] == PROVIDER_ENGINE
         call = OutboundCall(
             job_id=job.id,
             dial=job.dial,
             key=f"{job.id}-{job.dial}",
             to=job["to"],
             line=job["line"],
-            audio_url=f"{self._settings.base_url}/media/{job['media']}.mp3",
+            audio_url="" if spoken else f"{self._settings.base_url}/media/{job['media']}.mp3",
             status_url=f"{self._settings.base_url}/webhooks/twilio/voice/status?job={job.id}&dial={job.dial}",
             since=since,
             machine_detection=bool(job.request.get("machine_detection")),
+            say=Say.model_validate(job.request["say"]).spoken(job["text"]) if spoken else None,
         )
         await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), reconcile)
 
@@ -153,12 +158,13 @@ class JobRunner:
         if refusal is not None:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=refusal, to=to)
             return None
-        if job["kind"] == JobKind.ROBOCALL and not job["media"]:
+        if job["kind"] == JobKind.ROBOCALL and not job["media"] and job["say_engine"] != PROVIDER_ENGINE:
             rendered = await self._render(job)
             if rendered is None:
                 return None
             job = rendered
-        if not await self._in_hours(job, to) or not await self._slot(job):
+        # A job tried before takes its slot only if the provider has no call for it (_dispatch).
+        if not await self._in_hours(job, to) or (not job["placing_at"] and not await self._slot(job)):
             return None
         since = job["placing_at"] or repr(self._clock())
         began = await self._change(
@@ -238,7 +244,8 @@ class JobRunner:
         the job with its media, or None when it cannot be said (the job then failed)."""
         say = Say.model_validate(job.request["say"])
         try:
-            rendered = await self._speech.render(say.utterance(job["text"]))
+            utterance = replace(say.utterance(job["text"]), engine=job["say_engine"] or say.engine)
+            rendered = await self._speech.render(utterance)
         except (VoiceError, SynthesisFailed) as exc:
             await self._change(job, JobStatus.FAILED, expect=(JobStatus.QUEUED,), reason=f"say: {exc}")
             return None
@@ -266,10 +273,13 @@ class JobRunner:
         reconcile: bool,
     ) -> None:
         """Place the call or send the message, unless ``find`` (asked when an earlier try's
-        outcome is unknown) says the provider already has it; the job is then ``sent``."""
+        outcome is unknown) says the provider already has it; the job is then ``sent``. A
+        reconciled job takes a rate-limit slot only when it is dialled after all."""
         try:
             ref = await find() if reconcile else None
             if ref is None:
+                if reconcile and not await self._slot(job):
+                    return
                 ref = await place()
         except PlacementError as exc:
             await self._placement_failed(job, exc)

@@ -15,9 +15,9 @@ def silent_mp3(seconds: float = 1.0) -> bytes:
     return _FRAME * max(1, round(seconds * 44100 / 1152))
 
 
-async def media_server(redirect_to: str = "") -> TestServer:
+async def media_server(redirect_to: str = "", host: str = "127.0.0.1") -> TestServer:
     """Serves /ok.mp3, /notmp3.mp3, /huge.mp3 (over 10 MB), /missing.mp3 (404) and
-    /redirect.mp3 (to ``redirect_to``, default /ok.mp3)."""
+    /redirect.mp3 (to ``redirect_to``, default /ok.mp3) on ``host``."""
     huge = silent_mp3(700)  # 700 s at 128 kb/s is about 11 MB
 
     async def ok(request: web.Request) -> web.Response:
@@ -41,6 +41,6 @@ async def media_server(redirect_to: str = "") -> TestServer:
     app.router.add_get("/notmp3.mp3", not_mp3)
     app.router.add_get("/huge.mp3", too_big)
     app.router.add_get("/redirect.mp3", redirect)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host=host)
     await server.start_server()
     return server

@@ -6,24 +6,26 @@ Twilio, Voximplant or the sandbox.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, model_validator
 
 from config.cards import ItemId
-from config.lines import Strict, WebUrl
+from config.lines import Strict, TtsEngine, WebUrl
 from config.phones import E164
 from config.recipients import AUTO, PhoneChoice
 from voice import render
 from voice.audio import SPEED_MAX, SPEED_MIN, VOLUME_MAX_DB, VOLUME_MIN_DB
+from voice.spoken import Spoken
 
 
 class Say(Strict):
     """Text spoken by a robot voice (``{{field}}`` templates allowed)."""
 
     text: Annotated[str, Field(min_length=1, max_length=1500)]
-    # None: piper when it has a voice for the language, else espeak-ng (voice.render).
-    engine: Literal["piper", "espeak-ng", "gtts"] | None = None
+    # None: the line's tts_engine, else piper when it has a voice for the language, else
+    # espeak-ng (voice.render). "provider": the provider speaks the text (voice.spoken).
+    engine: TtsEngine | None = None
     language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
     voice: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     speed: Annotated[float, Field(ge=SPEED_MIN, le=SPEED_MAX)] = 1.0
@@ -34,6 +36,10 @@ class Say(Strict):
         """What the renderer speaks: ``text`` (the template filled in) with these settings.
         Raises ``voice.tts.VoiceError`` when the text has nothing to say."""
         return render.Say(text, self.language, self.engine, self.voice, self.speed, self.volume)
+
+    def spoken(self, text: str) -> Spoken:
+        """``text`` with these settings, for the provider to speak (the ``provider`` engine)."""
+        return Spoken(text, self.language, self.voice, self.speed, self.volume)
 
 
 class Play(Strict):

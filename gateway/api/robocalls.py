@@ -9,6 +9,7 @@ import hashlib
 from aiohttp import hdrs, web
 
 from config.jobs import JobKind
+from config.lines import ProviderKind
 from config.templates import UnknownField, render
 from gateway.api import params
 from gateway.api.queueing import Queueing
@@ -19,6 +20,7 @@ from gateway.media import MediaError, MediaFiles, any_address, check_mp3, downlo
 from gateway.providers.registry import CALLING
 from voice.render import Renderer
 from voice.robocall import RobocallRequest, Say
+from voice.spoken import twilio_problem
 from voice.tts import VoiceError, pick_voice
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"
@@ -42,13 +44,19 @@ async def _media_for(request: web.Request, url: str) -> str:
     return key
 
 
-def _check_say(renderer: Renderer, say: Say, text: str) -> None:
-    """422 unless the renderer can say ``text`` as asked: words to say, an engine and a
-    voice for the language (the synthesis itself runs in a worker)."""
+def _check_say(renderer: Renderer, say: Say, text: str, provider: ProviderKind) -> None:
+    """422 unless ``text`` can be said as asked: words to say, and an engine and a voice
+    for the language here (the synthesis itself runs in a worker), or, for the ``provider``
+    engine, settings the provider can honour."""
     try:
         say.utterance(text)
     except VoiceError as exc:
         raise Invalid("say.text", f"say.text: {exc}") from None
+    if say.engine == "provider":
+        problem = twilio_problem(say.spoken(text)) if provider is ProviderKind.TWILIO else None
+        if problem is not None:
+            raise Invalid("say.voice", f"say.voice: {problem}")
+        return
     engine = say.engine or renderer.offline_engine(say.language)
     if engine not in renderer.engines:
         raise Invalid("say.engine", f"say.engine: {engine} is not available here")
@@ -73,17 +81,24 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
     if provider is None or provider.kind not in CALLING:
         kinds = ", ".join(sorted(CALLING))
         raise Invalid("line", f"line: its provider {line.provider} cannot place robocalls (supported: {kinds})")
-    text, media = "", ""
+    text, media, engine = "", "", ""
     if body.say is not None:
         try:
             text = render(body.say.text, item.card.fields)
         except UnknownField as exc:
             raise Invalid("say.text", f"say.text: {exc}", code="unknown_field") from None
-        _check_say(request.app[RENDERER], body.say, text)
+        # The request's engine, else the line's; the job keeps the choice.
+        say = body.say.model_copy(update={"engine": body.say.engine or line.tts_engine})
+        _check_say(request.app[RENDERER], say, text, provider.kind)
+        engine = say.engine or ""
     else:
         assert body.play is not None
         media = await _media_for(request, body.play.url)
     fields = {"line": body.line, "provider": line.provider, "to": body.to or "", "media": media, "text": text}
+    fields["say_engine"] = engine
+    if engine == "provider":
+        assert body.say is not None
+        fields |= {"engine": engine, "voice": body.say.voice or ""}
     return await queueing.queue(
         JobKind.ROBOCALL, body.item_id, fields, delay_seconds=body.delay_seconds, test=body.test
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from voice.spoken import Spoken
+
 
 @dataclass(frozen=True)
 class OutboundCall:
@@ -13,7 +15,8 @@ class OutboundCall:
 
     ``key`` names this dial (job id and dial number): providers with idempotency use it, and
     ``find`` looks for a call placed under it. ``since`` is when the dial was first tried,
-    to narrow the provider's call list when reconciling.
+    to narrow the provider's call list when reconciling. The call plays ``audio_url``, or,
+    with the ``provider`` engine, the provider speaks ``say`` (``audio_url`` is then empty).
     """
 
     job_id: str
@@ -25,6 +28,7 @@ class OutboundCall:
     status_url: str
     since: float
     machine_detection: bool = False
+    say: Spoken | None = None
 
 
 @dataclass(frozen=True)

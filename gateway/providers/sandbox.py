@@ -2,7 +2,9 @@
 same event pipeline a real provider's callbacks take, so the product demos anywhere.
 
 The number decides the outcome: ending in 0, no answer; in 1, busy; otherwise the call
-rings, is answered and completes. An SMS is sent, then delivered, or fails when the number
+rings, is answered and completes after ``CALL_SECONDS`` (its CallDuration, so usage and
+cost show on a fresh machine). A ``provider``-engine call needs no audio: the sandbox
+"speaks" the text. An SMS is sent, then delivered, or fails when the number
 ends in 9.
 """
 
@@ -17,15 +19,23 @@ from gateway.providers import OutboundCall, OutboundSms
 from gateway.store import Store
 from webhooks.events import Event
 
+# One report: its kind, status and extra fields.
+Step = tuple[EventKind, str, dict[str, str]]
 
-def outcome(number: str) -> list[tuple[EventKind, str]]:
+
+# How long an answered sandbox call lasts (seconds).
+CALL_SECONDS = 42
+
+
+def outcome(number: str) -> list[Step]:
     """The progress a sandbox call to ``number`` reports, in order."""
-    ringing = (EventKind.CALL_OUTGOING, "ringing")
+    ringing: Step = (EventKind.CALL_OUTGOING, "ringing", {})
     if number.endswith("0"):
-        return [ringing, (EventKind.CALL_COMPLETED, "no-answer")]
+        return [ringing, (EventKind.CALL_COMPLETED, "no-answer", {"CallDuration": "0"})]
     if number.endswith("1"):
-        return [ringing, (EventKind.CALL_COMPLETED, "busy")]
-    return [ringing, (EventKind.CALL_ANSWERED, "in-progress"), (EventKind.CALL_COMPLETED, "completed")]
+        return [ringing, (EventKind.CALL_COMPLETED, "busy", {"CallDuration": "0"})]
+    completed = (EventKind.CALL_COMPLETED, "completed", {"CallDuration": str(CALL_SECONDS)})
+    return [ringing, (EventKind.CALL_ANSWERED, "in-progress", {}), completed]
 
 
 def sms_outcome(number: str) -> list[tuple[str, dict[str, str]]]:
@@ -35,8 +45,6 @@ def sms_outcome(number: str) -> list[tuple[str, dict[str, str]]]:
     return [("sent", {}), ("delivered", {})]
 
 
-# One report: its kind, status and extra fields.
-Step = tuple[EventKind, str, dict[str, str]]
 # Reports a recorded call or message (by its reference) through the event pipeline.
 Report = Callable[[str], Awaitable[None]]
 
@@ -85,8 +93,7 @@ class Sandbox:
         await self._accept(steps, ref, sms.line, sms.to, {"job": sms.job_id, "dial": "1"})
 
     async def _report(self, call: OutboundCall, ref: str) -> None:
-        steps: list[Step] = [(kind, status, {}) for kind, status in outcome(call.to)]
-        await self._accept(steps, ref, call.line, call.to, {"job": call.job_id, "dial": str(call.dial)})
+        await self._accept(outcome(call.to), ref, call.line, call.to, {"job": call.job_id, "dial": str(call.dial)})
 
     async def _accept(self, steps: list[Step], ref: str, line: str, to: str, tags: dict[str, str]) -> None:
         """Feed the steps into the event pipeline as a provider's callbacks would arrive."""

@@ -1,6 +1,6 @@
 """Twilio (and Twilio-compatible SignalWire, Somleng) through the official SDK's async client.
 
-The call plays its audio with TwiML ``<Play>`` and reports initiated, ringing, answered and
+The call plays its audio with TwiML ``<Play>`` (or speaks its text with ``<Say>``) and reports initiated, ringing, answered and
 completed to the status callback, whose URL names the job and dial (Twilio signs it whole).
 A message is ``messages.create`` with a status callback naming its job (sent, delivered,
 undelivered, failed). Credentials: ``account_sid``, ``auth_token`` and optional ``api_base`` (another API host).
@@ -22,6 +22,7 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from gateway.providers import OutboundCall, OutboundSms, PlacementError
+from voice.spoken import locale, ssml_rate, ssml_volume
 
 # Below the stream's claim idle time, so a slow create never overlaps another worker's retry.
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -32,9 +33,24 @@ CLOCK_SLACK_SECONDS = 60.0
 OPTED_OUT = 21610
 
 
-def play_twiml(audio_url: str) -> str:
+def call_twiml(call: OutboundCall) -> str:
+    """``<Play>`` the call's audio, or ``<Say>`` its text (the ``provider`` engine) with SSML
+    prosody for a speed or volume other than the default (voice.spoken: Polly and Google
+    voices only). A named voice implies its language, so the language goes along only
+    when there is no voice or it names a region."""
     response = VoiceResponse()
-    response.play(audio_url)
+    spoken = call.say
+    if spoken is None:
+        response.play(call.audio_url)
+        return str(response)
+    language = locale(spoken.language)
+    say = response.say(
+        None if not spoken.plain else spoken.text,
+        voice=spoken.voice,
+        language=language if spoken.voice is None or "-" in language else None,
+    )
+    if not spoken.plain:
+        say.prosody(spoken.text, rate=ssml_rate(spoken.speed), volume=ssml_volume(spoken.volume))
     return str(response)
 
 
@@ -85,7 +101,7 @@ class Twilio:
             created = await self._client.calls.create_async(
                 to=call.to,
                 from_=call.line,
-                twiml=play_twiml(call.audio_url),
+                twiml=call_twiml(call),
                 status_callback=call.status_url,
                 status_callback_event=STATUS_EVENTS,
                 status_callback_method="POST",

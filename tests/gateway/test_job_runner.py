@@ -19,6 +19,7 @@ from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.jobs import JOBS_STREAM
+from gateway.store.limits import Limits
 from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, Client, ClientFactory
 from tests.gateway.test_robocalls import job_statuses, post, robocall, setup
@@ -151,3 +152,20 @@ async def test_a_placement_interrupted_by_a_crash_is_reconciled_not_redialled(qu
     job = await store.jobs.get(job_id)
     assert job is not None and job.status == "sent" and job["provider_ref"] == "CA0"
     assert provider.placed == [f"{job_id}-1"] and provider.finds == 1
+
+
+async def test_a_reconciled_job_takes_a_rate_limit_slot_only_when_it_dials(queued: Queued, redis: Redis) -> None:
+    settings, job_id = queued.settings, queued.job_id
+    provider = Scripted([PlacementError("timed out", transient=True)])
+    provider.known[f"{job_id}-1"] = "CA-made"  # the timed-out request did create the call
+    runner, store = runner_for(settings, redis, provider)
+    await runner.run(job_id)
+    assert (job := await store.jobs.get(job_id)) is not None and job.status == "queued"
+
+    # The provider's next slot is far away: a job that had to dial now would wait for it.
+    limits = Limits(redis, Keys(settings.key_prefix))
+    held = await limits.reserve("calls:sb", 0.001, 5)
+    await runner.run(job_id)
+    job = await store.jobs.get(job_id)
+    assert job is not None and job.status == "sent" and job["provider_ref"] == "CA-made"
+    assert (await limits.reserve("calls:sb", 1000, 0)).at == pytest.approx(held.at + 1000, abs=1e-3)

@@ -10,7 +10,8 @@ import pytest
 
 from config.settings import Settings
 from gateway.app import create_app
-from tests.conftest import Client, ClientFactory
+from gateway.providers.sandbox import CALL_SECONDS
+from tests.conftest import ADMIN, Client, ClientFactory
 from tests.gateway.test_robocalls import LINE, final, job_statuses, post, setup
 from tests.support import item
 from voice.audio import decode_mp3
@@ -73,3 +74,24 @@ async def test_when_google_fails_another_engine_speaks_and_the_timeline_says_so(
 async def test_what_cannot_be_said_is_a_422(talk: Client, body: dict[str, Any], field: str) -> None:
     status, error = await post(talk, body)
     assert status == 422 and error["error"]["field"] == field, error
+
+
+async def test_the_provider_engine_renders_nothing_and_the_sandbox_call_completes(talk: Client) -> None:
+    _, accepted = await post(talk, say("Hola {{name}}", language="es", engine="provider", voice="Polly.Lucia"))
+    done = await final(talk, accepted["id"], "completed")
+    assert done["text"] == "Hola Ana" and done["engine"] == "provider" and done["voice"] == "Polly.Lucia"
+    assert "audio_url" not in done and done["duration"] == CALL_SECONDS
+
+
+async def test_a_line_s_tts_engine_is_the_default_and_a_request_s_engine_wins(talk: Client) -> None:
+    resp = await talk.put(f"/v1/lines/{LINE}", json={"provider": "sb", "tts_engine": "espeak-ng"}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    # English has a piper voice, so without the line's setting piper would speak.
+    _, by_line = await post(talk, say("Hello there"))
+    assert (await final(talk, by_line["id"], "completed"))["engine"] == "espeak-ng"
+    _, by_request = await post(talk, say("Hello there", engine="piper"))
+    assert (await final(talk, by_request["id"], "completed"))["engine"] == "piper"
+    resp = await talk.put(f"/v1/lines/{LINE}", json={"provider": "sb", "tts_engine": "provider"}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    _, spoken = await post(talk, say("Hello there"))
+    assert "audio_url" not in await final(talk, spoken["id"], "completed")

@@ -197,3 +197,25 @@ async def test_no_answer_is_redialled_but_a_declined_call_never(
     done = await final(client, accepted["id"], "busy")
     assert done["attempt"] == 2 and done["reason"] == "the call ended busy (SIP 603)"
     assert len(api.calls) == 2  # declined: attempt 3 is never dialled
+
+
+async def test_the_provider_engine_says_the_text_with_ssml_prosody(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi
+) -> None:
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    text = {"text": "Hola {{name}}", "language": "es-ES", "engine": "provider"}
+    _, plain = await post(client, {"item_id": "D1", "line": LINE, "say": text})
+    await final(client, plain["id"], "sent")
+    prosody = {**text, "voice": "Polly.Lucia", "speed": 1.5, "volume": -3}
+    _, shaped = await post(client, {"item_id": "D1", "line": LINE, "say": prosody})
+    assert "audio_url" not in await final(client, shaped["id"], "sent")
+    head = '<?xml version="1.0" encoding="UTF-8"?><Response>'
+    assert [request["Twiml"] for request in api.requests] == [
+        f'{head}<Say language="es-ES">Hola Ana</Say></Response>',
+        f'{head}<Say language="es-ES" voice="Polly.Lucia"><prosody rate="150%" volume="-3dB">Hola Ana</prosody>'
+        "</Say></Response>",
+    ]
+    # Twilio's basic voices ignore SSML: a speed they cannot honour is refused up front.
+    status, error = await post(client, {"item_id": "D1", "line": LINE, "say": {**text, "speed": 0.8}})
+    assert status == 422 and error["error"]["field"] == "say.voice", error
