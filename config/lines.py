@@ -110,6 +110,19 @@ def _provider_schema(schema: dict[str, Any]) -> None:
     publish_union(schema, "kind", variants)
 
 
+Price = Annotated[float, Field(ge=0, le=1000)]
+
+
+class Prices(Strict):
+    """A provider's prices, in ``currency``: per started minute of each call, per
+    character its own TTS speaks (the ``provider`` engine) and per SMS segment."""
+
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    per_minute: Price = 0.0
+    per_tts_char: Price = 0.0
+    per_sms_segment: Price = 0.0
+
+
 class Provider(Strict):
     model_config = ConfigDict(json_schema_extra=_provider_schema)
 
@@ -118,6 +131,8 @@ class Provider(Strict):
     credentials: dict[str, Annotated[str, Field(max_length=8192)]] = Field(default_factory=dict, validate_default=True)
     calls_per_second: Annotated[float, Field(gt=0, le=1000)] = 1.0
     sms_per_second: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    # What its calls, TTS and SMS cost (config.usage); None: jobs show no cost.
+    prices: Prices | None = None
 
     @field_validator("credentials")
     @classmethod

@@ -22,6 +22,7 @@ from gateway.api.routing import Tokens, add_endpoints
 from gateway.api.sandbox import ENDPOINTS_SANDBOX
 from gateway.api.sms import ENDPOINTS_SMS
 from gateway.api.subscriptions import ENDPOINTS_SUBSCRIPTIONS
+from gateway.api.usage import ENDPOINTS_USAGE
 from gateway.appkeys import (
     METRICS,
     OUT_OF_MEMORY,
@@ -116,6 +117,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_FEED,
             *ENDPOINTS_HOOKS,
             *ENDPOINTS_ROBOCALLS,
+            *ENDPOINTS_USAGE,
             *ENDPOINTS_SMS,
             *ENDPOINTS_OPTOUTS,
             *ENDPOINTS_CONVERSATIONS,

@@ -21,6 +21,7 @@ from config.hours import NeverOpen, next_open
 from config.jobs import FINAL, IN_CALL, JobKind, JobStatus, backoff
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.settings import Settings
+from config.usage import Usage, call_usage
 from config.vocabulary import EventKind
 from gateway.consent import Consents
 from gateway.providers import CallProvider, OutboundCall, OutboundSms, PlacementError, SmsProvider
@@ -29,7 +30,7 @@ from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.consent import ConsentRecord
 from gateway.store.items import now_iso, timeline_entry
-from gateway.store.jobs import Job, Moved
+from gateway.store.jobs import USAGE_FIELD, Job, Moved
 from gateway.streams import Entry
 from voice.robocall import Say
 from voice.tts import SynthesisFailed, VoiceError
@@ -324,26 +325,31 @@ class JobRunner:
             record = ConsentRecord(job["to"], True, "provider", detail, event.at)
             await self._consents.record(record, f"consent:{event.identity}")
         expect = (JobStatus.SENDING, JobStatus.SENT, *IN_CALL)
+        redial = self._redials(job, status, event)
         await self._change(
             job,
             status,
             expect=expect,
             forward=True,
+            last=not redial,
             provider_ref=event.ref,
             reason=_reason(status, event),
             duration=event.extra.get("CallDuration", job["duration"]),
         )
-        if status in (JobStatus.NO_ANSWER, JobStatus.BUSY):
-            await self._redial(job, status, event)
+        if redial:
+            await self._redial(job, status)
 
-    async def _redial(self, job: Job, status: JobStatus, event: Event) -> None:
-        """Another dial after no answer or busy while ``attempts`` last, never after the
-        customer declined the call (SIP 603). Decided from the event alone, so processing
-        it again after a crash decides the same."""
+    @staticmethod
+    def _redials(job: Job, status: JobStatus, event: Event) -> bool:
+        """Whether the dial's end calls for another: after no answer or busy while
+        ``attempts`` last, never after the customer declined the call (SIP 603). Decided
+        from the event alone, so processing it again after a crash decides the same."""
         attempts = int(job.request.get("attempts", 1))
         declined = "603" in (event.extra.get("SipResponseCode"), event.extra.get("code"))
-        if job.dial >= attempts or declined:
-            return
+        return status in (JobStatus.NO_ANSWER, JobStatus.BUSY) and job.dial < attempts and not declined
+
+    async def _redial(self, job: Job, status: JobStatus) -> None:
+        attempts = int(job.request.get("attempts", 1))
         interval = int(job.request.get("retry_interval_seconds", 600))
         reason = f"attempt {job.dial} of {attempts} ended {status.value}; next in {interval} s"
         await self._change(
@@ -368,11 +374,22 @@ class JobRunner:
         forward: bool = False,
         due: float | None = None,
         dead: str = "",
+        last: bool = True,
         **fields: str | int,
     ) -> bool:
         """Move ``job`` to ``status`` if it is where ``expect`` says; True when this call
         moved it. Each move is a ``job.updated`` entry on the item's timeline, written once
-        however often a crash makes us repeat the move."""
+        however often a crash makes us repeat the move.
+
+        A final status ends a dial (and the job, when ``last``: no redial follows): its
+        usage is added to the job's in the same move and to the hour's totals once."""
+        usage: tuple[Usage, str] | None = None
+        if status in FINAL:
+            usage = await self._usage(job, last, fields)
+            total = job.usage + usage[0]
+            ended = job["ended_at"] if job.status is status else repr(self._clock())
+            fields = {**fields, **{USAGE_FIELD + k: v for k, v in total.counters().items()}, "ended_at": ended}
+            fields["currency"] = usage[1] or job["currency"]
         moved = await self._store.jobs.update(
             job.id,
             status,
@@ -398,4 +415,24 @@ class JobRunner:
             tries = fields.get("tries", job.tries)
             identity = f"job:{job.id}:{job.dial}:{tries}:{status.value}"
             await self._store.items.record(job["item_id"], identity, timeline_entry("job.updated", data))
+            if usage is not None:
+                at, owner = float(fields["ended_at"]), (job["provider"], job["line"])
+                await self._store.usage.add(at, f"{job.id}:{job.dial}:{status.value}", *owner, *usage)
         return moved is Moved.YES
+
+    async def _usage(self, job: Job, last: bool, fields: dict[str, str | int]) -> tuple[Usage, str]:
+        """What the dial now ending used (and, when ``last``, what the job as a whole did),
+        priced by the provider's prices; with their currency ("" without prices)."""
+        placed = bool(fields.get("provider_ref", job["provider_ref"]))
+        robocall = job["kind"] == JobKind.ROBOCALL
+        used = call_usage(int(fields.get("duration") or job["duration"] or 0)) if robocall and placed else Usage()
+        if last:
+            # The text counts once per job, and only when a call was placed to say it.
+            spoke = robocall and bool(job["text"]) and job.usage.calls + used.calls > 0
+            chars = len(job["text"]) if spoke else 0
+            segments = int(job["segments"] or 0) if placed and not robocall else 0
+            provider_chars = chars if job["say_engine"] == PROVIDER_ENGINE else 0
+            used += Usage(jobs=1, tts_chars=chars, provider_chars=provider_chars, sms_segments=segments)
+        record = await self._store.providers.get(job["provider"])
+        prices = record.prices if record is not None else None
+        return used.priced(prices), prices.currency if prices is not None else ""

@@ -242,6 +242,16 @@ class Keys:
         reconciliation finds it instead of placing a second call. TTL 2 days."""
         return f"{self.prefix}sandbox-call:{key}"
 
+    def usage(self, hour: int) -> str:
+        """Hash: every provider's and line's usage counters in one UTC hour (unix seconds //
+        3600), ``provider|line|counter`` -> integer; kept 400 days (gateway.store.usage)."""
+        return f"{self.prefix}usage:{self.tag_of(str(hour))}:{hour}"
+
+    def usage_seen(self, hour: int) -> str:
+        """Set: what already added to that hour's usage (a job's dial), so a repeat adds
+        nothing; in the hour's slot; TTL 3 days."""
+        return f"{self.prefix}usage-seen:{self.tag_of(str(hour))}:{hour}"
+
     def limit(self, name: str) -> str:
         """A rate limit's next free slot (unix seconds, Redis' clock); expires once it has
         passed, so an idle limit costs nothing."""

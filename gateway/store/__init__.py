@@ -29,6 +29,7 @@ from gateway.store.limits import Limits
 from gateway.store.outbox import Outbox
 from gateway.store.records import Records, Snapshots
 from gateway.store.timers import Timers
+from gateway.store.usage import UsageStore
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Store:
     caps: Caps
     subscriptions: Records[Subscription]
     outbox: Outbox
+    usage: UsageStore
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
@@ -83,6 +85,7 @@ class Store:
             caps=Caps(redis, keys),
             subscriptions=Records(redis, keys.subscriptions, Subscription, snapshots),
             outbox=outbox,
+            usage=UsageStore(redis, keys),
         )
 
     async def ping(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from config.jobs import RANK, JobStatus
+from config.usage import Usage, money
 from gateway.keys import Keys
 from gateway.store.outbox import OUTBOX_STREAM, publish_lua
 from gateway.store.timers import FIRE_DUE, fire_all_due
@@ -61,6 +62,9 @@ if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '*', 'job',
 return 1
 """
 
+# A job's usage counters are its hash fields ``usage_<counter>`` (config.usage.Usage).
+USAGE_FIELD = "usage_"
+VISIBLE_USAGE = ("calls", "seconds", "minutes", "tts_chars", "sms_segments")
 _CALL_TTL = 2 * 24 * 3600
 _MEDIA_URL_TTL = 24 * 3600
 
@@ -95,6 +99,11 @@ class Job:
         data: dict[str, Any] = json.loads(self["request"])
         return data
 
+    @property
+    def usage(self) -> Usage:
+        """What the job used so far, over all its dials (config.usage)."""
+        return Usage(**{name: int(self[USAGE_FIELD + name] or 0) for name in Usage().counters()})
+
     def view(self, base_url: str) -> dict[str, Any]:
         """The job as ``GET /v1/jobs/{id}`` shows it (API.md's fields)."""
         data: dict[str, Any] = {
@@ -108,7 +117,7 @@ class Job:
             "provider": self["provider"],
             "provider_ref": self["provider_ref"] or None,
             "text": self["text"] or None,
-            "cost": None,
+            "cost": money(int(self["usage_cost_nanos"] or 0)) if self["currency"] else None,
             "test": self["test"] == "1",
             "attempt": self.dial,
             "created_at": self["created_at"],
@@ -124,6 +133,11 @@ class Job:
             data["note"] = self["note"]
         if self["reply"]:
             data["reply"] = self["reply"]
+        if self["currency"]:
+            data["currency"] = self["currency"]
+        if self["usage_jobs"] or self["usage_calls"]:
+            used = self.usage.counters()
+            data["usage"] = {name: used[name] for name in VISIBLE_USAGE}
         if self["encoding"]:
             data["segments"], data["encoding"] = int(self["segments"]), self["encoding"]
         return data
