@@ -61,6 +61,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from twilio.request_validator import RequestValidator
 
+from gateway.keys import EVENTS_STREAM, Keys
 from gateway.store.embedded import server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,27 +219,36 @@ def _entry_id(raw: str | None) -> tuple[int, int]:
     return (int(ms), int(seq or 0))
 
 
-async def drained(redis: Redis, stream: str) -> bool:
-    """Every entry ever added was delivered to the group and acknowledged (one round trip)."""
+async def drained(redis: Redis, streams: Sequence[str]) -> bool:
+    """Every entry ever added to each of ``streams`` (callgate's partitions) was delivered to
+    the group and acknowledged (one round trip); a stream not made yet has none."""
     client: Any = redis
     async with client.pipeline(transaction=False) as pipe:
-        pipe.xinfo_stream(stream)
-        pipe.xinfo_groups(stream)
-        info, groups = await pipe.execute()
-    group = next((g for g in groups if g["name"] == GROUP), None)
-    if group is None or group["pending"]:
-        return False
-    return _entry_id(group["last-delivered-id"]) >= _entry_id(info["last-generated-id"])
+        for stream in streams:
+            pipe.xinfo_stream(stream)
+            pipe.xinfo_groups(stream)
+        replies = await pipe.execute(raise_on_error=False)
+    for info, groups in zip(replies[::2], replies[1::2], strict=True):
+        if isinstance(info, RedisError) and "no such key" in str(info):
+            continue
+        if isinstance(info, Exception) or isinstance(groups, Exception):
+            raise info if isinstance(info, Exception) else groups
+        group = next((g for g in groups if g["name"] == GROUP), None)
+        if group is None or group["pending"]:
+            return False
+        if _entry_id(group["last-delivered-id"]) < _entry_id(info["last-generated-id"]):
+            return False
+    return True
 
 
-async def wait_drained(redis: Redis, stream: str, timeout: float) -> tuple[float, int]:
-    """perf_counter when the stream is drained, and the polls (round trips) it took; raises
-    after ``timeout`` seconds."""
+async def wait_drained(redis: Redis, streams: Sequence[str], timeout: float) -> tuple[float, int]:
+    """perf_counter when the streams are drained, and the polls (round trips) it took;
+    raises after ``timeout`` seconds."""
     deadline = time.perf_counter() + timeout
     polls = 1
-    while not await drained(redis, stream):
+    while not await drained(redis, streams):
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"{stream} not drained within {timeout:.0f} s")
+            raise RuntimeError(f"{streams[0]} not drained within {timeout:.0f} s")
         await asyncio.sleep(POLL_SECONDS)
         polls += 1
     return time.perf_counter(), polls
@@ -413,7 +423,7 @@ def card(customer: str) -> dict[str, Any]:
 async def timeline_counts(redis: Redis, prefix: str, items: int) -> dict[str, int]:
     counts: dict[str, int] = {}
     for i in range(items):
-        for raw in await redis.lrange(f"{prefix}timeline:bench-{i}", 0, -1):
+        for raw in await redis.lrange(Keys(prefix).timeline(f"bench-{i}"), 0, -1):
             kind = json.loads(raw)["type"]
             counts[kind] = counts.get(kind, 0) + 1
     return counts
@@ -470,7 +480,9 @@ class Plan:
     timeout: float
 
 
-async def measure(name: str, base: str, pids: Sequence[int], plan: Plan, redis: Redis, stream: str) -> Result:
+async def measure(
+    name: str, base: str, pids: Sequence[int], plan: Plan, redis: Redis, streams: Sequence[str]
+) -> Result:
     """Warm up (excluded), wait until drained, then the measured batch until drained again."""
     total = plan.warmup + plan.events
     requests = signed_requests(total, plan.customers)
@@ -478,11 +490,11 @@ async def measure(name: str, base: str, pids: Sequence[int], plan: Plan, redis: 
         warm = await send_all(base, requests[: plan.warmup], plan.concurrency)
         if warm.errors:
             raise RuntimeError(f"{name} warm-up: {warm.errors} errors, first: {warm.first_error}")
-        await wait_drained(redis, stream, plan.timeout)
+        await wait_drained(redis, streams, plan.timeout)
     reads = await reads_processed(redis)
     before = cpu_snapshot(pids)
     load = await send_all(base, requests[plan.warmup :], plan.concurrency)
-    done, polls = await wait_drained(redis, stream, plan.timeout)
+    done, polls = await wait_drained(redis, streams, plan.timeout)
     cpu = cpu_used(before, cpu_snapshot(pids))
     # Less the bench's own: its polls and the INFO that ends the count.
     round_trips = await reads_processed(redis) - reads - polls - 1
@@ -495,7 +507,7 @@ async def run_floor(plan: Plan, redis: Redis) -> Result:
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", "--port", str(port)]
     argv += ["--redis-url", plan.redis_url, "--stream", stream]
     async with subprocess_server("floor", argv, dict(os.environ), port) as (base, pid):
-        return await measure("floor", base, [pid], plan, redis, stream)
+        return await measure("floor", base, [pid], plan, redis, [stream])
 
 
 def callgate_env(plan: Plan, port: int, data_dir: Path) -> dict[str, str]:
@@ -517,7 +529,8 @@ def callgate_env(plan: Plan, port: int, data_dir: Path) -> dict[str, str]:
 
 async def run_callgate(name: str, plan: Plan, redis: Redis, data_dir: Path) -> Result:
     """``serve`` alone, or (``serve+worker``) beside a ``worker`` process."""
-    stream = f"{plan.prefix}stream:events"
+    keys = Keys(plan.prefix)
+    streams = [keys.stream(EVENTS_STREAM, partition) for partition in keys.partitions_of(EVENTS_STREAM)]
     port = free_port()
     env = callgate_env(plan, port, data_dir)
     async with contextlib.AsyncExitStack() as stack:
@@ -529,7 +542,7 @@ async def run_callgate(name: str, plan: Plan, redis: Redis, data_dir: Path) -> R
             worker = [sys.executable, "-m", "gateway.cli", "worker"]
             pids.append((await stack.enter_async_context(subprocess_process("worker", worker, env)))[1])
         await configure_callgate(base, plan.customers)
-        result = await measure(name, base, pids, plan, redis, stream)
+        result = await measure(name, base, pids, plan, redis, streams)
     counts = await timeline_counts(redis, plan.prefix, len(plan.customers))
     expected = {"call.missed": plan.warmup + plan.events, "item.stage_changed": len(plan.customers)}
     got = {kind: counts.get(kind, 0) for kind in expected}

@@ -116,6 +116,13 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _partitions(raw: str) -> int:
+    value = _int(raw)
+    if not 1 <= value <= 1024:
+        raise ValueError("must be 1 to 1024")
+    return value
+
+
 def _words(raw: str) -> tuple[str, ...]:
     words = tuple(word.strip() for word in raw.split(",") if word.strip())
     if any(" " in word for word in words):
@@ -141,6 +148,9 @@ class Settings:
     # The prefix carries a hash tag so every key lands in one Redis Cluster slot: the
     # MULTI/Lua operations that span items, the phone index and streams stay legal there.
     key_prefix: str = "{callgate}:"
+    # The events stream (and each customer's keys with it) is split into this many
+    # partitions, each under its own hash tag: on Redis Cluster they spread over the shards.
+    partitions: int = 16
     max_body_bytes: int = 1024 * 1024
     consumers: int = 8
     webhook_tolerance_seconds: int = 300
@@ -196,6 +206,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_token": _token,
     "media_allow_private": _bool,
     "key_prefix": str,
+    "partitions": _partitions,
     "max_body_bytes": _positive,
     "consumers": _positive,
     "webhook_tolerance_seconds": _positive,

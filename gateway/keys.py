@@ -20,6 +20,12 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 DEFAULT_PARTITIONS = 16
 
+EVENTS_STREAM = "events"
+# Streams split into one stream per partition, each under its partition's tag with a
+# consumer group of its own: a customer's events stay in one partition, in order, while the
+# partitions spread over the shards. Other streams are one key.
+PARTITIONED_STREAMS = frozenset({EVENTS_STREAM})
+
 
 def partition_of(entity: str, partitions: int) -> int:
     """The partition an entity's keys live in: stable across processes and restarts
@@ -56,7 +62,18 @@ class Keys:
 
     def tag_of(self, entity: str) -> str:
         """The hash tag of the partition ``entity`` (an item id, a customer's number) is in."""
-        return self.tag(partition_of(entity, self.partitions))
+        return self.tag(self.partition_of(entity))
+
+    def partition_of(self, entity: str) -> int:
+        return partition_of(entity, self.partitions)
+
+    def partitions_of(self, stream: str) -> tuple[int | None, ...]:
+        """The partitions ``stream`` is split into; ``(None,)`` for a stream that is one key."""
+        return tuple(range(self.partitions)) if stream in PARTITIONED_STREAMS else (None,)
+
+    def _at(self, partition: int | None) -> str:
+        """The prefix of the keys of ``partition`` (None: the keys outside any partition)."""
+        return self.prefix if partition is None else f"{self.prefix}{self.tag(partition)}:"
 
     # Admin records, one hash each (field = name/number/id, value = JSON): small, read whole.
     @property
@@ -112,30 +129,34 @@ class Keys:
         ``lead_ttl_seconds`` set; an item leaves it when anyone changes it."""
         return f"{self.prefix}leads"
 
-    def stream(self, name: str) -> str:
-        """A durable stream (events, jobs, ...) read by a consumer group of the same name."""
-        return f"{self.prefix}stream:{name}"
+    def stream(self, name: str, partition: int | None = None) -> str:
+        """A durable stream (events, jobs, ...) read by a consumer group of the same name; a
+        partitioned stream has one such key per partition (``partitions_of``)."""
+        return f"{self._at(partition)}stream:{name}"
 
-    def dead(self, name: str) -> str:
-        """Entries of ``stream(name)`` that failed ``max_deliveries`` times, with their error."""
-        return f"{self.prefix}stream:{name}:dead"
+    def dead(self, name: str, partition: int | None = None) -> str:
+        """Entries of ``stream(name, partition)`` that failed ``max_deliveries`` times, with
+        their error."""
+        return f"{self._at(partition)}stream:{name}:dead"
 
-    def errors(self, name: str) -> str:
-        """Hash: entry id of ``stream(name)`` -> its last processing error, kept while the
-        entry is pending so the dead letter can say why it failed."""
-        return f"{self.prefix}stream:{name}:errors"
+    def errors(self, name: str, partition: int | None = None) -> str:
+        """Hash: entry id of ``stream(name, partition)`` -> its last processing error, kept
+        while the entry is pending so the dead letter can say why it failed."""
+        return f"{self._at(partition)}stream:{name}:errors"
 
-    def consumers(self, name: str) -> str:
-        """Hash: consumer of ``stream(name)``'s group -> Redis time (ms) its process last said
-        it is alive; a consumer silent for long that owns nothing is removed from the group."""
-        return f"{self.prefix}stream:{name}:consumers"
+    def consumers(self, name: str, partition: int | None = None) -> str:
+        """Hash: consumer of ``stream(name, partition)``'s group -> Redis time (ms) its
+        process last said it is alive; a consumer silent for long that owns nothing is
+        removed from the group."""
+        return f"{self._at(partition)}stream:{name}:consumers"
 
-    def dedup(self, identity: str) -> str:
-        """Set when a provider delivery is stored; its retries find it and add nothing.
+    def dedup(self, partition: int, identity: str) -> str:
+        """Set when a provider delivery is stored; its retries find it and add nothing. In
+        the partition of the event's customer, beside the stream it is stored into.
 
         TTL ``dedup_ttl_seconds``: longer than any provider retries a webhook.
         """
-        return f"{self.prefix}dedup:{identity}"
+        return f"{self._at(partition)}dedup:{identity}"
 
     def effects(self, item_id: str) -> str:
         """Sorted set of the effect markers of one item (score = when made), written in the
@@ -151,10 +172,10 @@ class Keys:
         and ``machine_detection_ms`` are what answering-machine detection found. TTL 2 days."""
         return f"{self.prefix}call:{provider}:{ref}"
 
-    @property
-    def timers(self) -> str:
-        """Sorted set of due times (score = unix s) for ``response.overdue`` checks."""
-        return f"{self.prefix}timers"
+    def timers(self, partition: int) -> str:
+        """Sorted set of due times (score = unix s) for ``response.overdue`` checks, one per
+        partition: a due timer moves into its customer's events partition in one step."""
+        return f"{self._at(partition)}timers"
 
     @property
     def responded(self) -> str:
@@ -162,11 +183,11 @@ class Keys:
         an overdue timer armed before it is void. Pruned past the longest overdue delay."""
         return f"{self.prefix}responded"
 
-    @property
-    def feed(self) -> str:
+    def feed(self, partition: int) -> str:
         """Stream of what reached the gateway (accepted events, refused webhooks) for
-        ``GET /v1/events``; capped at ``feed_max`` entries, the oldest dropped."""
-        return f"{self.prefix}feed"
+        ``GET /v1/events``, one per partition (an accepted event is traced in the step that
+        stores it); each capped at its share of ``feed_max`` entries, the oldest dropped."""
+        return f"{self._at(partition)}feed"
 
     def idempotency(self, scope: str, key: str) -> str:
         """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""

@@ -89,6 +89,13 @@ class StreamConfig:
     batch: int = 64
     block_ms: int = 1000
     dead_max: int = 10000  # the dead-letter stream keeps this many, the oldest dropped
+    # The partition of a partitioned stream this consumer reads (its own key and group).
+    partition: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The stream as logs name it: ``events/3`` for partition 3 of ``events``."""
+        return self.name if self.partition is None else f"{self.name}/{self.partition}"
 
 
 # A consumer whose process has not vouched for it in this many claim intervals, and that
@@ -131,10 +138,10 @@ class Claims:
         self._redis: DecodedRedis = redis
         self._config = config
         self._on_outcome = on_outcome
-        self._stream = keys.stream(config.name)
-        self._dead = keys.dead(config.name)
-        self._errors = keys.errors(config.name)
-        self._alive = keys.consumers(config.name)
+        self._stream = keys.stream(config.name, config.partition)
+        self._dead = keys.dead(config.name, config.partition)
+        self._errors = keys.errors(config.name, config.partition)
+        self._alive = keys.consumers(config.name, config.partition)
         self._group = config.name
         self.members: set[str] = set()
         self._lock = asyncio.Lock()
@@ -183,7 +190,7 @@ class Claims:
         args: list[str | int] = [self._group, dead_after_ms, *sorted(self.members)]
         removed = await self._prune(keys=[self._stream, self._alive], args=args)
         if removed:
-            log.info("stream=%s removed dead consumers that owned nothing: %s", self._config.name, ", ".join(removed))
+            log.info("stream=%s removed dead consumers that owned nothing: %s", self._config.label, ", ".join(removed))
 
     async def _dead_letter(self, consumer: str, entry_id: str) -> None:
         # Consumers of other processes may find the same hopeless entry at once; the XCLAIM's
@@ -206,7 +213,7 @@ class Claims:
             pipe.xdel(self._stream, entry_id)
             pipe.hdel(self._errors, entry_id)
             await pipe.execute()
-        log.error("stream=%s entry=%s dead-lettered: %s", self._config.name, entry_id, error)
+        log.error("stream=%s entry=%s dead-lettered: %s", self._config.label, entry_id, error)
         self._on_outcome("dead")
 
 
@@ -241,8 +248,8 @@ class StreamConsumer:
         self._on_outcome = on_outcome
         self._claims = claims or Claims(redis, keys, config, on_outcome)
         self._claims.members.add(name)
-        self._stream = keys.stream(config.name)
-        self._errors = keys.errors(config.name)
+        self._stream = keys.stream(config.name, config.partition)
+        self._errors = keys.errors(config.name, config.partition)
         self._group = config.name
         self._failures = 0
         # Outages are logged once per process by ``health``; without one, by each consumer.
@@ -253,6 +260,10 @@ class StreamConsumer:
     @property
     def stream(self) -> str:
         return self._config.name
+
+    @property
+    def label(self) -> str:
+        return self._config.label
 
     async def ensure_group(self) -> None:
         try:
@@ -288,14 +299,14 @@ class StreamConsumer:
         if self._health is not None:
             self._health.back()
         if self._failures and not self._outage:
-            log.info("stream=%s consumer=%s resumed after %d restarts", self._config.name, self.name, self._failures)
+            log.info("stream=%s consumer=%s resumed after %d restarts", self._config.label, self.name, self._failures)
         self._failures = 0
         self._outage = False
         self.live = True
 
     async def _back_off(self, exc: Exception) -> None:
         self.live = False
-        where = f"stream={self._config.name} consumer={self.name}"
+        where = f"stream={self._config.label} consumer={self.name}"
         if isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
             # The stream was deleted (e.g. FLUSHALL, or a Redis without persistence restarted),
             # or a failover ended a blocked read (Redis 7 answers UNBLOCKED): start over now.
@@ -334,7 +345,7 @@ class StreamConsumer:
         failed = await self._process(entries)
         done = [entry.id for entry in entries if entry.id not in failed]
         for entry_id, exc in failed.items():
-            log.error("stream=%s entry=%s failed", self._config.name, entry_id, exc_info=exc)
+            log.error("stream=%s entry=%s failed", self._config.label, entry_id, exc_info=exc)
             self._on_outcome("failed")
         for _ in done:
             self._on_outcome("done")

@@ -211,15 +211,14 @@ async def processed(client: Client, count: int = 0) -> None:
     """Wait until the event workers finished ``count`` entries and every event accepted so
     far (entries leave the events stream and its pending list only once processed), none of
     them failing: the positive signal to assert that something did not happen."""
-    store = client.app[STORE]
-    redis: Any = store.redis
-    stream = store.keys.stream(EVENTS_STREAM)
+    backlogs = client.app[STORE].backlogs
 
     async def done() -> bool:
         finished = await metric(client, "callgate_stream_entries_total", stream="events", outcome="done")
-        if finished < count or await redis.xlen(stream):
+        if finished < count:
             return False
-        return bool((await redis.xpending(stream, EVENTS_STREAM))["pending"] == 0)
+        backlog = await backlogs.of(EVENTS_STREAM)
+        return backlog.length == backlog.pending == 0
 
     await eventually(done)
     assert await metric(client, "callgate_stream_entries_total", stream="events", outcome="failed") == 0

@@ -12,6 +12,8 @@ from gateway.appkeys import STORE
 from gateway.store.feed import FeedQuery
 
 _KIND = re.compile(r"[a-z_]{1,32}(\.[a-z_]{1,32}){0,3}")
+# A next_cursor: the entry id and partition of a page's last entry.
+_CURSOR = re.compile(r"[0-9]{1,19}-[0-9]{1,19}(\.[0-9]{1,4})?")
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -20,7 +22,7 @@ async def list_events(request: web.Request) -> web.Response:
         customer=params.optional_phone(request, "customer"),
         kind=params.matching(request, "kind", _KIND, "an event kind such as sms.incoming or webhook.refused"),
         since=params.iso_time(request, "since"),
-        before=params.matching(request, "cursor", params.STREAM_ID, "a next_cursor from an earlier page"),
+        before=params.matching(request, "cursor", _CURSOR, "a next_cursor from an earlier page"),
         limit=params.limit(request),
     )
     events, cursor = await request.app[STORE].feed.query(query)
@@ -43,7 +45,7 @@ ENDPOINTS_FEED = [
                 schema=params.pattern_schema(_KIND),
             ),
             Param("since", "only events recorded at or after this ISO-8601 time", schema=params.TIME_SCHEMA),
-            Param("cursor", "the next_cursor of the previous page", schema=params.pattern_schema(params.STREAM_ID)),
+            Param("cursor", "the next_cursor of the previous page", schema=params.pattern_schema(_CURSOR)),
             Param("limit", "page size, 1-500 (default 50)", schema=params.limit_schema()),
         ),
         tag="admin",

@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.api.openapi import build_openapi
 from gateway.api.routing import Endpoint
 from gateway.appkeys import ENDPOINTS, METRICS, STORE, WORKERS
+from gateway.keys import EVENTS_STREAM
 from gateway.store.connection import UNAVAILABLE
-from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.jobs import JOBS_STREAM
 
 
@@ -43,7 +43,7 @@ async def readyz(request: web.Request) -> web.Response:
     health.back()
     # Events stored but never processed are worse than a 503: take this process out of rotation.
     workers = request.app.get(WORKERS)
-    idle = [stream for stream in workers.streams if workers.live_consumers(stream) == 0] if workers else []
+    idle = workers.unread() if workers else []
     if idle:
         return _unavailable(f"no consumer of the {idle[0]} stream is running (see the log for why)")
     return web.json_response({"status": "ready"})

@@ -61,7 +61,7 @@ class Store:
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
         """A store on ``redis``; stores of one process share ``snapshots`` of admin records."""
-        keys = Keys(settings.key_prefix)
+        keys = Keys(settings.key_prefix, settings.partitions)
         outbox = Outbox(redis, keys, settings.dead_letters_max)
         return cls(
             redis=redis,

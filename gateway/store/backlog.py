@@ -26,21 +26,26 @@ class Backlogs:
         self._keys = keys
 
     async def of(self, stream: str) -> Backlog:
-        key = self._keys.stream(stream)
+        """The backlog of ``stream``, summed over its partitions (the oldest: of all), in
+        one round trip."""
+        keys = [self._keys.stream(stream, partition) for partition in self._keys.partitions_of(stream)]
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(key)
-            pipe.exists(key)
-            length, exists = await pipe.execute()
-        if not exists:
-            return Backlog(0, 0, 0.0)
-        try:
-            summary = await self._redis.xpending(key, stream)
-        except ResponseError as exc:  # NOGROUP: no consumer has started yet
-            if "NOGROUP" not in str(exc):
-                raise
-            return Backlog(int(length), 0, 0.0)
-        pending = int(summary["pending"])
-        oldest = summary["min"] if pending else None
-        # An entry id starts with the Redis time it was added, in milliseconds.
-        age = max(0.0, time.time() - int(str(oldest).split("-")[0]) / 1000) if oldest else 0.0
-        return Backlog(int(length), pending, age)
+            for key in keys:
+                pipe.xlen(key)
+                pipe.xpending(key, stream)
+            replies = await pipe.execute(raise_on_error=False)
+        length, pending, oldest = 0, 0, None
+        for count, summary in zip(replies[::2], replies[1::2], strict=True):
+            for reply in (count, summary):
+                # NOGROUP: the stream or its group does not exist yet (no consumer started).
+                if isinstance(reply, Exception) and not (isinstance(reply, ResponseError) and "NOGROUP" in str(reply)):
+                    raise reply
+            length += int(count) if not isinstance(count, Exception) else 0
+            if isinstance(summary, Exception) or not int(summary["pending"]):
+                continue
+            pending += int(summary["pending"])
+            # An entry id starts with the Redis time it was added, in milliseconds.
+            added = int(str(summary["min"]).split("-")[0])
+            oldest = added if oldest is None else min(oldest, added)
+        age = max(0.0, time.time() - oldest / 1000) if oldest is not None else 0.0
+        return Backlog(length, pending, age)

@@ -33,15 +33,27 @@ class DeadLetters:
         self._retry = redis.register_script(_RETRY)
 
     async def newest(self, stream: str, count: int = 100) -> list[dict[str, str]]:
-        """The newest dead-lettered entries, newest first, each with ``_id`` and ``_error``."""
-        entries = await self._redis.xrevrange(self._keys.dead(stream), count=count)
-        return [{"dead_id": entry_id, **fields} for entry_id, fields in entries]
+        """The newest dead-lettered entries of all the stream's partitions, newest first,
+        each with ``_id`` and ``_error``."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in self._keys.partitions_of(stream):
+                pipe.xrevrange(self._keys.dead(stream, partition), count=count)
+            found = [entry for entries in await pipe.execute() for entry in entries]
+        found.sort(key=lambda entry: tuple(int(part) for part in entry[0].split("-")), reverse=True)
+        return [{"dead_id": entry_id, **fields} for entry_id, fields in found[:count]]
 
     async def retry(self, stream: str, dead_id: str) -> str | None:
-        """Put a dead letter back on its stream; the new entry's id, None when there is none."""
-        keys = [self._keys.dead(stream), self._keys.stream(stream)]
-        entry_id = await self._retry(keys=keys, args=[dead_id])
-        return str(entry_id) if entry_id else None
+        """Put a dead letter back on its stream (its partition); the new entry's id, None
+        when there is none."""
+        for partition in self._keys.partitions_of(stream):
+            keys = [self._keys.dead(stream, partition), self._keys.stream(stream, partition)]
+            entry_id = await self._retry(keys=keys, args=[dead_id])
+            if entry_id:
+                return str(entry_id)
+        return None
 
     async def discard(self, stream: str, dead_id: str) -> bool:
-        return bool(await self._redis.xdel(self._keys.dead(stream), dead_id))
+        for partition in self._keys.partitions_of(stream):
+            if await self._redis.xdel(self._keys.dead(stream, partition), dead_id):
+                return True
+        return False

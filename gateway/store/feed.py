@@ -8,6 +8,7 @@ happenings are recorded here.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ REFUSED = "webhook.refused"
 
 @dataclass(frozen=True)
 class FeedQuery:
-    """Filters of ``GET /v1/events``; ``before`` is the cursor (an entry id, exclusive)."""
+    """Filters of ``GET /v1/events``; ``before`` is the cursor: the last entry of the page
+    before (its id, ``.`` and its partition), or an entry id (exclusive)."""
 
     line: str | None = None
     customer: str | None = None
@@ -63,12 +65,44 @@ def event_fields(event: Event) -> dict[str, str]:
     return entry_fields(event.kind.value, event.provider, event.line, event.customer, event.at, details)
 
 
+def _order(entry_id: str, partition: int) -> tuple[int, int, int]:
+    """Where an entry sits in the merged feed: by id, then by partition (partitions' streams
+    make their ids apart, so two of them may hold the same id)."""
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq), partition
+
+
+def _cursor(entry_id: str, partition: int) -> str:
+    return f"{entry_id}.{partition}"
+
+
+class _Partition:
+    """One partition's feed read newest first, a chunk at a time, from ``high`` down."""
+
+    def __init__(self, key: str, partition: int, high: str) -> None:
+        self.key = key
+        self.partition = partition
+        self.high = high
+        self.buffer: list[tuple[str, dict[str, str]]] = []
+        self.exhausted = False
+
+    def take(self, chunk: list[tuple[str, dict[str, str]]], asked: int) -> None:
+        self.buffer = list(chunk)
+        self.exhausted = len(chunk) < asked
+        if chunk:
+            self.high = f"({chunk[-1][0]}"
+
+    def head(self) -> tuple[int, int, int]:
+        return _order(self.buffer[0][0], self.partition)
+
+
 class Feed:
     def __init__(self, redis: Redis, keys: Keys, max_entries: int) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes.
         self._redis: DecodedRedis = redis
-        self._key = keys.feed
-        self._max = max_entries
+        self._keys = keys
+        # Each partition keeps its share, so the feed as a whole keeps about ``max_entries``.
+        self._max = -(-max_entries // keys.partitions)
 
     async def record(
         self,
@@ -87,7 +121,9 @@ class Feed:
         Accepted events are recorded by the inbox, in the step that stores them.
         """
         fields = entry_fields(kind, provider, line, customer, at, details or {})
-        await self._redis.xadd(self._key, fields, maxlen=self._max, approximate=False)
+        # A customer's entries go with their events; others (refusals) spread over all.
+        partition = self._keys.partition_of(customer) if customer else random.randrange(self._keys.partitions)
+        await self._redis.xadd(self._keys.feed(partition), fields, maxlen=self._max, approximate=False)
 
     async def record_refusal(self, reason: str, message: str, *, provider: str, line: str, path: str) -> None:
         details = {"reason": reason, "message": message, "path": path}
@@ -95,21 +131,43 @@ class Feed:
 
     async def query(self, query: FeedQuery) -> tuple[list[dict[str, str]], str | None]:
         """Entries matching ``query``, newest first, and the cursor of the next page (None
-        when this page is the last)."""
+        when this page is the last). The partitions' feeds are merged by entry id."""
         # A time before 1970 is before every entry id (which cannot be negative).
         low = "-" if query.since is None else f"{max(int(query.since * 1000), 0)}-0"
-        if query.before is not None and query.before.strip("0-") == "":
+        before, _, after_partition = (query.before or "").partition(".")
+        if query.before is not None and before.strip("0-") == "":
             return [], None  # nothing is older than the first possible entry id
-        high = f"({query.before}" if query.before else "+"
-        found: list[dict[str, str]] = []
+        # The cursor is the last entry shown and its partition: the next page starts below
+        # it, which for a partition before it in the merged order includes its id.
+        cut = int(after_partition) if after_partition else 0
+        wanted = [self._keys.partition_of(query.customer)] if query.customer else range(self._keys.partitions)
+        readers = [
+            _Partition(self._keys.feed(p), p, "+" if not before else (before if p < cut else f"({before}"))
+            for p in wanted
+        ]
+        await self._fill(readers, low, query.limit + 1)
+        found: list[tuple[str, int, dict[str, str]]] = []
         while True:
-            chunk = await self._redis.xrevrange(self._key, max=high, min=low, count=_CHUNK)
-            for entry_id, fields in chunk:
-                if query.matches(fields):
-                    found.append({"id": entry_id, **fields})
-                    if len(found) > query.limit:
-                        # One more than asked for: there is a next page, and it starts here.
-                        return found[: query.limit], found[query.limit - 1]["id"]
-            if len(chunk) < _CHUNK:
-                return found, None
-            high = f"({chunk[-1][0]}"
+            live = [reader for reader in readers if reader.buffer]
+            if not live:
+                return [{"id": entry_id, **fields} for entry_id, _, fields in found], None
+            reader = max(live, key=_Partition.head)
+            entry_id, fields = reader.buffer.pop(0)
+            if query.matches(fields):
+                found.append((entry_id, reader.partition, fields))
+                if len(found) > query.limit:
+                    # One more than asked for: there is a next page, and it starts here.
+                    last_id, last_partition, _ = found[query.limit - 1]
+                    page = [{"id": entry_id, **fields} for entry_id, _, fields in found[: query.limit]]
+                    return page, _cursor(last_id, last_partition)
+            if not reader.buffer and not reader.exhausted:
+                await self._fill([reader], low, _CHUNK)
+
+    async def _fill(self, readers: list[_Partition], low: str, count: int) -> None:
+        """The next chunk of each reader, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for reader in readers:
+                pipe.xrevrange(reader.key, max=reader.high, min=low, count=count)
+            chunks = await pipe.execute()
+        for reader, chunk in zip(readers, chunks, strict=True):
+            reader.take(chunk, count)

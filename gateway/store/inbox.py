@@ -6,16 +6,18 @@ from enum import Enum
 
 from redis.asyncio import Redis
 
-from gateway.keys import Keys
+from gateway.keys import EVENTS_STREAM, Keys
+from gateway.store.connection import DecodedRedis
 from gateway.store.feed import event_fields
 from gateway.store.scripts import Batched
 from webhooks.events import Event
 
-EVENTS_STREAM = "events"
+__all__ = ["EVENTS_STREAM", "Arrival", "Inbox"]
 
 # Dedup and store in one atomic step: a delivery is either stored (and its identity
 # remembered) or a duplicate; never remembered-but-lost, which would drop the retries too.
-# KEYS: the stream, the event's identity, the events feed, optionally its delivery token.
+# KEYS: the stream, the event's identity, the events feed, optionally its delivery token:
+# all of the partition of the event's customer, so in one slot on Redis Cluster.
 # The identity holds a fingerprint of the request (ARGV[3]; '' when any repeat is the same
 # request): another request under it is a conflict (-1). The token holds the identity it
 # came with and only recognises a retry of that event: it is not signed, so it cannot vouch
@@ -44,9 +46,11 @@ class Arrival(Enum):
 
 class Inbox:
     def __init__(self, redis: Redis, keys: Keys, dedup_ttl: int, feed_max: int) -> None:
+        self._redis: DecodedRedis = redis
         self._keys = keys
         self._dedup_ttl = dedup_ttl
-        self._feed_max = feed_max
+        # Each partition's feed keeps its share: the feed as a whole keeps about ``feed_max``.
+        self._feed_max = -(-feed_max // keys.partitions)
         # Concurrent webhooks' accepts share a round trip.
         self._accept = Batched(redis, redis.register_script(_ACCEPT))
 
@@ -58,9 +62,24 @@ class Inbox:
         behind the event (a client's body under its ``Idempotency-Key``): the same identity
         with another fingerprint is a CONFLICT.
         """
-        keys = [self._keys.stream(EVENTS_STREAM), self._keys.dedup(event.dedup), self._keys.feed]
+        if fingerprint:
+            # A client's Idempotency-Key may come back with another customer, whose partition
+            # would not know it: it is held apart as well, first. Held but never stored (a
+            # crash in between), the client's retry with the same request stores it then.
+            held = await self._redis.set(
+                self._keys.idempotency(EVENTS_STREAM, event.dedup), fingerprint, nx=True, get=True, ex=self._dedup_ttl
+            )
+            if held is not None and held != fingerprint:
+                return Arrival.CONFLICT
+        # A retry of the event has the same customer, so it finds its identity and token here.
+        partition = self._keys.partition_of(event.customer)
+        keys = [
+            self._keys.stream(EVENTS_STREAM, partition),
+            self._keys.dedup(partition, event.dedup),
+            self._keys.feed(partition),
+        ]
         if token:
-            keys.append(self._keys.dedup(f"token:{event.provider}:{token}"))
+            keys.append(self._keys.dedup(partition, f"token:{event.provider}:{token}"))
         feed = [part for pair in event_fields(event).items() for part in pair]
         args: list[str | int] = [self._dedup_ttl, event.to_json(), fingerprint, event.dedup, self._feed_max, *feed]
         return Arrival(int(await self._accept(keys, args)))

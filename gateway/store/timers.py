@@ -1,14 +1,15 @@
-"""Overdue timers: armed on a sorted set, moved into the events stream when due."""
+"""Overdue timers: armed on a sorted set per partition, moved into the customer's events
+partition when due."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from gateway.keys import Keys
-from gateway.store.inbox import EVENTS_STREAM
+from gateway.keys import EVENTS_STREAM, Keys
 from webhooks.events import Event
 
 # Due members of a sorted set (timers, scheduled jobs) move into a stream in one step, so
@@ -50,8 +51,21 @@ class Timers:
 
     async def arm_all(self, timers: Sequence[Event]) -> None:
         """``arm`` for each of ``timers``, in one round trip."""
-        if timers:
-            await self._redis.zadd(self._keys.timers, {timer.to_json(): timer.at for timer in timers})
+        by_partition: dict[int, dict[str, float]] = {}
+        for timer in timers:
+            by_partition.setdefault(self._keys.partition_of(timer.customer), {})[timer.to_json()] = timer.at
+        if by_partition:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for partition, due in by_partition.items():
+                    pipe.zadd(self._keys.timers(partition), due)
+                await pipe.execute()
 
     async def fire_due(self, now: float) -> int:
-        return await fire_all_due(self._fire_due, self._keys.timers, self._keys.stream(EVENTS_STREAM), "event", now)
+        """Move the timers due by ``now`` into the events stream; how many."""
+        fired = await asyncio.gather(
+            *(
+                fire_all_due(self._fire_due, self._keys.timers(p), self._keys.stream(EVENTS_STREAM, p), "event", now)
+                for p in range(self._keys.partitions)
+            )
+        )
+        return sum(fired)

@@ -44,6 +44,7 @@ def test_environment_values_are_parsed() -> None:
             "CALLGATE_MAX_BODY_BYTES": "2048",
             "CALLGATE_TIMELINE_MAX": "50",
             "CALLGATE_LOG_LEVEL": "debug",
+            "CALLGATE_PARTITIONS": "64",
             "UNRELATED": "ignored",
         }
     )
@@ -57,6 +58,7 @@ def test_environment_values_are_parsed() -> None:
     assert settings.max_body_bytes == 2048
     assert settings.timeline_max == 50
     assert settings.log_level == "DEBUG"
+    assert settings.partitions == 64
 
 
 @pytest.mark.parametrize(
@@ -119,6 +121,8 @@ def test_an_explicit_file_wins_over_callgate_config(tmp_path: Path) -> None:
         ("CALLGATE_MAX_BODY_BYTES", "0"),
         ("CALLGATE_TIMELINE_MAX", "1.5"),
         ("CALLGATE_LOG_LEVEL", "loud"),
+        ("CALLGATE_PARTITIONS", "0"),
+        ("CALLGATE_PARTITIONS", "1025"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str) -> None:

@@ -46,7 +46,8 @@ def missed(ref: str, at: float | None = None, kind: EventKind = EventKind.CALL_M
 
 async def test_a_dead_letter_can_be_retried_or_discarded(client: Client, redis: Redis, prefix: str) -> None:
     await watch_missed_calls(client)
-    dead = Keys(prefix).dead(EVENTS_STREAM)
+    keys = Keys(prefix)
+    dead = keys.dead(EVENTS_STREAM, keys.partition_of(CUSTOMER))
     # An event that failed every delivery while, say, its pipeline was missing.
     first, second = [
         str(await redis.xadd(dead, {"event": missed(ref).to_json(), "_id": "1-0", "_error": "KeyError: 'sales'"}))
@@ -147,5 +148,6 @@ async def test_overdue_timers_fire_however_many_are_due(settings: Settings, redi
         await store.timers.arm(missed(f"T{n}", at=now - 60, kind=EventKind.RESPONSE_OVERDUE))
     await store.timers.arm(missed("later", at=now + 3600, kind=EventKind.RESPONSE_OVERDUE))
     assert await store.timers.fire_due(now) == 1200
-    assert await redis.xlen(Keys(prefix).stream(EVENTS_STREAM)) == 1200
-    assert await redis.zcard(Keys(prefix).timers) == 1
+    keys = Keys(prefix)
+    assert (await store.backlogs.of(EVENTS_STREAM)).length == 1200
+    assert sum([await redis.zcard(keys.timers(p)) for p in range(keys.partitions)]) == 1

@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
+from gateway.store.backlog import Backlogs
+from gateway.store.dead_letters import DeadLetters
 from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import ADMIN_TOKEN, API_TOKEN, ClientFactory
 from tests.support import add_item, add_trigger, call_form, configure, eventually, twilio_post
@@ -35,7 +37,8 @@ async def test_worker_killed_mid_batch_loses_and_doubles_nothing(
     statuses = await asyncio.gather(*(twilio_post(client, STATUS_PATH, dial_action(i)) for i in range(n)))
     assert [r.status for r in statuses] == [200] * n  # acknowledged = stored
     keys = Keys(settings.key_prefix)
-    assert await redis.xlen(keys.stream(EVENTS_STREAM)) == n
+    backlogs = Backlogs(redis, keys)
+    assert (await backlogs.of(EVENTS_STREAM)).length == n
     assert await moved(redis, keys, n) == 0  # nothing processes them until a worker starts
 
     with workers(settings, tmp_path, 2) as (first, second):
@@ -48,7 +51,7 @@ async def test_worker_killed_mid_batch_loses_and_doubles_nothing(
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         at_kill = await moved(redis, keys, n)
-        pending_at_kill = (await redis.xpending(keys.stream(EVENTS_STREAM), EVENTS_STREAM))["pending"]
+        pending_at_kill = (await backlogs.of(EVENTS_STREAM)).pending
         # Typically a few dozen of 200 moved, and a batch was read but never acknowledged.
         assert 0 < at_kill < n, at_kill
         assert pending_at_kill > 0
@@ -135,11 +138,10 @@ async def moved(redis: Redis, keys: Keys, n: int) -> int:
 
 async def settled(redis: Redis, keys: Keys) -> None:
     """Every events entry acknowledged and deleted: none pending, none waiting."""
-    stream = keys.stream(EVENTS_STREAM)
 
     async def empty() -> bool:
-        pending = (await redis.xpending(stream, EVENTS_STREAM))["pending"]
-        return pending == 0 and await redis.xlen(stream) == 0
+        backlog = await Backlogs(redis, keys).of(EVENTS_STREAM)
+        return backlog.pending == backlog.length == 0
 
     await eventually(empty, timeout=15)
 
@@ -153,10 +155,9 @@ async def assert_exactly_once(redis: Redis, keys: Keys, n: int) -> None:
         kinds = [json.loads(raw)["type"] for raw in timeline]
         assert kinds.count("item.stage_changed") == 1, (i, kinds)
         assert kinds.count("call.missed") == 1, (i, kinds)
-    stream = keys.stream(EVENTS_STREAM)
-    assert (await redis.xpending(stream, EVENTS_STREAM))["pending"] == 0
-    assert await redis.xlen(stream) == 0
-    assert await redis.xlen(keys.dead(EVENTS_STREAM)) == 0
+    backlog = await Backlogs(redis, keys).of(EVENTS_STREAM)
+    assert backlog.pending == backlog.length == 0
+    assert await DeadLetters(redis, keys).newest(EVENTS_STREAM) == []
 
 
 async def processed_in(client: TestClient) -> int:  # type: ignore[type-arg]

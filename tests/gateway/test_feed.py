@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
@@ -127,12 +128,16 @@ async def test_filters_and_cursor_pages(client: Client) -> None:
     assert len((await _events(client, since="2000-01-01T00:00:00+01:00"))["events"]) == 8
 
 
-async def test_retention_keeps_the_newest(aiohttp_client: ClientFactory, make_settings: Any) -> None:
-    settings: Settings = make_settings(feed_max=3)
+@pytest.mark.parametrize(("partitions", "kept"), [(1, ["4", "3", "2"]), (2, ["4", "3"])])
+async def test_retention_keeps_the_newest(
+    aiohttp_client: ClientFactory, make_settings: Any, partitions: int, kept: list[str]
+) -> None:
+    """Each partition's feed keeps its share of CALLGATE_FEED_MAX; a customer's are in one."""
+    settings: Settings = make_settings(feed_max=3, partitions=partitions)
     client = await aiohttp_client(create_app(settings))
     for index in range(5):
-        await client.app[STORE].feed.record("sms.incoming", details={"ref": str(index)})
-    assert [e["ref"] for e in (await _events(client))["events"]] == ["4", "3", "2"]
+        await client.app[STORE].feed.record("sms.incoming", customer=CUSTOMER, details={"ref": str(index)})
+    assert [e["ref"] for e in (await _events(client))["events"]] == kept
 
 
 @pytest.mark.parametrize(
@@ -154,3 +159,23 @@ async def test_bad_filters_are_422_naming_the_field(client: Client, query: dict[
 
 async def test_the_feed_needs_the_admin_token(client: Client) -> None:
     assert (await client.get("/v1/events", headers=API)).status == 403
+
+
+async def test_pages_merge_the_partitions_even_where_their_entry_ids_meet(client: Client, redis: Redis) -> None:
+    """Each partition's feed is a stream of its own, so two may hold the same entry id: the
+    cursor names the partition too, and no entry is skipped or shown twice."""
+    keys = client.app[STORE].keys
+    for partition, ref in [(0, "a"), (3, "b"), (7, "c")]:
+        await redis.xadd(keys.feed(partition), {"kind": "sms.incoming", "ref": ref}, id="1000-0")
+    await redis.xadd(keys.feed(3), {"kind": "sms.incoming", "ref": "newest"}, id="2000-0")
+    await redis.xadd(keys.feed(5), {"kind": "sms.incoming", "ref": "oldest"}, id="500-0")
+    refs: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await _events(client, limit="1", **({"cursor": cursor} if cursor else {}))
+        refs += [e["ref"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert refs == ["newest", "c", "b", "a", "oldest"]
+    assert [e["ref"] for e in (await _events(client, cursor="1000-0"))["events"]] == ["oldest"]

@@ -19,10 +19,12 @@ from config.settings import Settings
 from gateway.app import create_app
 from gateway.appkeys import SETTINGS, WORKERS
 from gateway.keys import Keys
+from gateway.store.backlog import Backlogs
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import Client, ClientFactory
 from tests.support import (
+    CUSTOMER,
     add_item,
     add_trigger,
     call_form,
@@ -100,7 +102,7 @@ async def test_acknowledged_webhook_survives_a_redis_restart(
     keys = Keys(private_settings.key_prefix)
     probe = Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        assert await probe.xlen(keys.stream(EVENTS_STREAM)) == 1  # still there, unprocessed
+        assert (await Backlogs(probe, keys).of(EVENTS_STREAM)).length == 1  # still there, unprocessed
     finally:
         await probe.aclose()
 
@@ -184,7 +186,8 @@ async def test_out_of_memory_at_start_delays_the_consumers_not_the_events(
 
     async def all_live() -> bool:
         metrics = await (await client.get("/metrics")).text()
-        return 'callgate_stream_consumers_live{stream="events"} 1.0' in metrics
+        # One per partition.
+        return f'callgate_stream_consumers_live{{stream="events"}} {private_settings.partitions}.0' in metrics
 
     await eventually(all_live)
 
@@ -223,16 +226,16 @@ async def test_the_supervisor_restarts_a_worker_task_that_ended(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     workers = client.app[WORKERS]
-    first = workers.tasks["consumer-events-0"]
+    first = workers.tasks["consumer-events/0-0"]
     first.cancel()
 
     async def restarted() -> bool:
-        task = workers.tasks["consumer-events-0"]
+        task = workers.tasks["consumer-events/0-0"]
         return task is not first and not task.done()
 
     await eventually(restarted)
-    assert any("consumer-events-0 ended" in r.getMessage() for r in caplog.records if r.name == "gateway.workers")
-    assert workers.live_consumers("events") == 1
+    assert any("consumer-events/0-0 ended" in r.getMessage() for r in caplog.records if r.name == "gateway.workers")
+    assert workers.live_consumers("events") == client.app[SETTINGS].partitions  # one per partition
     assert workers.live_consumers("jobs") == client.app[SETTINGS].consumers
 
 
@@ -243,7 +246,8 @@ async def test_metrics_show_the_stream_backlog(aiohttp_client: ClientFactory, se
         form = call_form("CA" + str(n) * 32, CallStatus="in-progress", DialCallStatus="no-answer")
         assert (await twilio_post(api, STATUS_PATH, form)).status == 200
     keys = Keys(settings.key_prefix)
-    stream = keys.stream(EVENTS_STREAM)
+    # The three calls are one customer's: all in one partition.
+    stream = keys.stream(EVENTS_STREAM, keys.partition_of(CUSTOMER))
     await redis.xgroup_create(stream, EVENTS_STREAM, id="0")
     await redis.xreadgroup(EVENTS_STREAM, "gone", {stream: ">"}, count=2)  # two taken, never acked
     metrics = await (await api.get("/metrics")).text()

@@ -12,6 +12,7 @@ from config.settings import Settings
 from gateway.api.hooks import STATUS_PATH
 from gateway.keys import Keys
 from gateway.store import Store
+from gateway.store.backlog import Backlogs
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.records import Snapshots
 from tests.conftest import API, Client
@@ -41,10 +42,10 @@ async def expire_what_expires(redis: Redis, prefix: str) -> int:
 
 async def processed(redis: Redis, prefix: str) -> None:
     """Wait until the events stream is drained: every entry processed and deleted."""
-    stream = Keys(prefix).stream(EVENTS_STREAM)
+    backlogs = Backlogs(redis, Keys(prefix))
 
     async def drained() -> bool:
-        return await redis.xlen(stream) == 0
+        return (await backlogs.of(EVENTS_STREAM)).length == 0
 
     await eventually(drained)
 

@@ -126,7 +126,8 @@ async def test_dead_letters_api_lists_a_malformed_event(
     settings = make_settings(max_deliveries=2)
     client = await aiohttp_client(create_app(settings))
     keys = Keys(prefix)
-    entry_id = await redis.xadd(keys.stream(EVENTS_STREAM), {"event": "not-json"})
+    stream = keys.stream(EVENTS_STREAM, 5)  # any partition: its consumers dead-letter it
+    entry_id = await redis.xadd(stream, {"event": "not-json"})
 
     async def listed() -> list[dict[str, Any]]:
         resp = await client.get("/v1/dead-letters", headers=ADMIN)
@@ -140,14 +141,14 @@ async def test_dead_letters_api_lists_a_malformed_event(
         return bool(await listed())
 
     await eventually(dead, timeout=15)
-    await eventually(lambda: drained(redis, keys.stream(EVENTS_STREAM), EVENTS_STREAM))
+    await eventually(lambda: drained(redis, stream, EVENTS_STREAM))
     entries = await listed()
     assert len(entries) == 1, entries
     assert entries[0]["_id"] == entry_id
     assert entries[0]["event"] == "not-json"
     assert entries[0]["_error"].startswith("JSONDecodeError: ")  # the processor's last error
-    assert await redis.xlen(keys.stream(EVENTS_STREAM)) == 0
-    assert (await redis.xpending(keys.stream(EVENTS_STREAM), EVENTS_STREAM))["pending"] == 0
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, EVENTS_STREAM))["pending"] == 0
     assert (await client.get("/v1/dead-letters", headers=API)).status == 403
     resp = await client.get("/v1/dead-letters", params={"stream": "nope"}, headers=ADMIN)
     assert resp.status == 422

@@ -233,7 +233,8 @@ async def test_idempotency_token_dedupes_retries(client: Client, redis: Redis, p
         assert (await twilio_post(client, "/webhooks/twilio/sms", sms_form(), headers=headers)).status == 200
     await _settle(client, 1)
     assert timeline_types(await item(client)).count("sms.incoming") == 1
-    assert await redis.exists(f"{prefix}dedup:token:tw:{token}")
+    keys = client.app[STORE].keys
+    assert await redis.exists(keys.dedup(keys.partition_of(CUSTOMER), f"token:tw:{token}"))
 
 
 async def test_triggers_of_one_event_apply_in_order_each_on_the_last_stage(client: Client) -> None:
