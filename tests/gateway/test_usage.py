@@ -4,16 +4,27 @@ and line at GET /v1/usage, each dial counted once however often its report is pr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from config.settings import Settings
+from config.vocabulary import EventKind
 from gateway.app import create_app
+from gateway.appkeys import SETTINGS
+from gateway.jobs import JobRunner
+from gateway.providers.registry import Providers
 from gateway.providers.sandbox import CALL_SECONDS
+from gateway.speech import Speech
+from gateway.store import Store
+from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import LINE, NO_ANSWER, final, post, put_card, setup
+from voice.render import renderer_for
+from webhooks.events import Event
 
 PRICES = {"currency": "EUR", "per_minute": 0.013, "per_tts_char": 0.000016, "per_sms_segment": 0.0079}
 
@@ -99,3 +110,28 @@ async def test_a_time_that_is_not_one_is_a_422(priced: Client, key: str, value: 
     resp = await priced.get("/v1/usage", params={key: value}, headers=API)
     assert resp.status == 422
     assert (await resp.json())["error"]["field"] == key
+
+
+async def test_a_dial_s_end_processed_again_counts_once(priced: Client, redis: Redis) -> None:
+    _, accepted = await post(priced, say("Hola"))
+    done = await final(priced, accepted["id"], "completed")
+    before = await usage(priced)
+    # The completed report again (a worker that died before acknowledging it): the job is
+    # already completed, and the hour's totals already have this dial.
+    settings = priced.app[SETTINGS]
+    store = Store.open(redis, settings, Snapshots())
+    runner = JobRunner(store, Providers(store), settings, Speech(renderer_for(settings), 1))
+    event = Event(
+        kind=EventKind.CALL_COMPLETED,
+        provider="sb",
+        line=LINE,
+        customer=done["to"],
+        ref=done["provider_ref"],
+        dedup="again",
+        at=time.time(),
+        status="completed",
+        extra={"CallDuration": str(CALL_SECONDS), "job": done["id"], "dial": "1"},
+    )
+    await runner.on_call_event(done["id"], event)
+    assert await usage(priced) == before and before["providers"][0]["jobs"] == 1
+    assert (await final(priced, done["id"], "completed"))["usage"] == done["usage"]
