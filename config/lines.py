@@ -241,3 +241,6 @@ class Line(Strict):
     caps: Caps | None = None
     # The engine a robocall's say uses when the request names none (voice.robocall.Say.engine).
     tts_engine: TtsEngine | None = None
+    # SMS sent from this number a second, on top of its provider's sms_per_second (a
+    # carrier's per-number throughput); None: the provider's rate alone.
+    sms_per_second: Annotated[float, Field(gt=0, le=1000)] | None = None

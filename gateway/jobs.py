@@ -80,6 +80,10 @@ def call_status(event: Event) -> JobStatus | None:
     return None
 
 
+def _provider_limit(job: Job) -> str:
+    return f"{'sms' if job['kind'] == JobKind.SMS else 'calls'}:{job['provider']}"
+
+
 def _reason(status: JobStatus, event: Event) -> str:
     if status not in FINAL or status in (JobStatus.COMPLETED, JobStatus.DELIVERED):
         return ""
@@ -194,19 +198,26 @@ class JobRunner:
         return False
 
     async def _slot(self, job: Job) -> bool:
-        """A slot of the provider's ``calls_per_second`` (``sms_per_second`` for SMS), shared
-        by every process: waited for when it is near, else the job waits in the due set
-        without holding a consumer."""
-        record = await self._store.providers.get(job["provider"])
-        sms = job["kind"] == JobKind.SMS
-        per_second = (record.sms_per_second if sms else record.calls_per_second) if record is not None else 1.0
-        name = f"{'sms' if sms else 'calls'}:{job['provider']}"
-        slot = await self._store.limits.reserve(name, per_second, MAX_SLOT_WAIT_SECONDS)
+        """A slot of the provider's ``calls_per_second`` (``sms_per_second`` for SMS, and the
+        line's own ``sms_per_second`` too), shared by every process: waited for when it is
+        near, else the job waits in the due set without holding a consumer."""
+        slot = await self._store.limits.reserve(await self._rates(job), MAX_SLOT_WAIT_SECONDS)
         if not slot.granted:
             await self._store.jobs.defer(job.id, self._clock() + slot.wait, job["reason"])
             return False
         await asyncio.sleep(slot.wait)
         return True
+
+    async def _rates(self, job: Job) -> dict[str, float]:
+        """The limits a job's send counts against: name -> slots a second."""
+        record = await self._store.providers.get(job["provider"])
+        if job["kind"] != JobKind.SMS:
+            return {_provider_limit(job): record.calls_per_second if record is not None else 1.0}
+        rates = {_provider_limit(job): record.sms_per_second if record is not None else 1.0}
+        line = await self._store.lines.get(job["line"])
+        if line is not None and line.sms_per_second is not None:
+            rates[f"sms-line:{job['line']}"] = line.sms_per_second
+        return rates
 
     async def _send(self, job: Job, provider: CallProvider, since: float, reconcile: bool) -> None:
         if not isinstance(provider, SmsProvider):
@@ -307,6 +318,9 @@ class JobRunner:
             delay = exc.retry_after or backoff(
                 tries, self._settings.job_retry_seconds, BACKOFF_CAP_SECONDS, self._jitter()
             )
+            if exc.throttled:
+                # Over the provider's own rate: every process holds off, not this job alone.
+                await self._store.limits.pause(_provider_limit(job), delay)
             reason = f"try {tries} failed ({exc.reason}); retrying in {delay:.1f} s"
             due = self._clock() + delay
             await self._change(job, JobStatus.QUEUED, expect=expect, reason=reason, tries=tries, due=due)

@@ -275,5 +275,6 @@ class Keys:
 
     def limit(self, name: str) -> str:
         """A rate limit's next free slot (unix seconds, Redis' clock); expires once it has
-        passed, so an idle limit costs nothing."""
-        return f"{self.prefix}limit:{name}"
+        passed, so an idle limit costs nothing. Every limit shares one hash tag: a send takes
+        its provider's and its line's slots in one step. They are a few tiny keys."""
+        return f"{self.prefix}limit:{self.tag_of('limits')}{name}"

@@ -46,15 +46,23 @@ class OutboundSms:
 
 class PlacementError(Exception):
     """The provider did not place the call. ``transient`` ones (timeouts, 5xx, 429) are
-    retried with backoff; the rest (4xx, an invalid number) end the job ``failed``."""
+    retried with backoff; the rest (4xx, an invalid number) end the job ``failed``.
+    ``throttled``: the provider said we are over its rate (HTTP 429)."""
 
     def __init__(
-        self, reason: str, *, transient: bool, retry_after: float | None = None, opted_out: bool = False
+        self,
+        reason: str,
+        *,
+        transient: bool,
+        retry_after: float | None = None,
+        opted_out: bool = False,
+        throttled: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
         self.retry_after = retry_after
+        self.throttled = throttled
         # The provider refused because the customer opted out (Twilio 21610): the job is
         # skipped and the number opted out in the ledger.
         self.opted_out = opted_out

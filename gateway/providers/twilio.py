@@ -74,7 +74,9 @@ def _errors(*, listing: str = "") -> Iterator[None]:
     except TwilioRestException as exc:
         transient = bool(listing) or exc.status == 429 or exc.status >= 500
         reason = f"Twilio HTTP {exc.status} " + (f"listing {listing}" if listing else f"({exc.code})") + f": {exc.msg}"
-        raise PlacementError(reason, transient=transient, opted_out=exc.code == OPTED_OUT) from None
+        raise PlacementError(
+            reason, transient=transient, opted_out=exc.code == OPTED_OUT, throttled=exc.status == 429
+        ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlacementError(f"Twilio unreachable: {type(exc).__name__}: {exc}", transient=True) from None
 

@@ -164,8 +164,20 @@ async def test_a_reconciled_job_takes_a_rate_limit_slot_only_when_it_dials(queue
 
     # The provider's next slot is far away: a job that had to dial now would wait for it.
     limits = Limits(redis, Keys(settings.key_prefix))
-    held = await limits.reserve("calls:sb", 0.001, 5)
+    held = await limits.reserve({"calls:sb": 0.001}, 5)
     await runner.run(job_id)
     job = await store.jobs.get(job_id)
     assert job is not None and job.status == "sent" and job["provider_ref"] == "CA-made"
-    assert (await limits.reserve("calls:sb", 1000, 0)).at == pytest.approx(held.at + 1000, abs=1e-3)
+    assert (await limits.reserve({"calls:sb": 1000}, 0)).at == pytest.approx(held.at + 1000, abs=1e-3)
+
+
+async def test_a_provider_429_holds_off_every_send_through_that_provider(queued: Queued, redis: Redis) -> None:
+    settings, job_id = queued.settings, queued.job_id
+    provider = Scripted([PlacementError("HTTP 429", transient=True, throttled=True)])
+    runner, store = runner_for(settings, redis, provider)
+    await runner.run(job_id)
+    job = await store.jobs.get(job_id)
+    assert job is not None and job.status == "queued" and "retrying in 1.0 s" in job["reason"]
+    # Not this job alone: the provider's limit gives no slot for the job's backoff.
+    held = await store.limits.reserve({f"calls:{job['provider']}": 1000}, 0.5)
+    assert not held.granted and held.wait > 0.5

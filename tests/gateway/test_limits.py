@@ -1,5 +1,6 @@
-"""Limits: the provider rate limiter shared by processes, redials after no answer or busy,
-and quiet hours that hold a job until the customer's window opens."""
+"""Limits: the rate limiter shared by processes (a provider's and a line's rates at once),
+redials after no answer or busy, and quiet hours that hold a job until the customer's window
+opens."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.limits import Limits
-from tests.conftest import ADMIN, Client, ClientFactory
+from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import CUSTOMER, LINE, NO_ANSWER, final, job, job_statuses, post, put_card, setup
 from tests.media import media_server
 from tests.support import eventually, item
@@ -35,7 +36,7 @@ from gateway.store.limits import Limits
 async def main():
     redis = Redis.from_url(sys.argv[1], decode_responses=True)
     limits = Limits(redis, Keys(sys.argv[2]))
-    slots = [await limits.reserve("calls:tw", 20, 3600) for _ in range(40)]
+    slots = [await limits.reserve({"calls:tw": 20}, 3600) for _ in range(40)]
     print(json.dumps([slot.at for slot in slots]))
     await redis.aclose()
 
@@ -58,13 +59,69 @@ async def test_two_processes_share_one_rate_exactly(settings: Settings) -> None:
 
 async def test_a_slot_too_far_away_is_not_taken(redis: Redis, prefix: str) -> None:
     limits = Limits(redis, Keys(prefix))
-    first = await limits.reserve("calls:x", 1, 2)
-    second = await limits.reserve("calls:x", 1, 2)
+    first = await limits.reserve({"calls:x": 1}, 2)
+    second = await limits.reserve({"calls:x": 1}, 2)
     assert first.granted and first.wait == pytest.approx(0, abs=0.01)
     assert second.granted and second.at == pytest.approx(first.at + 1, abs=1e-5)
-    too_far = await limits.reserve("calls:x", 1, 0.5)
+    too_far = await limits.reserve({"calls:x": 1}, 0.5)
     assert not too_far.granted and too_far.at == pytest.approx(first.at + 2, abs=1e-5)
-    assert (await limits.reserve("calls:x", 1, 5)).at == pytest.approx(first.at + 2, abs=1e-5)
+    assert (await limits.reserve({"calls:x": 1}, 5)).at == pytest.approx(first.at + 2, abs=1e-5)
+
+
+async def test_a_send_takes_one_slot_free_in_both_its_limits(redis: Redis, prefix: str) -> None:
+    """A provider at 10/s with a line at 2/s: the line's sends go 0.5 s apart, and each takes
+    the provider's slot at that moment, so another line of the provider goes right after."""
+    limits = Limits(redis, Keys(prefix))
+    first = await limits.reserve({"sms:p": 10, "sms-line:a": 2}, 60)
+    second = await limits.reserve({"sms:p": 10, "sms-line:a": 2}, 60)
+    assert second.at == pytest.approx(first.at + 0.5, abs=1e-5)
+    other_line = await limits.reserve({"sms:p": 10, "sms-line:b": 2}, 60)
+    assert other_line.at == pytest.approx(second.at + 0.1, abs=1e-5)
+
+
+async def test_a_slot_not_taken_leaves_every_limit_as_it_was(redis: Redis, prefix: str) -> None:
+    limits = Limits(redis, Keys(prefix))
+    await limits.reserve({"sms-line:a": 0.01}, 60)  # the line's next slot is 100 s away
+    refused = await limits.reserve({"sms:p": 1, "sms-line:a": 0.01}, 2)
+    assert not refused.granted and refused.wait == pytest.approx(100, abs=1)
+    # The provider's limit lent nothing to the refused send: its slot is free now.
+    assert (await limits.reserve({"sms:p": 1}, 0)).granted
+
+
+async def test_a_pause_holds_the_limit_off_after_the_slots_taken(redis: Redis, prefix: str) -> None:
+    limits = Limits(redis, Keys(prefix))
+    taken = await limits.reserve({"calls:p": 10}, 2)
+    await limits.pause("calls:p", 30)
+    held = await limits.reserve({"calls:p": 10}, 2)
+    assert not held.granted and held.at == pytest.approx(taken.at + 0.1 + 30, abs=1e-5)
+
+
+async def test_a_lines_sms_per_second_spaces_its_messages(client: Client) -> None:
+    """Through the API: a line at 4 messages a second (its provider allows 1000) sends its
+    third message at least 0.5 s after the first was queued, whatever the load."""
+    await setup(client)
+    assert (
+        await client.put("/v1/providers/sb", json={"kind": "sandbox", "sms_per_second": 1000}, headers=ADMIN)
+    ).status == 200
+    line = {"provider": "sb", "sms_per_second": 4}
+    resp = await client.put(f"/v1/lines/{LINE}", json=line, headers=ADMIN)
+    assert resp.status == 200 and (await resp.json())["sms_per_second"] == 4
+    ids = []
+    for _ in range(3):
+        resp = await client.post("/v1/sms", json={"item_id": "D1", "text": "hi"}, headers=API)
+        assert resp.status == 202
+        ids.append((await resp.json())["id"])
+    for job_id in ids:
+        await final(client, job_id, "delivered")
+    timeline = (await item(client, "D1"))["timeline"]
+    updates = [e for e in timeline if e["type"] == "job.updated"]
+    queued = min(_at(e) for e in updates if e["data"]["status"] == "queued")
+    sending = sorted(_at(e) for e in updates if e["data"]["status"] == "sending")
+    assert len(sending) == 3 and sending[-1] - queued >= 0.5 - 0.002  # timeline times are in ms
+
+
+def _at(entry: dict[str, Any]) -> float:
+    return datetime.fromisoformat(entry["at"]).timestamp()
 
 
 @pytest.fixture
