@@ -15,7 +15,7 @@ dispatch latency of a job whose audio is cached, and the limiter's accuracy acro
   and "calling" when it comes, at 1 and 10 calls/s: the achieved rate and the most calls
   in any one-second window.
 
-One ``callgate serve`` app in this process on its own embedded Redis; about 40 s by default.
+One ``callgate serve`` app in this process on its own embedded Redis; about 45 s by default.
 
     python bench/robocall.py [--jobs 200] [--fresh 12] [--dispatch 300] [--seconds 8]
 """
@@ -70,7 +70,8 @@ from gateway.store.limits import Limits
 async def main():
     redis = Redis.from_url(sys.argv[1], decode_responses=True)
     limits = Limits(redis, Keys(sys.argv[2]))
-    rate, until, calls = float(sys.argv[3]), float(sys.argv[4]), []
+    rate, start, until, calls = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), []
+    await asyncio.sleep(start - time.time())
     while time.time() < until:
         slot = await limits.reserve("calls:bench:" + sys.argv[3], rate, 3600)
         await asyncio.sleep(slot.wait)
@@ -194,8 +195,11 @@ async def limiter(settings: Settings, rate: float, seconds: float) -> tuple[int,
     """Of two processes' calls: how many, the achieved calls/s, the most slots (Redis'
     clock) in any one-second window, and the latest a call came after its slot (the
     sleep's lateness, not the limiter's)."""
-    until = time.time() + 1.0 + seconds  # both start before the window opens
-    args = [sys.executable, "-c", _RESERVER, str(settings.redis_url), settings.key_prefix, str(rate), str(until)]
+    # Both processes start (Python and the imports take a second or more on a loaded
+    # machine) before the window opens, and call until it closes.
+    start = time.time() + 3.0
+    window = [str(rate), str(start), str(start + seconds)]
+    args = [sys.executable, "-c", _RESERVER, str(settings.redis_url), settings.key_prefix, *window]
     procs = [await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE) for _ in range(2)]
     calls: list[tuple[float, float]] = []
     for proc in procs:
