@@ -3,14 +3,20 @@ robocall or SMS on the jobs core."""
 
 from __future__ import annotations
 
-import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from config.jobs import JobKind, JobStatus
 from gateway.store import Store
 from gateway.store.items import now_iso, timeline_entry
-from gateway.store.jobs import Created
+
+
+@dataclass(frozen=True)
+class Created:
+    job_id: str
+    new: bool
+    same_body: bool
 
 
 async def enqueue(
@@ -26,8 +32,17 @@ async def enqueue(
     test: bool = False,
 ) -> Created:
     """Store the job (``fields`` add to the common ones), its first ``job.updated`` on the
-    item's timeline, and queue it; a job ``idempotency_key`` already made is not made again."""
-    job_id = "job_" + secrets.token_hex(8)
+    item's timeline, and queue it; a job ``idempotency_key`` already made is not made again.
+
+    The key is claimed first, in its own step, with the id the job will have; the job is
+    made in a second step (in the item's slot) that any request holding that id may run:
+    a request that died between the two leaves its retry able to finish the job.
+    """
+    job_id = store.jobs.new_id(item_id)
+    if idempotency_key is not None:
+        job_id, claimed_hash = await store.jobs.claim(idempotency_key, job_id, body_hash)
+        if claimed_hash != body_hash:
+            return Created(job_id, new=False, same_body=False)
     created = time.time()
     stamp = now_iso(created)
     common = {
@@ -45,11 +60,10 @@ async def enqueue(
     data: dict[str, Any] = {"job_id": job_id, "kind": kind.value, "status": "queued", "test": test}
     if kind is JobKind.SMS:
         data["text"] = fields["text"]  # the conversation reads in both directions on the timeline
-    return await store.jobs.create(
+    new = await store.jobs.create(
         {**common, **fields},
-        idempotency_key=idempotency_key,
-        body_hash=body_hash,
         created=created,
         due=created + delay_seconds if delay_seconds else 0,
         entry=timeline_entry("job.updated", data, created),
     )
+    return Created(job_id, new=new, same_body=True)

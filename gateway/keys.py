@@ -92,42 +92,48 @@ class Keys:
     def triggers(self) -> str:
         return f"{self.prefix}triggers"
 
+    # An item's keys (card, timeline, effect markers, jobs) are in the item's partition
+    # (``tag_of(item_id)``): the steps that change an item together stay in one slot.
     def item(self, item_id: str) -> str:
         """The card as JSON, with its current stage. No TTL: the CRM owns its lifetime."""
-        return f"{self.prefix}item:{item_id}"
+        return f"{self.prefix}{self.tag_of(item_id)}:item:{item_id}"
 
     def phone(self, e164: str) -> str:
         """Set of item ids holding this number: ``GET /v1/items?phone=`` in one SMEMBERS.
 
-        Rewritten in the same transaction as the card, so it never points at a stale card.
+        In the number's partition, not the item's, so one key answers a lookup; it is
+        written around the card's step (numbers added before it, dropped after), so it may
+        name a card that no longer holds the number (readers check the card) but never
+        misses one.
         """
-        return f"{self.prefix}phone:{e164}"
+        return f"{self.prefix}{self.tag_of(e164)}:phone:{e164}"
 
-    @property
-    def items(self) -> str:
-        """Sorted set: every item id, scored by its ``updated_at`` (unix ms), for
-        ``GET /v1/items`` in update order. Written in the card's transaction."""
-        return f"{self.prefix}items"
+    def items(self, partition: int) -> str:
+        """Sorted set: the ids of the items of one partition, scored by ``updated_at`` (unix
+        ms), for ``GET /v1/items`` in update order (the partitions merged). Written in the
+        card's transaction."""
+        return f"{self.prefix}{self.tag(partition)}:items"
 
-    def stage_items(self, pipeline: str, stage: str) -> str:
-        """Sorted set: the ids of the items in one stage, scored like ``items``: listing a
-        stage, and refusing to drop a stage items sit in, without reading every card."""
-        return f"{self.prefix}stage:{pipeline}:{stage}"
+    def stage_items(self, partition: int, pipeline: str, stage: str) -> str:
+        """Sorted set: the ids of one partition's items in one stage, scored like ``items``:
+        listing a stage, and refusing to drop a stage items sit in, without reading every
+        card."""
+        return f"{self.prefix}{self.tag(partition)}:stage:{pipeline}:{stage}"
 
     def timeline(self, item_id: str) -> str:
         """List of JSON entries, oldest first, trimmed to ``timeline_max`` (append-only)."""
-        return f"{self.prefix}timeline:{item_id}"
+        return f"{self.prefix}{self.tag_of(item_id)}:timeline:{item_id}"
 
     def timeline_count(self, item_id: str) -> str:
         """How many entries the item's timeline ever had: positions that stay put while the
         oldest are trimmed, for paging (``GET /v1/items/{id}?before=``)."""
-        return f"{self.prefix}timeline-count:{item_id}"
+        return f"{self.prefix}{self.tag_of(item_id)}:timeline-count:{item_id}"
 
-    @property
-    def leads(self) -> str:
-        """Sorted set: lead item id -> when it expires (unix s), for leads a line created with
-        ``lead_ttl_seconds`` set; an item leaves it when anyone changes it."""
-        return f"{self.prefix}leads"
+    def leads(self, partition: int) -> str:
+        """Sorted set: lead item id -> when it expires (unix s), for the leads of one
+        partition a line created with ``lead_ttl_seconds`` set; an item leaves it when
+        anyone changes it."""
+        return f"{self.prefix}{self.tag(partition)}:leads"
 
     def stream(self, name: str, partition: int | None = None) -> str:
         """A durable stream (events, jobs, ...) read by a consumer group of the same name; a
@@ -163,7 +169,7 @@ class Keys:
         same transaction as the effect. No TTL: re-processing an event, or a provider
         replaying it after its dedup key expired, finds it done while the item keeps the
         entries it guards (trimmed with the timeline)."""
-        return f"{self.prefix}effects:{item_id}"
+        return f"{self.prefix}{self.tag_of(item_id)}:effects:{item_id}"
 
     def call(self, provider: str, ref: str) -> str:
         """Hash of one provider call: ``rank`` and ``status`` only ever move forward, so an
@@ -190,8 +196,9 @@ class Keys:
         return f"{self._at(partition)}feed"
 
     def idempotency(self, scope: str, key: str) -> str:
-        """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one."""
-        return f"{self.prefix}idem:{scope}:{key}"
+        """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one; in
+        the key's own partition (it is looked up before the request's item is known)."""
+        return f"{self.prefix}{self.tag_of(key)}:idem:{scope}:{key}"
 
     @property
     def subscriptions(self) -> str:
@@ -220,12 +227,13 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         """Hash of one robocall or SMS job: its status, where it stands in placing the call,
-        and the request it runs. No TTL: it is the CRM's record of what was done."""
-        return f"{self.prefix}job:{job_id}"
+        and the request it runs. No TTL: it is the CRM's record of what was done. Job ids
+        are minted in their item's partition, so this is in the item's slot."""
+        return f"{self.prefix}{self.tag_of(job_id)}:job:{job_id}"
 
     def item_jobs(self, item_id: str) -> str:
         """Sorted set: job ids of an item scored by creation time, for ``GET /v1/jobs?item_id=``."""
-        return f"{self.prefix}item-jobs:{item_id}"
+        return f"{self.prefix}{self.tag_of(item_id)}:item-jobs:{item_id}"
 
     @property
     def jobs_due(self) -> str:

@@ -19,9 +19,7 @@ from gateway.store.items import Item
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
-async def _accepted(request: web.Request, job_id: str) -> web.Response:
-    job = await request.app[STORE].jobs.get(job_id)
-    status = job.status if job is not None else JobStatus.QUEUED
+def _accepted(job_id: str, status: JobStatus) -> web.Response:
     return web.json_response({"id": job_id, "status": status.value}, status=202)
 
 
@@ -44,12 +42,16 @@ class Queueing:
         """The answer for a key already used (409 with another body), or None."""
         if self.key is None:
             return None
-        existing = await self._request.app[STORE].jobs.existing(self.key)
+        jobs = self._request.app[STORE].jobs
+        existing = await jobs.existing(self.key)
         if existing is None:
             return None
         if existing[1] != self.body_hash:
             raise _conflict()
-        return await _accepted(self._request, existing[0])
+        job = await jobs.get(existing[0])
+        if job is None:
+            return None  # its request died before making it: this one makes it (``queue``)
+        return _accepted(job.id, job.status)
 
     async def item(self, item_id: str) -> Item:
         """The item the job is for (422 when the CRM has not synced it)."""
@@ -77,5 +79,6 @@ class Queueing:
             raise _conflict()
         if outcome.new:
             # A worker may already be sending it; the contract's answer to a new job is "queued".
-            return web.json_response({"id": outcome.job_id, "status": JobStatus.QUEUED.value}, status=202)
-        return await _accepted(self._request, outcome.job_id)
+            return _accepted(outcome.job_id, JobStatus.QUEUED)
+        job = await self._request.app[STORE].jobs.get(outcome.job_id)
+        return _accepted(outcome.job_id, job.status if job is not None else JobStatus.QUEUED)

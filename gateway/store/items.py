@@ -1,14 +1,24 @@
-"""CRM items: the card, the phone index and the timeline, changed together atomically."""
+"""CRM items: the card, its listings and the timeline, changed together atomically, and the
+phone index kept around that step.
+
+An item's keys, and its entries in the listings (all items, a stage's items, leads), are
+in the item's partition, so each change of an item is one step in one Redis Cluster slot;
+the listings are read across the partitions. The phone index is in the number's partition
+and written around the card's step: numbers are added before it and dropped after it (then
+the card is read back, and what it holds by then is added again, in case a concurrent change
+gave a dropped number back), so a lookup may find a card that no longer holds the number,
+which it skips, but never misses one.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -16,7 +26,7 @@ from redis.exceptions import WatchError
 
 from config.cards import Card
 from config.triggers import may_move
-from gateway.keys import Keys
+from gateway.keys import Keys, partition_of
 from gateway.store.outbox import OUTBOX_STREAM, Outbox, publish_lua
 from gateway.store.scripts import Call, raise_first, run_many
 
@@ -117,6 +127,17 @@ return 1
 )
 
 
+# The phone numbers a change of a card drops and adds.
+_Numbers = tuple[frozenset[str], frozenset[str]]
+_UNCHANGED: _Numbers = (frozenset(), frozenset())
+
+
+def _numbers_changed(old: Item | None, new: Item | None) -> _Numbers:
+    before = frozenset(old.card.numbers()) if old else frozenset()
+    after = frozenset(new.card.numbers()) if new else frozenset()
+    return before - after, after - before
+
+
 @dataclass(frozen=True)
 class ItemQuery:
     """Filters of ``GET /v1/items``; ``after`` is the cursor: (updated ms, id), exclusive."""
@@ -211,30 +232,49 @@ class Items:
         pipe.incr(self._keys.timeline_count(item_id))
         self._outbox.publish(pipe, item_id, entry)
 
-    def _save(self, pipe: Pipeline, item: Item, old: Item | None) -> None:
-        """Queue the card and the phone index changes it makes against ``old``.
+    def _partition(self, item_id: str) -> int:
+        return partition_of(item_id, self._keys.partitions)
 
-        In the card's transaction, so a lookup by number never finds a stale card.
-        """
-        old_numbers = old.card.numbers() if old else set()
+    def _save(self, pipe: Pipeline, item: Item, old: Item | None) -> None:
+        """Queue the card and its place in the listings (all in the item's partition)."""
+        partition = self._partition(item.id)
         pipe.set(self._keys.item(item.id), item.to_json())
-        for number in old_numbers - item.card.numbers():
-            pipe.srem(self._keys.phone(number), item.id)
-        for number in item.card.numbers() - old_numbers:
-            pipe.sadd(self._keys.phone(number), item.id)
         updated = {item.id: item.updated_ms()}
-        pipe.zadd(self._keys.items, updated)
+        pipe.zadd(self._keys.items(partition), updated)
         if old is not None and (old.card.pipeline, old.stage) != (item.card.pipeline, item.stage):
-            pipe.zrem(self._keys.stage_items(old.card.pipeline, old.stage), item.id)
-        pipe.zadd(self._keys.stage_items(item.card.pipeline, item.stage), updated)
+            pipe.zrem(self._keys.stage_items(partition, old.card.pipeline, old.stage), item.id)
+        pipe.zadd(self._keys.stage_items(partition, item.card.pipeline, item.stage), updated)
         # A card anyone changed after a line created it is the CRM's now: it no longer expires.
-        pipe.zrem(self._keys.leads, item.id)
+        pipe.zrem(self._keys.leads(partition), item.id)
+
+    async def _index(self, item_id: str, numbers: Iterable[str]) -> None:
+        """Add ``item_id`` to the phone index of each of ``numbers`` (each its own key);
+        before the card's step, so a lookup never misses the card once it is written."""
+        await self._reindex(item_id, (frozenset(), frozenset(numbers)))
+
+    async def _reindex(self, item_id: str, change: _Numbers) -> None:
+        """After the card's step: drop the numbers it no longer holds from the index and add
+        those it gained again (a concurrent change may have dropped them meanwhile); then,
+        if any was dropped, index again those of them the card holds by now (a concurrent
+        change may have given one back, and added it before this drop)."""
+        dropped, added = change
+        if not dropped and not added:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for number in sorted(dropped):
+                pipe.srem(self._keys.phone(number), item_id)
+            for number in sorted(added):
+                pipe.sadd(self._keys.phone(number), item_id)
+            await pipe.execute()
+        if dropped:
+            raw = await self._redis.get(self._keys.item(item_id))
+            await self._index(item_id, Item.from_json(raw).card.numbers() & dropped if raw else ())
 
     async def put(self, item_id: str, card: Card) -> tuple[Item, bool]:
         """Create or replace the card; returns it and whether it is new."""
         key = self._keys.item(item_id)
 
-        async def body(pipe: Pipeline) -> tuple[Item, bool]:
+        async def body(pipe: Pipeline) -> tuple[Item, bool, _Numbers]:
             raw = await pipe.get(key)
             old = Item.from_json(raw) if raw else None
             stamp = now_iso()
@@ -246,30 +286,36 @@ class Items:
             elif old.stage != card.stage or old.card.pipeline != card.pipeline:
                 change = {"from": old.stage, "to": card.stage, "trigger_id": None, "act_as": "crm"}
                 self.append(pipe, item_id, timeline_entry("item.stage_changed", change))
-            return item, old is None
+            return item, old is None, _numbers_changed(old, item)
 
-        return await self._watched([key], body)
+        await self._index(item_id, card.numbers())
+        item, new, change = await self._watched([key], body)
+        await self._reindex(item_id, change)
+        return item, new
 
     async def create_if_absent(self, item_id: str, card: Card, data: Mapping[str, Any]) -> Item:
         """A lead: created once under a deterministic id, so re-processing finds it. With a
         lead TTL it is deleted that long after, unless someone changed it meanwhile."""
         key = self._keys.item(item_id)
 
-        async def body(pipe: Pipeline) -> Item:
+        async def body(pipe: Pipeline) -> tuple[Item, _Numbers]:
             raw = await pipe.get(key)
             if raw:
                 pipe.multi()  # type: ignore[no-untyped-call]  # an empty EXEC keeps the loop uniform
-                return Item.from_json(raw)
+                return Item.from_json(raw), _UNCHANGED
             stamp = now_iso()
             item = Item(item_id, card, stamp, stamp)
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             self._save(pipe, item, None)
             self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage, **data}))
             if self._lead_ttl:
-                pipe.zadd(self._keys.leads, {item_id: time.time() + self._lead_ttl})
-            return item
+                pipe.zadd(self._keys.leads(self._partition(item_id)), {item_id: time.time() + self._lead_ttl})
+            return item, _numbers_changed(None, item)
 
-        return await self._watched([key], body)
+        await self._index(item_id, card.numbers())
+        item, change = await self._watched([key], body)
+        await self._reindex(item_id, change)
+        return item
 
     async def record(self, item_id: str, identity: str, entry: str) -> bool:
         """Append ``entry`` unless the event named ``identity`` already did; True when added."""
@@ -334,95 +380,151 @@ class Items:
 
         return await self._watched([key, effects], body)
 
-    def _remove(self, pipe: Pipeline, item: Item) -> None:
-        """Queue the removal of ``item`` and of everything keyed by it."""
+    def _remove(self, pipe: Pipeline, item: Item) -> _Numbers:
+        """Queue the removal of ``item`` and of everything keyed by it; the phone index
+        entries to drop after it."""
+        partition = self._partition(item.id)
         pipe.delete(
             self._keys.item(item.id),
             self._keys.timeline(item.id),
             self._keys.timeline_count(item.id),
             self._keys.effects(item.id),
         )
-        for number in item.card.numbers():
-            pipe.srem(self._keys.phone(number), item.id)
-        pipe.zrem(self._keys.items, item.id)
-        pipe.zrem(self._keys.stage_items(item.card.pipeline, item.stage), item.id)
-        pipe.zrem(self._keys.leads, item.id)
+        pipe.zrem(self._keys.items(partition), item.id)
+        pipe.zrem(self._keys.stage_items(partition, item.card.pipeline, item.stage), item.id)
+        pipe.zrem(self._keys.leads(partition), item.id)
+        return _numbers_changed(item, None)
 
     async def delete(self, item_id: str) -> bool:
         """Remove the card with everything keyed by it: its phone index entries, its place
         in the listings, its timeline and its effect markers. False when there was no such item."""
         key = self._keys.item(item_id)
 
-        async def body(pipe: Pipeline) -> bool:
+        async def body(pipe: Pipeline) -> _Numbers | None:
             raw = await pipe.get(key)
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            if not raw:
-                return False
-            self._remove(pipe, Item.from_json(raw))
-            return True
+            return self._remove(pipe, Item.from_json(raw)) if raw else None
 
-        return await self._watched([key], body)
+        change = await self._watched([key], body)
+        if change is None:
+            return False
+        await self._reindex(item_id, change)
+        return True
 
     async def expire_leads(self, now: float, batch: int = 100) -> list[str]:
         """Delete the leads nobody changed within the lead TTL; returns their ids."""
-        due = await self._redis.zrangebyscore(self._keys.leads, "-inf", now, start=0, num=batch)
-        return [str(item_id) for item_id in due if await self._expire_lead(str(item_id), now)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in range(self._keys.partitions):
+                pipe.zrangebyscore(self._keys.leads(partition), "-inf", now, start=0, num=batch)
+            due: list[list[str]] = await pipe.execute()
+        return [str(item_id) for ids in due for item_id in ids if await self._expire_lead(str(item_id), now)]
 
     async def _expire_lead(self, item_id: str, now: float) -> bool:
         key = self._keys.item(item_id)
+        leads = self._keys.leads(self._partition(item_id))
 
-        async def body(pipe: Pipeline) -> bool:
+        async def body(pipe: Pipeline) -> _Numbers | None:
             raw = await pipe.get(key)
-            due = await pipe.zscore(self._keys.leads, item_id)
+            due = await pipe.zscore(leads, item_id)
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             if due is None or due > now:  # someone changed it meanwhile
-                return False
+                return None
             if not raw:
-                pipe.zrem(self._keys.leads, item_id)
-                return False
-            self._remove(pipe, Item.from_json(raw))
-            return True
+                pipe.zrem(leads, item_id)
+                return None
+            return self._remove(pipe, Item.from_json(raw))
 
-        return await self._watched([key, self._keys.leads], body)
+        change = await self._watched([key, leads], body)
+        if change is None:
+            return False
+        await self._reindex(item_id, change)
+        return True
+
+    def _listings(self, query: ItemQuery) -> list[str]:
+        """The partitions' sorted sets ``query`` reads: a stage's, or all items'."""
+        if query.pipeline is not None and query.stage is not None:
+            pipeline, stage = query.pipeline, query.stage
+            return [self._keys.stage_items(p, pipeline, stage) for p in range(self._keys.partitions)]
+        return [self._keys.items(p) for p in range(self._keys.partitions)]
+
+    async def _merged(self, sources: list[str], low: int | str) -> AsyncIterator[list[tuple[str, int]]]:
+        """(member, score) of the sorted sets ``sources`` from score ``low`` on, merged in
+        their order ((score, member), as one sorted set holds them), up to ``_CHUNK`` at a time."""
+        # Each source's next rows, reversed: the smallest is popped from the end.
+        rows: list[list[tuple[int, str]]] = [[] for _ in sources]
+        read = [0] * len(sources)
+        more = [True] * len(sources)
+        while True:
+            empty = [i for i, left in enumerate(rows) if not left and more[i]]
+            if empty:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for i in empty:
+                        pipe.zrangebyscore(sources[i], low, "+inf", start=read[i], num=_CHUNK, withscores=True)
+                    replies: list[list[tuple[str, float]]] = await pipe.execute()
+                for i, reply in zip(empty, replies, strict=True):
+                    rows[i] = [(int(score), str(member)) for member, score in reversed(reply)]
+                    read[i] += len(reply)
+                    more[i] = len(reply) == _CHUNK
+            chunk: list[tuple[str, int]] = []
+            while len(chunk) < _CHUNK:
+                left = [i for i, pending in enumerate(rows) if pending]
+                if not left:
+                    break
+                first = min(left, key=lambda i: rows[i][-1])
+                score, member = rows[first].pop()
+                chunk.append((member, score))
+                if not rows[first] and more[first]:
+                    break  # its next rows may hold the next smallest
+            if not chunk:
+                return
+            yield chunk
 
     async def page(self, query: ItemQuery) -> tuple[list[Item], str | None]:
         """Items matching ``query`` in update order (oldest first), and the cursor of the
         next page (None when this page is the last)."""
-        source = (
-            self._keys.stage_items(query.pipeline, query.stage)
-            if query.pipeline is not None and query.stage is not None
-            else self._keys.items
-        )
         low = query.after[0] if query.after else query.since_ms if query.since_ms is not None else "-inf"
         found: list[tuple[Item, str]] = []
-        offset = 0
-        while True:
-            chunk = cast(
-                list[tuple[str, float]],
-                await self._redis.zrangebyscore(source, low, "+inf", start=offset, num=_CHUNK, withscores=True),
-            )
+        async for chunk in self._merged(self._listings(query), low):
             # The cursor is the listing's position, not the card's updated_at: a card updated
             # while the client pages moves to the end of the listing and is met again there.
-            places = [(member, int(score)) for member, score in chunk]
-            places = [(m, ms) for m, ms in places if query.after is None or (ms, m) > query.after]
-            raws = await self._redis.mget([self._keys.item(m) for m, _ in places]) if places else []
-            for (member, ms), raw in zip(places, raws, strict=True):
-                item = Item.from_json(raw) if raw else None
+            places = [(m, ms) for m, ms in chunk if query.after is None or (ms, m) > query.after]
+            for (member, ms), item in zip(places, await self._cards([m for m, _ in places]), strict=True):
                 if item is not None and query.matches(item):
                     found.append((item, f"{ms}:{member}"))
                     if len(found) > query.limit:
                         return [item for item, _ in found[: query.limit]], found[query.limit - 1][1]
-            if len(chunk) < _CHUNK:
-                return [item for item, _ in found], None
-            offset += _CHUNK
+        return [item for item, _ in found], None
+
+    async def _cards(self, ids: Sequence[str]) -> list[Item | None]:
+        """The cards of ``ids`` in one round trip (None for a card that is gone).
+
+        One GET per card, not MGET: each card may live on another Redis Cluster shard."""
+        if not ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for item_id in ids:
+                pipe.get(self._keys.item(item_id))
+            raws = await pipe.execute()
+        return [parse_item(raw) if raw else None for raw in raws]
 
     async def in_stages(self, pipeline: str, stages: Iterable[str], most: int = 5) -> dict[str, list[str]]:
         """Up to ``most`` item ids in each of ``stages`` that holds any."""
+        wanted = list(stages)
+        partitions = range(self._keys.partitions)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stage in wanted:
+                for p in partitions:
+                    pipe.zrange(self._keys.stage_items(p, pipeline, stage), 0, most - 1, withscores=True)
+            replies: list[list[tuple[str, float]]] = await pipe.execute()
         found: dict[str, list[str]] = {}
-        for stage in stages:
-            ids = await self._redis.zrange(self._keys.stage_items(pipeline, stage), 0, most - 1)
-            if ids:
-                found[stage] = [str(i) for i in ids]
+        for n, stage in enumerate(wanted):
+            rows = sorted(
+                (score, str(member))
+                for reply in replies[n * len(partitions) : (n + 1) * len(partitions)]
+                for member, score in reply
+            )
+            if rows:
+                found[stage] = [member for _, member in rows[:most]]
         return found
 
     async def get(self, item_id: str) -> Item | None:
@@ -442,15 +544,12 @@ class Items:
                 pipe.smembers(self._keys.phone(number))
             members: list[list[str]] = [sorted(map(str, ids)) for ids in await pipe.execute()]
         ids = sorted({item_id for found in members for item_id in found})
-        cards: dict[str, Item] = {}
-        if ids:
-            # One GET per card, not MGET: each card may live on another Redis Cluster shard.
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for item_id in ids:
-                    pipe.get(self._keys.item(item_id))
-                raws = await pipe.execute()
-            cards = {item_id: parse_item(raw) for item_id, raw in zip(ids, raws, strict=True) if raw}
-        return {number: [cards[i] for i in found if i in cards] for number, found in zip(wanted, members, strict=True)}
+        cards = {item.id: item for item in await self._cards(ids) if item is not None}
+        # The index may still name a card that dropped the number (see the module's doc).
+        return {
+            number: [cards[i] for i in found if i in cards and number in cards[i].card.numbers()]
+            for number, found in zip(wanted, members, strict=True)
+        }
 
     async def timeline(self, item_id: str, limit: int, before: int | None = None) -> tuple[list[Any], int | None]:
         """Up to ``limit`` timeline entries before position ``before`` (the newest when None),

@@ -4,6 +4,7 @@ scripts, scheduled through a due set and run from the jobs stream."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -19,29 +20,36 @@ from gateway.store.timers import FIRE_DUE, fire_all_due
 
 JOBS_STREAM = "jobs"
 
+# An Idempotency-Key names the job id it made (with the body's hash) from the first request
+# on: the one key, alone in its step. A request finding it takes that id (or is a 409).
+_CLAIM = """
+local existing = redis.call('GET', KEYS[1])
+if existing then return existing end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+"""
+
 # The job, its index entry, its first timeline entry (with its outbox record) and its
-# queueing happen together, and the Idempotency-Key is claimed in the same step:
-# concurrent identical requests make one job.
+# queueing happen together, in the item's slot, once per job id: a request that claimed the
+# id, and one that found the claim of a request that died before this step, may both run it.
+# Returns 1 when it made the job.
 _CREATE = (
     """
-if ARGV[8] == '1' then
-  local existing = redis.call('GET', KEYS[1])
-  if existing then return existing end
-  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
-end
-redis.call('HSET', KEYS[2], unpack(ARGV, 10))
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-if tonumber(ARGV[5]) > 0 then
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 else
-  redis.call('XADD', KEYS[4], '*', 'job', ARGV[1])
+  redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 end
-redis.call('RPUSH', KEYS[6], ARGV[6])
-redis.call('LTRIM', KEYS[6], -tonumber(ARGV[7]), -1)
+redis.call('RPUSH', KEYS[5], ARGV[4])
+redis.call('LTRIM', KEYS[5], -tonumber(ARGV[5]), -1)
+redis.call('INCR', KEYS[6])
 """
-    + publish_lua("KEYS[7]", "KEYS[8]", "ARGV[9]", "ARGV[6]")
+    + publish_lua("KEYS[7]", "KEYS[8]", "ARGV[6]", "ARGV[4]")
     + """
-return false
+return 1
 """
 )
 
@@ -163,43 +171,43 @@ class Jobs:
         self._dead_max = dead_max
         self._timeline_max = timeline_max
         self._idempotency_ttl = idempotency_ttl
+        self._claim = redis.register_script(_CLAIM)
         self._create = redis.register_script(_CREATE)
         self._update = redis.register_script(_UPDATE)
         self._fire_due = redis.register_script(FIRE_DUE)
 
-    async def create(
-        self,
-        fields: Mapping[str, str],
-        *,
-        idempotency_key: str | None,
-        body_hash: str,
-        created: float,
-        due: float,
-        entry: str,
-    ) -> Created:
-        """Store and queue a new job, unless ``idempotency_key`` already made one."""
-        job_id = fields["id"]
-        idem = self._keys.idempotency("jobs", idempotency_key or "-")
+    def new_id(self, item_id: str) -> str:
+        """A fresh job id in ``item_id``'s partition, so the job's keys share the item's slot."""
+        while True:
+            job_id = "job_" + secrets.token_hex(8)
+            if self._keys.tag_of(job_id) == self._keys.tag_of(item_id):
+                return job_id
+
+    async def claim(self, idempotency_key: str, job_id: str, body_hash: str) -> tuple[str, str]:
+        """(job id, body hash) of ``idempotency_key``: those given, when it is new."""
+        claimed = await self._claim(
+            keys=[self._keys.idempotency("jobs", idempotency_key)],
+            args=[f"{job_id}|{body_hash}", self._idempotency_ttl],
+        )
+        claimed_id, _, claimed_hash = str(claimed).partition("|")
+        return claimed_id, claimed_hash
+
+    async def create(self, fields: Mapping[str, str], *, created: float, due: float, entry: str) -> bool:
+        """Store and queue a new job (``fields["id"]``) unless it exists; True when made."""
+        job_id, item_id = fields["id"], fields["item_id"]
         keys = [
-            idem,
             self._keys.job(job_id),
-            self._keys.item_jobs(fields["item_id"]),
+            self._keys.item_jobs(item_id),
             self._keys.stream(JOBS_STREAM),
             self._keys.jobs_due,
-            self._keys.timeline(fields["item_id"]),
+            self._keys.timeline(item_id),
+            self._keys.timeline_count(item_id),
             self._keys.subscriptions,
             self._keys.stream(OUTBOX_STREAM),
         ]
         pairs = [value for pair in {**fields, "rank": str(RANK[JobStatus.QUEUED])}.items() for value in pair]
-        args: list[str | int | float] = [job_id, body_hash, self._idempotency_ttl, created, due, entry]
-        args.append(self._timeline_max)
-        existing = await self._create(
-            keys=keys, args=[*args, "1" if idempotency_key else "0", fields["item_id"], *pairs]
-        )
-        if existing is None:
-            return Created(job_id, new=True, same_body=True)
-        existing_id, _, existing_hash = str(existing).partition("|")
-        return Created(existing_id, new=False, same_body=existing_hash == body_hash)
+        args: list[str | int | float] = [job_id, created, due, entry, self._timeline_max, item_id]
+        return bool(await self._create(keys=keys, args=[*args, *pairs]))
 
     async def existing(self, idempotency_key: str) -> tuple[str, str] | None:
         """(job id, body hash) an Idempotency-Key already produced."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from gateway.keys import Keys
 from tests.conftest import ADMIN, API, Client
 from tests.support import (
     ACCOUNT_SID,
@@ -152,10 +153,10 @@ async def test_delete_item_takes_its_phone_index_and_timeline(client: Client, re
     # Nothing keyed by D1 is left, and the shared keys no longer name it.
     keys = [key async for key in redis.scan_iter(match=prefix + "*")]
     assert not [key for key in keys if key.endswith(":D1")]
-    assert await redis.smembers(f"{prefix}phone:{CUSTOMER}") == {"D2"}
+    assert await redis.smembers(Keys(prefix).phone(CUSTOMER)) == {"D2"}
     assert (await _json(client, "DELETE", "/v1/items/D1", status=404, headers=API))["error"]["code"] == "not_found"
     await _json(client, "DELETE", "/v1/items/D2", status=204, headers=API)
-    assert await redis.exists(f"{prefix}phone:{CUSTOMER}") == 0
+    assert await redis.exists(Keys(prefix).phone(CUSTOMER)) == 0
 
 
 async def test_pipeline_cannot_drop_a_stage_in_use(client: Client) -> None:

@@ -102,7 +102,7 @@ async def test_a_lead_nobody_touched_expires(
     await eventually(expired)
     assert (await client.get(f"/v1/items/{kept['id']}", headers=API)).status == 200
     assert not [key async for key in redis.scan_iter(match=f"{prefix}*{gone['id']}")]
-    assert await redis.smembers(f"{prefix}phone:{CUSTOMER}") == set()
+    assert await redis.smembers(Keys(prefix).phone(CUSTOMER)) == set()
 
 
 async def test_the_timeline_is_paged_newest_first(

@@ -223,6 +223,19 @@ async def test_index_follows_a_cards_numbers(client: Client, sales: None, redis:
     assert await ids_for(client, BOB) == []
 
 
+async def test_a_lookup_skips_an_index_entry_the_card_no_longer_backs(
+    client: Client, sales: None, redis: Redis, prefix: str
+) -> None:
+    # The index is written around the card's step: a change that died between the two
+    # leaves an entry naming a card without the number.
+    await put_item(client, "D1", card("NEW", ANA))
+    await redis.sadd(Keys(prefix).phone(BOB), "D1")
+    assert await ids_for(client, BOB) == []
+    assert await ids_for(client, ANA) == ["D1"]
+    await put_item(client, "D1", card("NEW", ANA, BOB))
+    assert await ids_for(client, BOB) == ["D1"]
+
+
 async def test_index_covers_company_phones(client: Client, sales: None) -> None:
     await put_item(client, "D1", card("NEW", ANA, company=[ACME]))
     assert await ids_for(client, ACME) == ["D1"]

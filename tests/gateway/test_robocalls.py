@@ -151,6 +151,20 @@ async def test_the_same_idempotency_key_is_one_job_and_a_different_body_a_409(
     assert status == 202 and again["id"] == results[0][1]["id"]
 
 
+async def test_a_key_claimed_by_a_request_that_died_before_its_job_makes_the_job_on_retry(
+    robo: Client, media: str, redis: Redis, prefix: str
+) -> None:
+    body = robocall(f"{media}/ok.mp3")
+    status, first = await post(robo, body, key="order-18")
+    assert status == 202
+    # The key is claimed in a step of its own, before the job's: drop the job to stand for
+    # a request that died between the two.
+    assert await redis.delete(Keys(prefix).job(first["id"])) == 1
+    status, again = await post(robo, body, key="order-18")
+    assert status == 202 and again == {"id": first["id"], "status": "queued"}
+    assert (await robo.get(f"/v1/jobs/{first['id']}", headers=API)).status == 200
+
+
 async def test_jobs_of_an_item_newest_first(robo: Client, media: str) -> None:
     first = (await post(robo, robocall(f"{media}/ok.mp3")))[1]["id"]
     second = (await post(robo, robocall(f"{media}/redirect.mp3")))[1]["id"]
