@@ -73,7 +73,7 @@ async def main():
     rate, start, until, calls = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), []
     await asyncio.sleep(start - time.time())
     while time.time() < until:
-        slot = await limits.reserve("calls:bench:" + sys.argv[3], rate, 3600)
+        slot = await limits.reserve({"calls:bench:" + sys.argv[3]: rate}, 3600)
         await asyncio.sleep(slot.wait)
         calls.append((slot.at, time.time()))
     print(json.dumps(calls))
