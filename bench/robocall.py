@@ -107,7 +107,7 @@ class Instant:
 
 class Only(Providers):
     def __init__(self, store: Store, provider: CallProvider) -> None:
-        super().__init__(store)
+        super().__init__(store, "http://127.0.0.1")
         self._provider = provider
 
     async def get(self, name: str) -> CallProvider | None:

@@ -73,7 +73,33 @@ REQUIRED_CREDENTIALS: dict[ProviderKind, tuple[str, ...]] = {
 }
 
 
+# Credentials a kind may have besides the required ones, with what each is for.
+OPTIONAL_CREDENTIALS: dict[ProviderKind, dict[str, str]] = {
+    ProviderKind.TWILIO: {
+        "api_base": "another Twilio-compatible API's base URL (SignalWire, Somleng)",
+        "shared_key": "the secret of a SharedKey that signs webhooks (X-Twilio-Webhooks-Signature-Settings)",
+    },
+    ProviderKind.VOXIMPLANT: {
+        "service_account": "the service account's JSON key file, as text (robocalls, SMS)",
+        "rule_id": "the routing rule that runs callgate.js and robocall.js (robocalls)",
+        "endpoint": "the management API's host[:port] (default api.voximplant.com)",
+    },
+    ProviderKind.SANDBOX: {},
+}
+
 _TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
+_HOST_PORT = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _voximplant_problem(credentials: dict[str, str]) -> str | None:
+    """What is wrong with a Voximplant provider's optional credentials (None: nothing). The
+    service account's key file is checked when it is first used (its shape is more than a
+    schema can publish)."""
+    if "rule_id" in credentials and not credentials["rule_id"].isdigit():
+        return "credentials.rule_id: a routing rule's numeric id"
+    if "endpoint" in credentials and not _HOST_PORT.fullmatch(credentials["endpoint"]):
+        return "credentials.endpoint: a host, optionally with :port (api.voximplant.com)"
+    return None
 
 
 def publish_union(schema: dict[str, Any], key: str, variants: dict[str, dict[str, Any]]) -> None:
@@ -103,6 +129,11 @@ def _provider_schema(schema: dict[str, Any]) -> None:
     variants = {}
     for kind, required in REQUIRED_CREDENTIALS.items():
         keys: dict[str, Any] = {key: {"type": "string", "minLength": 1, "maxLength": 8192} for key in required}
+        for key, description in OPTIONAL_CREDENTIALS[kind].items():
+            keys[key] = {"type": "string", "maxLength": 8192, "description": description}
+        if kind is ProviderKind.VOXIMPLANT:
+            keys["rule_id"]["pattern"] = "^[0-9]+$"
+            keys["endpoint"]["pattern"] = f"^{_HOST_PORT.pattern}$"
         if kind is ProviderKind.TWILIO:
             keys["account_sid"]["pattern"] = f"^{_TWILIO_ACCOUNT_SID.pattern}$"
         credentials = {**schema["properties"]["credentials"], "properties": keys, "required": list(required)}
@@ -143,6 +174,9 @@ class Provider(Strict):
                 raise ValueError(f"credentials.{key} is required for a {kind} provider")
         if kind is ProviderKind.TWILIO and not _TWILIO_ACCOUNT_SID.fullmatch(credentials["account_sid"]):
             raise ValueError("credentials.account_sid: a Twilio Account SID is AC followed by 32 hex digits")
+        problem = _voximplant_problem(credentials) if kind is ProviderKind.VOXIMPLANT else None
+        if problem is not None:
+            raise ValueError(problem)
         return credentials
 
     def public_view(self) -> dict[str, object]:

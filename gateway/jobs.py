@@ -348,7 +348,8 @@ class JobRunner:
             last=not redial,
             provider_ref=event.ref,
             reason=_reason(status, event),
-            duration=event.extra.get("CallDuration", job["duration"]),
+            # Twilio's CallDuration, or the duration callgate's VoxEngine scenario reports.
+            duration=event.extra.get("CallDuration", event.extra.get("duration", job["duration"])),
         )
         if redial:
             await self._redial(job, status)

@@ -266,10 +266,16 @@ class Keys:
         TTL two days."""
         return f"{self.prefix}cap:{e164}:{kind}:{day}"
 
-    def sandbox_call(self, key: str) -> str:
-        """The sandbox's record of a call it placed for an idempotency key: a retry or a
-        reconciliation finds it instead of placing a second call. TTL 2 days."""
-        return f"{self.prefix}sandbox-call:{key}"
+    def placed_call(self, key: str) -> str:
+        """The one call (or message) of a dial's key, first recorded wins: the sandbox's record
+        of what it placed, a Voximplant robocall's session. A retry or a reconciliation finds
+        it instead of placing a second one. TTL 2 days."""
+        return f"{self.prefix}placed-call:{key}"
+
+    def call_script(self, key: str) -> str:
+        """What a Voximplant robocall's scenario is to do for a dial's key (the number, the
+        caller id, the audio or text), JSON it fetches when its session starts. TTL 2 days."""
+        return f"{self.prefix}call-script:{key}"
 
     def usage(self, hour: int) -> str:
         """Hash: every provider's and line's usage counters in one UTC hour (unix seconds //

@@ -173,7 +173,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     ``store`` must use a client whose timeouts allow blocking reads. Nothing here waits on
     Redis: a Redis out of memory or read-only at start delays the consumers, not the start.
     """
-    providers = Providers(store)
+    providers = Providers(store, settings.base_url)
     speech = Speech(renderer_for(settings), settings.tts_workers)
     runner = JobRunner(store, providers, settings, speech)
     deliverer = Deliverer(store, settings, metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -14,6 +15,7 @@ from twilio.request_validator import RequestValidator
 from gateway.appkeys import STORE
 from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import ADMIN, API, Client
+from webhooks.signatures import sign_voximplant
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 AUTH_TOKEN = "twilio-auth-token-for-tests"
@@ -79,6 +81,20 @@ async def twilio_post(
 ) -> ClientResponse:
     sent = {"X-Twilio-Signature": sign(path, form) if signature is None else signature, **(headers or {})}
     return await client.post(path, data=dict(form), headers=sent)
+
+
+async def voximplant_post(
+    client: Client, path: str, payload: Mapping[str, Any], secret: str, *, age: int = 0
+) -> ClientResponse:
+    """A POST as callgate's VoxEngine scenarios sign it (``age`` seconds old)."""
+    body = json.dumps(payload).encode()
+    stamp = int(time.time()) - age
+    headers = {
+        "Content-Type": "application/json",
+        "X-Callgate-Timestamp": str(stamp),
+        "X-Callgate-Signature": sign_voximplant(secret, stamp, body),
+    }
+    return await client.post(path, data=body, headers=headers)
 
 
 def _geo(prefix: str, country: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The JSON events callgate's own VoxEngine scenarios post -> ``Event``s.
 
-The scenario (``voice/voxengine/inbound.js``) is the only sender, so the schema is strict:
+The scenarios (``voice/voxengine/inbound.js``, ``robocall.js``) are the only senders, so the schema is strict:
 anything else is a bug or an attacker, and both get a 400 with the field at fault.
 """
 
@@ -37,6 +37,19 @@ class _ScenarioEvent(BaseModel):
     code: Annotated[int, Field(ge=0, le=999)] | None = None
 
 
+class _SessionStart(BaseModel):
+    """A robocall session asking for its dial's script (``robocall.js`` on AppEvents.Started)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    event: Literal["robocall.start"]
+    call_id: _CallId
+
+
+# What a robocall's scenario reports: the progress of the call it placed.
+ROBOCALL_PROGRESS = frozenset({EventKind.CALL_OUTGOING, EventKind.CALL_ANSWERED, EventKind.CALL_COMPLETED})
+
+
 def _malformed(exc: ValidationError) -> MalformedWebhook:
     first = exc.errors(include_url=False, include_input=False)[0]
     loc = first["loc"]
@@ -68,3 +81,18 @@ def parse_voximplant(body: bytes, provider: str) -> Event:
         sequence=payload.seq,
         extra={name: str(value) for name, value in optional if value is not None},
     )
+
+
+def parse_robocall(body: bytes, provider: str) -> str | Event:
+    """A robocall scenario's POST (already signature-checked): the session id of its
+    ``robocall.start``, or the progress ``Event`` it reports."""
+    try:
+        return _SessionStart.model_validate_json(body).call_id
+    except ValidationError as exc:
+        if not any(error["loc"] == ("event",) for error in exc.errors()):
+            raise _malformed(exc) from None  # a robocall.start, malformed otherwise
+    event = parse_voximplant(body, provider)
+    if event.kind not in ROBOCALL_PROGRESS:
+        allowed = ", ".join(sorted(kind.value for kind in ROBOCALL_PROGRESS))
+        raise MalformedWebhook("event", f"event: a robocall reports robocall.start, {allowed}")
+    return event

@@ -18,7 +18,7 @@ from config.lines import Line, Provider, ProviderKind
 from config.phones import normalize
 from config.vocabulary import EventKind
 from gateway.api import params
-from gateway.api.routing import Endpoint
+from gateway.api.routing import Endpoint, Param
 from gateway.appkeys import SETTINGS, STORE
 from gateway.errors import UNDECODABLE, ApiError
 from gateway.ingest import Refused, accept, refuse
@@ -28,6 +28,7 @@ from webhooks.signatures import (
     TWILIO_SIGNATURE_SETTINGS_HEADER,
     VOXIMPLANT_SIGNATURE_HEADER,
     VOXIMPLANT_TIMESTAMP_HEADER,
+    robocall_secret,
     twilio_signing,
     verify_twilio,
     verify_voximplant,
@@ -43,7 +44,7 @@ from webhooks.twilio import (
     parse_voice,
     parse_voice_status,
 )
-from webhooks.voximplant import parse_voximplant
+from webhooks.voximplant import parse_robocall, parse_voximplant
 
 TWIML = "application/xml"
 DIAL_TIMEOUT_SECONDS = 20
@@ -289,9 +290,26 @@ async def twilio_sms_status(request: web.Request) -> web.Response:
     return _twiml(empty_twiml())
 
 
+def _check_voximplant_signature(request: web.Request, name: str, secret: str, body: bytes, whose: str) -> None:
+    settings = request.app[SETTINGS]
+    stamp = request.headers.get(VOXIMPLANT_TIMESTAMP_HEADER)
+    signature = request.headers.get(VOXIMPLANT_SIGNATURE_HEADER)
+    if not stamp or not signature:
+        message = f"{VOXIMPLANT_TIMESTAMP_HEADER} and {VOXIMPLANT_SIGNATURE_HEADER} are required: use callgate's VoxEngine scenario"
+        raise Refused(403, "missing_signature", message, provider=name)
+    tolerance = settings.webhook_tolerance_seconds
+    if not verify_voximplant(secret, stamp, signature, body, time.time(), tolerance):
+        message = (
+            f"{VOXIMPLANT_SIGNATURE_HEADER} does not match the body signed with {whose}, "
+            f"or {VOXIMPLANT_TIMESTAMP_HEADER} is more than {tolerance} s off this server's clock"
+        )
+        raise Refused(403, "bad_signature", message, provider=name)
+
+
 @_visible_refusals(ProviderKind.VOXIMPLANT)
 async def voximplant(request: web.Request) -> web.Response:
-    """An event from the VoxEngine scenario callgate ships (voice/voxengine/inbound.js)."""
+    """An event from a VoxEngine scenario callgate ships: inbound.js, or robocall.js when the
+    URL names a job and dial (the URL its session's custom data gave it)."""
     name = request.match_info["provider"]
     store = request.app[STORE]
     provider = await store.providers.get(name)
@@ -301,19 +319,10 @@ async def voximplant(request: web.Request) -> web.Response:
         body = await request.read()
     except web.RequestPayloadError:
         raise Refused(400, "malformed_webhook", UNDECODABLE, provider=name) from None
-    settings = request.app[SETTINGS]
-    stamp = request.headers.get(VOXIMPLANT_TIMESTAMP_HEADER)
-    signature = request.headers.get(VOXIMPLANT_SIGNATURE_HEADER)
-    if not stamp or not signature:
-        message = f"{VOXIMPLANT_TIMESTAMP_HEADER} and {VOXIMPLANT_SIGNATURE_HEADER} are required: use callgate's VoxEngine scenario"
-        raise Refused(403, "missing_signature", message, provider=name)
-    tolerance = settings.webhook_tolerance_seconds
-    if not verify_voximplant(provider.credentials["webhook_secret"], stamp, signature, body, time.time(), tolerance):
-        message = (
-            f"{VOXIMPLANT_SIGNATURE_HEADER} does not match the body signed with provider {name}'s webhook_secret, "
-            f"or {VOXIMPLANT_TIMESTAMP_HEADER} is more than {tolerance} s off this server's clock"
-        )
-        raise Refused(403, "bad_signature", message, provider=name)
+    if "job" in request.query:
+        return await _voximplant_robocall(request, name, provider, body)
+    secret = provider.credentials["webhook_secret"]
+    _check_voximplant_signature(request, name, secret, body, f"provider {name}'s webhook_secret")
     try:
         event = parse_voximplant(body, name)
     except MalformedWebhook as exc:
@@ -327,6 +336,39 @@ async def voximplant(request: web.Request) -> web.Response:
     if event.kind is EventKind.CALL_INCOMING:
         agents = line.forward_to if line.voice else []
         return web.json_response({"forward_to": agents, "timeout": DIAL_TIMEOUT_SECONDS})
+    return web.json_response({"status": "accepted"})
+
+
+async def _voximplant_robocall(request: web.Request, name: str, provider: Provider, body: bytes) -> web.Response:
+    """robocall.js: a session asking for its dial's script, or reporting the call's progress.
+
+    Signed with the dial's own secret (``robocall_secret``), which only the session's custom
+    data carries. The first session to claim a dial is its call: any other is refused (409)
+    and ends without dialling, so a dial is one call even if it was started twice.
+    """
+    job, dial = request.query["job"], request.query.get("dial", "")
+    if not dial.isdigit() or not params.NAME.match(job):
+        raise Refused(400, "malformed_webhook", "the URL names no job and dial", provider=name, field="dial")
+    secret = robocall_secret(provider.credentials["webhook_secret"], job, int(dial))
+    _check_voximplant_signature(request, name, secret, body, f"the secret of dial {dial} of job {job}")
+    try:
+        post = parse_robocall(body, name)
+    except MalformedWebhook as exc:
+        raise Refused(400, "malformed_webhook", exc.message, provider=name, field=exc.field) from None
+    session = post if isinstance(post, str) else post.ref
+    jobs = request.app[STORE].jobs
+    key = f"{job}-{dial}"
+    script = await jobs.script(key)
+    if script is None:
+        message = f"dial {dial} of job {job} has no call to place here (unknown, or older than 2 days)"
+        raise Refused(409, "not_the_call", message, provider=name)
+    holder = await jobs.record_call(key, session)
+    if holder != session:
+        message = f"session {session} is not the call of dial {dial} of job {job}: session {holder} is"
+        raise Refused(409, "not_the_call", message, provider=name)
+    if isinstance(post, str):
+        return web.Response(text=script, content_type="application/json")
+    await accept(request, replace(post, extra={**post.extra, "job": job, "dial": dial}))
     return web.json_response({"status": "accepted"})
 
 
@@ -356,8 +398,13 @@ ENDPOINTS_HOOKS = [
         "POST",
         "/webhooks/voximplant/{provider}",
         voximplant,
-        "Events of callgate's VoxEngine scenario (HMAC-SHA256 signed)",
+        "Events of callgate's VoxEngine scenarios (HMAC-SHA256 signed): inbound calls, and a robocall's "
+        "script and progress when the URL names its job and dial",
         tag="webhooks",
         path_params={"provider": params.NAME_SCHEMA},
+        query=(
+            Param("job", "robocall.js: the job whose call this is", schema=params.NAME_SCHEMA),
+            Param("dial", "robocall.js: which dial of the job", schema={"type": "string", "pattern": "^[0-9]+$"}),
+        ),
     ),
 ]

@@ -17,7 +17,7 @@ from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import RENDERER, SETTINGS, STORE
 from gateway.errors import Invalid, NotFound, UnknownReference
 from gateway.media import MediaError, MediaFiles, any_address, check_mp3, download, is_public
-from gateway.providers.registry import CALLING
+from gateway.providers.registry import CALLING, unable
 from voice.render import Renderer
 from voice.robocall import RobocallRequest, Say
 from voice.spoken import twilio_problem
@@ -78,9 +78,11 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
     if line is None or not line.voice:
         raise UnknownReference("line", f"line: {body.line} is not a voice line of this gateway")
     provider = await store.providers.get(line.provider)
-    if provider is None or provider.kind not in CALLING:
-        kinds = ", ".join(sorted(CALLING))
-        raise Invalid("line", f"line: its provider {line.provider} cannot place robocalls (supported: {kinds})")
+    if provider is None:
+        raise Invalid("line", f"line: its provider {line.provider} is not configured")
+    refusal = unable(provider, CALLING)
+    if refusal is not None:
+        raise Invalid("line", f"line: its provider {line.provider} cannot place robocalls ({refusal})")
     text, media, engine = "", "", ""
     if body.say is not None:
         try:

@@ -13,7 +13,7 @@ from gateway.api.queueing import Queueing
 from gateway.api.routing import Endpoint, Scope
 from gateway.appkeys import STORE
 from gateway.errors import Invalid, UnknownReference
-from gateway.providers.registry import TEXTING
+from gateway.providers.registry import TEXTING, unable
 from gateway.store import Store
 from sms.invite import Invite
 from sms.request import SmsRequest, rendered_length_error
@@ -31,7 +31,7 @@ async def _line(store: Store, body: SmsRequest | Invite) -> tuple[str, Line]:
     providers = await store.providers.all()
     for number, line in (await store.lines.all()).items():
         account = providers.get(line.provider)
-        texts = account is not None and account.kind in TEXTING
+        texts = account is not None and unable(account, TEXTING) is None
         if line.sms and texts and body.provider in (None, line.provider):
             return number, line
     of = f" of provider {body.provider}" if body.provider else ""
@@ -58,9 +58,9 @@ async def queue_sms(
     number, line = await _line(store, body)
     name = body.provider or line.provider
     provider = await store.providers.get(name)
-    if provider is None or provider.kind not in TEXTING:
-        kinds = ", ".join(sorted(TEXTING))
-        raise Invalid("provider", f"provider: {name} cannot send SMS (supported kinds: {kinds})")
+    refusal = "it is not configured" if provider is None else unable(provider, TEXTING)
+    if refusal is not None:
+        raise Invalid("provider", f"provider: {name} cannot send SMS ({refusal})")
     try:
         text = render(template, {**item.card.fields, **(values or {})})
     except UnknownField as exc:

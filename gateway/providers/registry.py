@@ -3,21 +3,38 @@ admin changes its record."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from config.lines import Provider, ProviderKind
-from gateway.providers import CallProvider, PlacementError
+from gateway.providers import CallProvider
 from gateway.providers.sandbox import Sandbox
 from gateway.providers.twilio import Twilio
+from gateway.providers.voximplant import SERVICE_ACCOUNT, Voximplant
 from gateway.store import Store
 
-# The kinds robocalls can be placed through.
-CALLING = frozenset({ProviderKind.SANDBOX, ProviderKind.TWILIO})
-# The kinds SMS can be sent through.
-TEXTING = frozenset({ProviderKind.SANDBOX, ProviderKind.TWILIO})
+# The kinds robocalls can be placed through, with the credentials each needs for it beyond
+# the ones every provider of the kind has (a Voximplant provider may serve inbound calls only).
+CALLING: Mapping[ProviderKind, tuple[str, ...]] = {
+    ProviderKind.SANDBOX: (),
+    ProviderKind.TWILIO: (),
+    ProviderKind.VOXIMPLANT: (SERVICE_ACCOUNT, "rule_id"),
+}
+# The kinds SMS can be sent through, likewise.
+TEXTING: Mapping[ProviderKind, tuple[str, ...]] = {ProviderKind.SANDBOX: (), ProviderKind.TWILIO: ()}
+
+
+def unable(record: Provider, able: Mapping[ProviderKind, tuple[str, ...]]) -> str | None:
+    """Why ``record`` cannot do what ``able`` lists the kinds and credentials of (None: it can)."""
+    if record.kind not in able:
+        return f"supported kinds: {', '.join(sorted(able))}"
+    missing = [key for key in able[record.kind] if not record.credentials.get(key)]
+    return f"it has no credentials {', '.join(missing)}" if missing else None
 
 
 class Providers:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, base_url: str) -> None:
         self._store = store
+        self._base_url = base_url
         self._clients: dict[str, tuple[Provider, CallProvider]] = {}
 
     async def get(self, name: str) -> CallProvider | None:
@@ -39,7 +56,7 @@ class Providers:
             return Sandbox(name, self._store)
         if record.kind is ProviderKind.TWILIO:
             return Twilio(record.credentials)
-        raise PlacementError(f"{record.kind} providers cannot place robocalls yet", transient=False)
+        return Voximplant(name, record.credentials, self._store, self._base_url)
 
     async def close(self) -> None:
         for _, client in self._clients.values():

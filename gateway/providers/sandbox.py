@@ -73,12 +73,12 @@ class Sandbox:
         ref = prefix + hashlib.sha256(key.encode()).hexdigest()[:32]
         # The call or message "exists" once recorded under its key; a second attempt for the
         # same key finds it and reports the same one.
-        ref = await self._store.jobs.record_sandbox_call(key, ref)
+        ref = await self._store.jobs.record_call(key, ref)
         await report(ref)
         return ref
 
     async def _found(self, key: str, report: Report) -> str | None:
-        ref = await self._store.jobs.sandbox_call(key)
+        ref = await self._store.jobs.recorded_call(key)
         if ref is not None:
             # A crash may have come between recording and reporting; reports are
             # deduplicated, so sending them again is harmless.

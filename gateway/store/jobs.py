@@ -283,15 +283,23 @@ class Jobs:
     async def fire_due(self, now: float) -> int:
         return await fire_all_due(self._fire_due, self._keys.jobs_due, self._keys.stream(JOBS_STREAM), "job", now)
 
-    async def record_sandbox_call(self, key: str, ref: str) -> str:
-        """Record a sandbox call for ``key`` once; the reference it has."""
-        stored = self._keys.sandbox_call(key)
+    async def record_call(self, key: str, ref: str) -> str:
+        """Record ``ref`` as the call of ``key`` unless one is recorded already; the
+        reference recorded (this one, or the one that came first)."""
+        stored = self._keys.placed_call(key)
         await self._redis.set(stored, ref, nx=True, ex=_CALL_TTL)
         return str(await self._redis.get(stored) or ref)
 
-    async def sandbox_call(self, key: str) -> str | None:
-        ref = await self._redis.get(self._keys.sandbox_call(key))
+    async def recorded_call(self, key: str) -> str | None:
+        ref = await self._redis.get(self._keys.placed_call(key))
         return None if ref is None else str(ref)
+
+    async def save_script(self, key: str, script: str) -> None:
+        await self._redis.set(self._keys.call_script(key), script, ex=_CALL_TTL)
+
+    async def script(self, key: str) -> str | None:
+        script = await self._redis.get(self._keys.call_script(key))
+        return None if script is None else str(script)
 
     async def media_for_url(self, digest: str) -> str | None:
         key = await self._redis.get(self._keys.media_url(digest))

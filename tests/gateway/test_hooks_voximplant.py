@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from aiohttp import ClientResponse
 
 from tests.conftest import ADMIN, Client
-from tests.support import AGENT, CUSTOMER, LINE, add_item, add_trigger, eventually, item, stage_of, timeline_types
-from webhooks.signatures import sign_voximplant
+from tests.support import (
+    AGENT,
+    CUSTOMER,
+    LINE,
+    add_item,
+    add_trigger,
+    eventually,
+    item,
+    stage_of,
+    timeline_types,
+    voximplant_post,
+)
 
 SECRET = "voximplant-shared-secret"
 PATH = "/webhooks/voximplant/vox"
@@ -38,21 +47,9 @@ def _event(event: str, seq: int, **fields: Any) -> dict[str, Any]:
 
 
 async def _post(
-    client: Client,
-    payload: dict[str, Any],
-    *,
-    secret: str = SECRET,
-    age: int = 0,
-    path: str = PATH,
+    client: Client, payload: dict[str, Any], *, secret: str = SECRET, age: int = 0, path: str = PATH
 ) -> ClientResponse:
-    body = json.dumps(payload).encode()
-    stamp = int(time.time()) - age
-    headers = {
-        "Content-Type": "application/json",
-        "X-Callgate-Timestamp": str(stamp),
-        "X-Callgate-Signature": sign_voximplant(secret, stamp, body),
-    }
-    return await client.post(path, data=body, headers=headers)
+    return await voximplant_post(client, path, payload, secret, age=age)
 
 
 async def test_incoming_call_answers_agents_and_missed_moves_item(client: Client) -> None:

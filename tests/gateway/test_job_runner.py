@@ -61,7 +61,7 @@ class Scripted:
 
 class Only(Providers):
     def __init__(self, store: Store, provider: CallProvider) -> None:
-        super().__init__(store)
+        super().__init__(store, "https://gw.example.com")
         self._provider = provider
 
     async def get(self, name: str) -> CallProvider | None:

@@ -9,7 +9,7 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,6 @@ from gateway.keys import Keys
 from gateway.store.limits import Limits
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import CUSTOMER, LINE, NO_ANSWER, final, job, job_statuses, post, put_card, setup
-from tests.media import media_server
 from tests.support import eventually, item
 
 _RESERVER = """
@@ -122,13 +121,6 @@ async def test_a_lines_sms_per_second_spaces_its_messages(client: Client) -> Non
 
 def _at(entry: dict[str, Any]) -> float:
     return datetime.fromisoformat(entry["at"]).timestamp()
-
-
-@pytest.fixture
-async def mp3() -> AsyncIterator[str]:
-    server = await media_server()
-    yield str(server.make_url("/ok.mp3"))
-    await server.close()
 
 
 @pytest.fixture

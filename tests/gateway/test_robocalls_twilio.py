@@ -1,43 +1,25 @@
 """Robocalls through Twilio: the real SDK's async client against a local emulator of the
 Calls API. The call is created with the right TwiML and status callback, its signed
-callbacks move the job (and fire no call.outgoing), failures retry or fail as they should,
-and a worker SIGKILLed mid-placement still ends with exactly one call."""
+callbacks move the job (and fire no call.outgoing), and failures retry or fail as they
+should (a worker SIGKILLed mid-placement: test_placement_crash)."""
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from config.settings import Settings
 from gateway.app import create_app
-from tests.conftest import ADMIN, API, Client, ClientFactory
-from tests.gateway.test_crash import workers
+from tests.conftest import ADMIN, Client, ClientFactory
 from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall
-from tests.media import media_server
 from tests.support import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, eventually, item, status_form, twilio_post
-from tests.twilio_api import HANG, TwilioApi, twilio_api
+from tests.twilio_api import TwilioApi
 
 LINE = "+34910000001"
 CUSTOMER = "+34600111222"
 STATUS_PATH = "/webhooks/twilio/voice/status"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[TwilioApi]:
-    async with twilio_api(ACCOUNT_SID, AUTH_TOKEN) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-async def mp3() -> AsyncIterator[str]:
-    server = await media_server()
-    yield str(server.make_url("/ok.mp3"))
-    await server.close()
 
 
 @pytest.fixture
@@ -144,33 +126,6 @@ async def test_an_invalid_number_fails_at_once(
         == "Twilio HTTP 400 (21211): Unable to create record: The 'To' number is not a valid phone number."
     )
     assert len(api.requests) == 1 and api.calls == []
-
-
-async def test_a_worker_killed_mid_placement_ends_with_exactly_one_call(
-    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, mp3: str, tmp_path: Path
-) -> None:
-    api.script = [HANG]  # the call is created, the answer never reaches the worker
-    client = await aiohttp_client(create_app(tw_settings, workers=False))
-    await setup_twilio(client, api)
-    _, accepted = await post(client, robocall(mp3))
-    with workers(tw_settings, tmp_path, 1) as [worker]:
-        worker.env["CALLGATE_PUBLIC_URL"] = PUBLIC_URL
-        worker.start()
-
-        async def placing() -> bool:
-            return len(api.requests) == 1
-
-        await eventually(placing, timeout=20)
-        assert (await job(client, accepted["id"]))["status"] == "sending"
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait()
-
-    # Another process takes over the pending entry and asks Twilio before dialling.
-    takeover = await aiohttp_client(create_app(tw_settings))
-    sent = await final(takeover, accepted["id"], "sent")
-    assert sent["provider_ref"] == api.calls[0]["sid"]
-    assert len(api.requests) == 1 and len(api.calls) == 1
-    assert (await takeover.get(f"/v1/jobs/{accepted['id']}", headers=API)).status == 200
 
 
 async def test_no_answer_is_redialled_but_a_declined_call_never(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,11 @@ from tests.conftest import API, Client, ClientFactory
 from tests.gateway.test_crash import workers
 from tests.gateway.test_robocalls import final, job, job_statuses
 from tests.gateway.test_robocalls_twilio import setup_twilio
-from tests.support import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, eventually, item, sms_status_form, twilio_post
-from tests.twilio_api import HANG, TwilioApi, twilio_api
+from tests.support import PUBLIC_URL, eventually, item, sms_status_form, twilio_post
+from tests.twilio_api import HANG, TwilioApi
 
 LINE = "+34910000001"
 CUSTOMER = "+34600111222"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[TwilioApi]:
-    async with twilio_api(ACCOUNT_SID, AUTH_TOKEN) as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ async def test_a_dial_s_end_processed_again_counts_once(priced: Client, redis: R
     # already completed, and the hour's totals already have this dial.
     settings = priced.app[SETTINGS]
     store = Store.open(redis, settings, Snapshots())
-    runner = JobRunner(store, Providers(store), settings, Speech(renderer_for(settings), 1))
+    runner = JobRunner(store, Providers(store, settings.base_url), settings, Speech(renderer_for(settings), 1))
     event = Event(
         kind=EventKind.CALL_COMPLETED,
         provider="sb",

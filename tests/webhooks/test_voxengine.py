@@ -19,7 +19,9 @@ from webhooks.signatures import verify_voximplant
 from webhooks.voximplant import parse_voximplant
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = ROOT / "voice" / "voxengine" / "inbound.js"
+SCENARIOS = ROOT / "voice" / "voxengine"
+# A routing rule runs callgate.js, then the scenario.
+INBOUND = f"{SCENARIOS / 'callgate.js'},{SCENARIOS / 'inbound.js'}"
 HARNESS = Path(__file__).resolve().parent / "voxengine_harness.js"
 
 SECRET = "s3cret-ñ"
@@ -32,7 +34,7 @@ def gateway(**answer: Any) -> dict[str, Any]:
     return {"code": 200, "text": json.dumps(answer)}
 
 
-def records_of(**spec: Any) -> list[dict[str, Any]]:
+def records_of(scenario: str = INBOUND, **spec: Any) -> list[dict[str, Any]]:
     """Everything the scenario did, one record per line of the harness."""
     node = shutil.which("node")
     if node is None:
@@ -46,7 +48,7 @@ def records_of(**spec: Any) -> list[dict[str, Any]]:
         **spec,
     }
     done = subprocess.run(
-        [node, str(HARNESS), str(SCENARIO), json.dumps(spec)], capture_output=True, text=True, timeout=30, check=False
+        [node, str(HARNESS), scenario, json.dumps(spec)], capture_output=True, text=True, timeout=30, check=False
     )
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 0, (done.stderr, records)

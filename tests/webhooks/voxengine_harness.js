@@ -1,14 +1,19 @@
 // Runs a VoxEngine scenario under node with mocked VoxEngine globals.
 //
-//   node voxengine_harness.js <scenario.js> '<spec JSON>'
+//   node voxengine_harness.js <callgate.js,scenario.js> '<spec JSON>'
 //
+// The scenarios run in order in one context, as VoxEngine runs a routing rule's scenarios.
 // spec: {url, secret, crypto: "hex"|"base64"|"binary", callId, destination, callerid,
 //        customData: the session's custom data (default: {"url": url, "secret": secret} as JSON),
 //        globalConfig: CALLGATE_CONFIG as a companion scenario would define it,
 //        gateway: {code, text}          the answer to call.incoming (default 200 "{}"),
 //        failFirst: {"<event>": code}   first delivery of that event gets this code,
 //        agents: {"<number>": {fail: code, after: ms} | {connect: ms, hangup: ms, duration: s}},
-//        callerHangup: ms, timeScale: n (scenario timers run n times faster)}
+//        callerHangup: ms, timeScale: n (scenario timers run n times faster),
+//        started: {sessionId}            start the session as StartScenarios does (robocall.js)
+//                                        instead of with an inbound call,
+//        script: {code, text}            the answer to robocall.start,
+//        agents[n] also: {ring: ms} rings first, {duration: s} on our own hangup, playbackMs}
 // Prints one JSON object per line: {"type": "request"|"action"|"terminated"|"error", ...}.
 "use strict";
 
@@ -16,7 +21,7 @@ const crypto = require("crypto");
 const fs = require("fs");
 const vm = require("vm");
 
-const [scenarioPath, specJson] = process.argv.slice(2);
+const [scenarioPaths, specJson] = process.argv.slice(2);
 const spec = JSON.parse(specJson);
 const timeScale = spec.timeScale || 1;
 
@@ -37,6 +42,7 @@ class MockCall {
     this._id = id;
     this.listeners = {};
     this.ended = false;
+    this.duration = 0;
   }
   id() {
     return this._id;
@@ -59,11 +65,21 @@ class MockCall {
   hangup() {
     emit({ type: "action", action: "hangup", call: this._id, ended: this.ended });
     // VoxEngine reports our own hangup as a Disconnected; the scenario must ignore it.
-    setTimeout(() => this.fire("Call.Disconnected", { duration: 0, internalCode: 200, reason: "hangup" }), 1);
+    setTimeout(() => this.fire("Call.Disconnected", { duration: this.duration, internalCode: 200, reason: "hangup" }), 1);
+  }
+  startPlayback(url) {
+    emit({ type: "action", action: "startPlayback", call: this._id, url });
+    setTimeout(() => this.fire("Call.PlaybackFinished", {}), spec.playbackMs || 5);
+  }
+  say(text, options) {
+    emit({ type: "action", action: "say", call: this._id, text, options });
+    setTimeout(() => this.fire("Call.PlaybackFinished", {}), spec.playbackMs || 5);
   }
 }
 
 function scheduleAgent(leg, behaviour) {
+  leg.duration = behaviour.duration || 0;
+  if (behaviour.ring !== undefined) setTimeout(() => leg.fire("Call.Ringing", {}), behaviour.ring);
   if (behaviour.fail !== undefined) {
     setTimeout(() => leg.fire("Call.Failed", { code: behaviour.fail, reason: "scripted" }), behaviour.after || 5);
   } else if (behaviour.connect !== undefined) {
@@ -86,8 +102,18 @@ const inbound = new MockCall(spec.callId || "inbound-1");
 let legCount = 0;
 
 const sandbox = {
-  AppEvents: { CallAlerting: "Application.CallAlerting" },
-  CallEvents: { Connected: "Call.Connected", Failed: "Call.Failed", Disconnected: "Call.Disconnected" },
+  AppEvents: { CallAlerting: "Application.CallAlerting", Started: "Application.Started" },
+  CallEvents: {
+    Connected: "Call.Connected",
+    Failed: "Call.Failed",
+    Disconnected: "Call.Disconnected",
+    Ringing: "Call.Ringing",
+    PlaybackFinished: "Call.PlaybackFinished",
+  },
+  VoiceList: {
+    Amazon: { en_US_Joanna: "amazon:en_US_Joanna", es_ES_Lucia: "amazon:es_ES_Lucia", es_MX_Mia: "amazon:es_MX_Mia" },
+    Default: { ru_RU_Female: "default:ru_RU_Female" },
+  },
   VoxEngine: {
     addEventListener(event, handler) {
       handlers[event] = handler;
@@ -121,6 +147,8 @@ const sandbox = {
         result = { code: spec.failFirst[kind], text: "" };
       } else if (kind === "call.incoming" && spec.gateway) {
         result = { code: spec.gateway.code, text: spec.gateway.text };
+      } else if (kind === "robocall.start" && spec.script) {
+        result = { code: spec.script.code, text: spec.script.text };
       }
       return new Promise((resolve) => setTimeout(() => resolve(result), 2));
     },
@@ -141,17 +169,23 @@ const sandbox = {
 };
 
 vm.createContext(sandbox);
-vm.runInContext(fs.readFileSync(scenarioPath, "utf8"), sandbox, { filename: scenarioPath });
+for (const path of scenarioPaths.split(",")) {
+  vm.runInContext(fs.readFileSync(path, "utf8"), sandbox, { filename: path });
+}
 sandbox.RETRY_DELAY_MS = 10;
 if (spec.globalConfig !== undefined) sandbox.CALLGATE_CONFIG = spec.globalConfig;
 
-handlers[sandbox.AppEvents.CallAlerting]({
-  name: "Application.CallAlerting",
-  call: inbound,
-  callerid: spec.callerid,
-  destination: spec.destination,
-  headers: {},
-});
+if (spec.started !== undefined) {
+  handlers[sandbox.AppEvents.Started](Object.assign({ name: "Application.Started" }, spec.started));
+} else {
+  handlers[sandbox.AppEvents.CallAlerting]({
+    name: "Application.CallAlerting",
+    call: inbound,
+    callerid: spec.callerid,
+    destination: spec.destination,
+    headers: {},
+  });
+}
 if (spec.callerHangup !== undefined) {
   setTimeout(() => inbound.fire("Call.Disconnected", { duration: 0, internalCode: 487, reason: "cancel" }), spec.callerHangup);
 }
