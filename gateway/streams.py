@@ -21,10 +21,11 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
@@ -37,11 +38,18 @@ log = logging.getLogger(__name__)
 class Entry:
     id: str
     fields: Mapping[str, str]
+    partition: int | None = None  # of a partitioned stream: whose key holds the entry
+
+    @property
+    def key(self) -> str:
+        """The entry's name in a batch: partitions' streams make their ids apart, so two
+        entries of one read may have the same id."""
+        return self.id if self.partition is None else f"{self.partition}/{self.id}"
 
 
 Processor = Callable[[Entry], Awaitable[None]]
-# Processes a batch at once; returns the entries that failed, each with its error. It raises
-# only when Redis is unavailable: then nothing of the batch is acknowledged.
+# Processes a batch at once; returns the entries that failed (by ``Entry.key``), each with its
+# error. It raises only when Redis is unavailable: then nothing of the batch is acknowledged.
 BatchProcessor = Callable[[list[Entry]], Awaitable[dict[str, Exception]]]
 
 
@@ -56,7 +64,7 @@ def one_by_one(process: Processor) -> BatchProcessor:
             except UNAVAILABLE:
                 raise  # not the entry's fault: leave it pending and let run() wait Redis out
             except Exception as exc:
-                failed[entry.id] = exc
+                failed[entry.key] = exc
         return failed
 
     return batch
@@ -89,14 +97,18 @@ class StreamConfig:
     batch: int = 64
     block_ms: int = 1000
     dead_max: int = 10000  # the dead-letter stream keeps this many, the oldest dropped
-    # The partition of a partitioned stream this consumer reads (its own key and group).
-    partition: int | None = None
+    # The partitions of a partitioned stream (``Keys.partitions_of``), each a key with a
+    # group of its own; ``(None,)``: the stream is one key.
+    partitions: tuple[int | None, ...] = (None,)
 
-    @property
-    def label(self) -> str:
+    def label(self, partition: int | None) -> str:
         """The stream as logs name it: ``events/3`` for partition 3 of ``events``."""
-        return self.name if self.partition is None else f"{self.name}/{self.partition}"
+        return self.name if partition is None else f"{self.name}/{partition}"
 
+
+# On Redis Cluster a consumer blocks this long at most on its partitions' reads, which end
+# together: an entry arriving meanwhile waits up to this long once the consumer was idle.
+_CLUSTER_BLOCK_MS = 100
 
 # A consumer whose process has not vouched for it in this many claim intervals, and that
 # owns nothing, is gone: its name leaves the group, so XINFO shows the consumers that exist.
@@ -127,21 +139,25 @@ return removed
 
 
 class Claims:
-    """The claim side of one group, shared by the consumers of one process.
+    """The claim side of one group (of one partition's), shared by the consumers of one process.
 
     One consumer at a time claims (so they never race for the same batch), each claim takes
     a batch, and while the last one came back full the next is due at once: entries a dead
     consumer left drain as fast as the consumers process them.
     """
 
-    def __init__(self, redis: Redis, keys: Keys, config: StreamConfig, on_outcome: Outcome) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, config: StreamConfig, on_outcome: Outcome, partition: int | None = None
+    ) -> None:
         self._redis: DecodedRedis = redis
         self._config = config
         self._on_outcome = on_outcome
-        self._stream = keys.stream(config.name, config.partition)
-        self._dead = keys.dead(config.name, config.partition)
-        self._errors = keys.errors(config.name, config.partition)
-        self._alive = keys.consumers(config.name, config.partition)
+        self._partition = partition
+        self._label = config.label(partition)
+        self._stream = keys.stream(config.name, partition)
+        self._dead = keys.dead(config.name, partition)
+        self._errors = keys.errors(config.name, partition)
+        self._alive = keys.consumers(config.name, partition)
         self._group = config.name
         self.members: set[str] = set()
         self._lock = asyncio.Lock()
@@ -176,7 +192,7 @@ class Claims:
             claimed = await self._redis.xclaim(
                 self._stream, self._group, consumer, min_idle_time=self._config.claim_idle_ms, message_ids=retry
             )
-        entries = [Entry(entry_id, fields) for entry_id, fields in claimed if fields]
+        entries = [Entry(entry_id, fields, self._partition) for entry_id, fields in claimed if fields]
         # An entry trimmed away while pending comes back empty: nothing left to do but ack it.
         gone = [entry_id for entry_id, fields in claimed if not fields]
         if gone:
@@ -190,7 +206,7 @@ class Claims:
         args: list[str | int] = [self._group, dead_after_ms, *sorted(self.members)]
         removed = await self._prune(keys=[self._stream, self._alive], args=args)
         if removed:
-            log.info("stream=%s removed dead consumers that owned nothing: %s", self._config.label, ", ".join(removed))
+            log.info("stream=%s removed dead consumers that owned nothing: %s", self._label, ", ".join(removed))
 
     async def _dead_letter(self, consumer: str, entry_id: str) -> None:
         # Consumers of other processes may find the same hopeless entry at once; the XCLAIM's
@@ -213,7 +229,7 @@ class Claims:
             pipe.xdel(self._stream, entry_id)
             pipe.hdel(self._errors, entry_id)
             await pipe.execute()
-        log.error("stream=%s entry=%s dead-lettered: %s", self._config.label, entry_id, error)
+        log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, error)
         self._on_outcome("dead")
 
 
@@ -225,9 +241,12 @@ _LOG_EVERY = 30
 
 
 class StreamConsumer:
-    """One consumer of a group; run several (in one process or many) to share the work.
+    """One consumer of a group (of each partition's group, for a partitioned stream); run
+    several (in one process or many) to share the work.
 
-    Consumers of one process share one ``Claims`` (made here when not given).
+    Consumers of one process share one ``Claims`` per partition (made here when not given).
+    A consumer reads all partitions at once, so a batch is as large as the traffic allows
+    however it spreads over them; a customer's entries are all in one partition, in order.
     """
 
     def __init__(
@@ -238,7 +257,7 @@ class StreamConsumer:
         name: str,
         process: BatchProcessor,
         on_outcome: Outcome = lambda outcome: None,
-        claims: Claims | None = None,
+        claims: Sequence[Claims] = (),
         health: RedisHealth | None = None,
     ) -> None:
         self._redis: DecodedRedis = redis
@@ -246,11 +265,15 @@ class StreamConsumer:
         self.name = name
         self._process = process
         self._on_outcome = on_outcome
-        self._claims = claims or Claims(redis, keys, config, on_outcome)
-        self._claims.members.add(name)
-        self._stream = keys.stream(config.name, config.partition)
-        self._errors = keys.errors(config.name, config.partition)
+        self._claims = list(claims) or [Claims(redis, keys, config, on_outcome, p) for p in config.partitions]
+        for part in self._claims:
+            part.members.add(name)
+        self._streams = {p: keys.stream(config.name, p) for p in config.partitions}
+        self._partition_of = {key: p for p, key in self._streams.items()}
+        self._errors = {p: keys.errors(config.name, p) for p in config.partitions}
         self._group = config.name
+        # A read or a transaction on Redis Cluster may only name the keys of one slot.
+        self._per_slot = isinstance(redis, RedisCluster) and len(self._streams) > 1
         self._failures = 0
         # Outages are logged once per process by ``health``; without one, by each consumer.
         self._health = health
@@ -261,16 +284,14 @@ class StreamConsumer:
     def stream(self) -> str:
         return self._config.name
 
-    @property
-    def label(self) -> str:
-        return self._config.label
-
     async def ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in self._streams.values():
+                pipe.xgroup_create(key, self._group, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not (isinstance(reply, ResponseError) and "BUSYGROUP" in str(reply)):
+                raise reply
 
     async def run(self) -> None:
         """Process until cancelled; whatever stops the consumer, it starts again."""
@@ -285,28 +306,30 @@ class StreamConsumer:
         await self.ensure_group()
         while True:
             raise_if_cancelled()
-            if self._claims.due():
-                claimed = await self._claims.take(self.name)
+            due = [part for part in self._claims if part.due()]
+            if due:
+                claimed = [entry for part in due for entry in await part.take(self.name)]
                 self._resumed()
                 if claimed:
                     await self.process(claimed)
                     continue
             # While a claim backlog is left, read without blocking to get back to it.
-            await self.process(await self.read_new(block=not self._claims.backlog))
+            backlog = any(part.backlog for part in self._claims)
+            await self.process(await self.read_new(block=not backlog))
             self._resumed()
 
     def _resumed(self) -> None:
         if self._health is not None:
             self._health.back()
         if self._failures and not self._outage:
-            log.info("stream=%s consumer=%s resumed after %d restarts", self._config.label, self.name, self._failures)
+            log.info("stream=%s consumer=%s resumed after %d restarts", self._config.name, self.name, self._failures)
         self._failures = 0
         self._outage = False
         self.live = True
 
     async def _back_off(self, exc: Exception) -> None:
         self.live = False
-        where = f"stream={self._config.label} consumer={self.name}"
+        where = f"stream={self._config.name} consumer={self.name}"
         if isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
             # The stream was deleted (e.g. FLUSHALL, or a Redis without persistence restarted),
             # or a failover ended a blocked read (Redis 7 answers UNBLOCKED): start over now.
@@ -328,14 +351,32 @@ class StreamConsumer:
         await asyncio.sleep(delay)
 
     async def read_new(self, block: bool = True) -> list[Entry]:
-        reply = await self._redis.xreadgroup(
-            self._group,
-            self.name,
-            {self._stream: ">"},
-            count=self._config.batch,
-            block=self._config.block_ms if block else None,
-        )
-        return [Entry(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries if fields]
+        """New entries of every partition: up to ``batch`` of each, in each one's order."""
+        if not self._per_slot:
+            streams = {key: ">" for key in self._streams.values()}
+            return self._entries([await self._read(streams, block=self._config.block_ms if block else None)])
+        # One read per partition: at once, without blocking; when all come back empty, once
+        # more, blocking a short while (the reads end together, so not for long).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in self._streams.values():
+                pipe.xreadgroup(self._group, self.name, {key: ">"}, count=self._config.batch)
+            entries = self._entries(await pipe.execute())
+        if entries or not block:
+            return entries
+        wait = min(self._config.block_ms, _CLUSTER_BLOCK_MS)
+        return self._entries(await asyncio.gather(*(self._read({key: ">"}, wait) for key in self._streams.values())))
+
+    async def _read(self, streams: dict[str, str], block: int | None) -> Any:
+        return await self._redis.xreadgroup(self._group, self.name, streams, count=self._config.batch, block=block)
+
+    def _entries(self, replies: list[Any]) -> list[Entry]:
+        return [
+            Entry(entry_id, fields, self._partition_of[key])
+            for reply in replies
+            for key, entries in reply or []
+            for entry_id, fields in entries
+            if fields
+        ]
 
     async def process(self, entries: list[Entry]) -> None:
         """Run the batch; acknowledge what succeeded and keep why the rest failed, in one
@@ -343,17 +384,37 @@ class StreamConsumer:
         if not entries:
             return
         failed = await self._process(entries)
-        done = [entry.id for entry in entries if entry.id not in failed]
-        for entry_id, exc in failed.items():
-            log.error("stream=%s entry=%s failed", self._config.label, entry_id, exc_info=exc)
-            self._on_outcome("failed")
-        for _ in done:
-            self._on_outcome("done")
+        by_partition: dict[int | None, list[Entry]] = {}
+        for entry in entries:
+            by_partition.setdefault(entry.partition, []).append(entry)
+            if entry.key in failed:
+                label = self._config.label(entry.partition)
+                log.error("stream=%s entry=%s failed", label, entry.id, exc_info=failed[entry.key])
+                self._on_outcome("failed")
+            else:
+                self._on_outcome("done")
+        if not self._per_slot:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for partition, part in by_partition.items():
+                    self._settle(pipe, partition, part, failed)
+                await pipe.execute()
+            return
+        await asyncio.gather(*(self._settle_apart(p, part, failed) for p, part in by_partition.items()))
+
+    async def _settle_apart(self, partition: int | None, entries: list[Entry], failed: Mapping[str, Exception]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            if failed:
-                pipe.hset(self._errors, mapping={i: f"{type(e).__name__}: {e}" for i, e in failed.items()})
-            if done:
-                pipe.xack(self._stream, self._group, *done)
-                pipe.xdel(self._stream, *done)
-                pipe.hdel(self._errors, *done)
+            self._settle(pipe, partition, entries, failed)
             await pipe.execute()
+
+    def _settle(self, pipe: Any, partition: int | None, entries: list[Entry], failed: Mapping[str, Exception]) -> None:
+        """Queue on ``pipe`` the acknowledgement of a partition's done entries and the errors
+        of its failed ones."""
+        stream, errors = self._streams[partition], self._errors[partition]
+        why = {e.id: f"{type(failed[e.key]).__name__}: {failed[e.key]}" for e in entries if e.key in failed}
+        done = [e.id for e in entries if e.key not in failed]
+        if why:
+            pipe.hset(errors, mapping=why)
+        if done:
+            pipe.xack(stream, self._group, *done)
+            pipe.xdel(stream, *done)
+            pipe.hdel(errors, *done)

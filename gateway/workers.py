@@ -66,10 +66,10 @@ async def poll_timers(store: Store, health: RedisHealth) -> None:
         await asyncio.sleep(TIMER_POLL_SECONDS)
 
 
-# One events consumer per partition and process: it takes whole reads and pipelines each
-# phase, so it is CPU-bound and a second one in the same process adds no throughput, only a
-# race between two events of one customer (a call's ringing and answered) read by different
-# consumers. Partitions hold different customers, so their consumers run side by side.
+# One events consumer per process: it reads every partition at once, takes whole reads and
+# pipelines each phase, so it is CPU-bound and a second one in the same process adds no
+# throughput, only a race between two events of one customer (a call's ringing and
+# answered) read by different consumers.
 EVENT_CONSUMERS = 1
 # One fan-out consumer per process, for the same reason: an item's events queue in order.
 OUTBOX_CONSUMERS = 1
@@ -78,29 +78,23 @@ OUTBOX_CONSUMERS = 1
 def consumers(
     store: Store, settings: Settings, metrics: Metrics, stream: str, processor: BatchProcessor, count: int
 ) -> list[StreamConsumer]:
-    """``count`` consumers of each partition of ``stream`` (of the stream, when it is one key)."""
+    config = StreamConfig(
+        name=stream,
+        claim_idle_ms=settings.claim_idle_seconds * 1000,
+        max_deliveries=settings.max_deliveries,
+        dead_max=settings.dead_letters_max,
+        partitions=store.keys.partitions_of(stream),
+    )
     outcomes = metrics.stream_entries
 
     def outcome(name: str) -> None:
         outcomes.labels(stream, name).inc()
 
-    made: list[StreamConsumer] = []
-    for partition in store.keys.partitions_of(stream):
-        config = StreamConfig(
-            name=stream,
-            claim_idle_ms=settings.claim_idle_seconds * 1000,
-            max_deliveries=settings.max_deliveries,
-            dead_max=settings.dead_letters_max,
-            partition=partition,
-        )
-        claims = Claims(store.redis, store.keys, config, outcome)
-        made += [
-            StreamConsumer(
-                store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.health
-            )
-            for i in range(count)
-        ]
-    return made
+    claims = [Claims(store.redis, store.keys, config, outcome, partition) for partition in config.partitions]
+    return [
+        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.health)
+        for i in range(count)
+    ]
 
 
 Job = Callable[[], Coroutine[Any, Any, None]]
@@ -117,25 +111,19 @@ class Workers:
 
     @staticmethod
     def _name(index: int, consumer: StreamConsumer) -> str:
-        return f"consumer-{consumer.label}-{index}"
+        return f"consumer-{consumer.stream}-{index}"
 
     @property
     def streams(self) -> list[str]:
         return sorted({consumer.stream for consumer in self.consumers})
 
-    def _live(self, index: int, consumer: StreamConsumer) -> bool:
-        """Whether the consumer's task runs and it is consuming (not backing off)."""
-        task = self.tasks.get(self._name(index, consumer))
-        return consumer.live and task is not None and not task.done()
-
     def live_consumers(self, stream: str) -> int:
-        """Live consumers of ``stream`` (of all its partitions)."""
-        return sum(c.stream == stream and self._live(i, c) for i, c in enumerate(self.consumers))
-
-    def unread(self) -> list[str]:
-        """The streams (partitions: ``events/3``) no live consumer of this process reads."""
-        live = {c.label for i, c in enumerate(self.consumers) if self._live(i, c)}
-        return sorted({c.label for c in self.consumers} - live)
+        """Consumers of ``stream`` whose task runs and that are consuming (not backing off)."""
+        live = 0
+        for i, consumer in enumerate(self.consumers):
+            task = self.tasks.get(self._name(i, consumer))
+            live += consumer.stream == stream and consumer.live and task is not None and not task.done()
+        return live
 
     def _start(self, name: str) -> None:
         self.tasks[name] = asyncio.create_task(self._jobs[name](), name=name)

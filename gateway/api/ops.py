@@ -43,7 +43,7 @@ async def readyz(request: web.Request) -> web.Response:
     health.back()
     # Events stored but never processed are worse than a 503: take this process out of rotation.
     workers = request.app.get(WORKERS)
-    idle = workers.unread() if workers else []
+    idle = [stream for stream in workers.streams if workers.live_consumers(stream) == 0] if workers else []
     if idle:
         return _unavailable(f"no consumer of the {idle[0]} stream is running (see the log for why)")
     return web.json_response({"status": "ready"})

@@ -69,9 +69,9 @@ class EventProcessor:
         events: list[tuple[str, Event]] = []
         for entry in entries:
             try:
-                events.append((entry.id, Event.from_json(entry.fields["event"])))
+                events.append((entry.key, Event.from_json(entry.fields["event"])))
             except Exception as exc:
-                failed[entry.id] = exc
+                failed[entry.key] = exc
         for batch in rounds(events):
             try:
                 await self.handle([event for _, event in batch])

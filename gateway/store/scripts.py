@@ -16,15 +16,24 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
+# Script calls of one batch in flight at once on Redis Cluster: well under the client's 100
+# connections per node, with room for the other requests of the process.
+_CLUSTER_CONCURRENCY = 32
 
 
 async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
     """The reply of each call, in order; a call that failed has its exception as its reply."""
     if isinstance(redis, RedisCluster):
         # redis-py's cluster pipelines refuse EVALSHA: the calls go out concurrently instead,
-        # each to the shard owning its keys.
-        calls_made = (script(keys=list(keys), args=list(args)) for keys, args in calls)
-        return list(await asyncio.gather(*calls_made, return_exceptions=True))
+        # each to the shard owning its keys, a bounded number at a time (the cluster client
+        # fails a command outright when a node's connections are all taken).
+        limit = asyncio.Semaphore(_CLUSTER_CONCURRENCY)
+
+        async def call(keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+            async with limit:
+                return await script(keys=list(keys), args=list(args))
+
+        return list(await asyncio.gather(*(call(keys, args) for keys, args in calls), return_exceptions=True))
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):

@@ -186,8 +186,7 @@ async def test_out_of_memory_at_start_delays_the_consumers_not_the_events(
 
     async def all_live() -> bool:
         metrics = await (await client.get("/metrics")).text()
-        # One per partition.
-        return f'callgate_stream_consumers_live{{stream="events"}} {private_settings.partitions}.0' in metrics
+        return 'callgate_stream_consumers_live{stream="events"} 1.0' in metrics
 
     await eventually(all_live)
 
@@ -226,16 +225,16 @@ async def test_the_supervisor_restarts_a_worker_task_that_ended(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     workers = client.app[WORKERS]
-    first = workers.tasks["consumer-events/0-0"]
+    first = workers.tasks["consumer-events-0"]
     first.cancel()
 
     async def restarted() -> bool:
-        task = workers.tasks["consumer-events/0-0"]
+        task = workers.tasks["consumer-events-0"]
         return task is not first and not task.done()
 
     await eventually(restarted)
-    assert any("consumer-events/0-0 ended" in r.getMessage() for r in caplog.records if r.name == "gateway.workers")
-    assert workers.live_consumers("events") == client.app[SETTINGS].partitions  # one per partition
+    assert any("consumer-events-0 ended" in r.getMessage() for r in caplog.records if r.name == "gateway.workers")
+    assert workers.live_consumers("events") == 1
     assert workers.live_consumers("jobs") == client.app[SETTINGS].consumers
 
 

@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -65,7 +66,7 @@ async def test_failed_entry_stays_pending_and_another_consumer_claims_it(redis: 
     claims = Claims(redis, keys, CONFIG, lambda outcome: None)
     assert await claims.take("B") == []  # not idle long enough yet: A may still be working on it
 
-    b = StreamConsumer(redis, keys, CONFIG, "B", one_by_one(count_deliveries), claims=claims)
+    b = StreamConsumer(redis, keys, CONFIG, "B", one_by_one(count_deliveries), claims=[claims])
     async with running(b):
         await eventually(lambda: drained(redis, stream, "t"))
     assert counts == [2]
@@ -194,7 +195,7 @@ async def test_an_orphaned_backlog_is_reclaimed_at_processing_speed(redis: Redis
     recorder = Recorder()
     config = StreamConfig(name="t", claim_idle_ms=60_000, max_deliveries=3, block_ms=100)
     claims = Claims(redis, keys, config, lambda outcome: None)
-    consumers = [StreamConsumer(redis, keys, config, f"C{i}", one_by_one(recorder), claims=claims) for i in range(4)]
+    consumers = [StreamConsumer(redis, keys, config, f"C{i}", one_by_one(recorder), claims=[claims]) for i in range(4)]
     await consumers[0].ensure_group()
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(2000):
@@ -349,3 +350,29 @@ async def group_exists(redis: Redis, stream: str, group: str) -> bool:
 async def done(redis: Redis, keys: Keys, count: int, recorder: Recorder, name: str = "t") -> bool:
     """``count`` entries were processed and nothing is left in the stream."""
     return len(recorder.calls) >= count and await redis.xlen(keys.stream(name)) == 0
+
+
+async def test_a_consumer_reads_every_partition_at_once_and_settles_each_in_its_own(redis: Redis, prefix: str) -> None:
+    """Partitions' streams number their entries apart: two entries of one read may share an
+    id, and each is still processed, failed or acknowledged as itself."""
+    keys = Keys(prefix, partitions=3)
+    config = replace(CONFIG, partitions=(0, 1, 2))
+
+    async def fail_the_bad_one(entry: Entry) -> None:
+        if entry.fields["n"] == "bad":
+            raise RuntimeError("bad")
+
+    consumer = StreamConsumer(redis, keys, config, "A", one_by_one(fail_the_bad_one))
+    await consumer.ensure_group()
+    added = {
+        p: [await redis.xadd(keys.stream("t", p), {"n": str(p)}, id=f"{k + 1}-0") for k in range(3)] for p in (0, 1)
+    }
+    await redis.xadd(keys.stream("t", 2), {"n": "bad"}, id="1-0")  # the same id as partition 0's first
+    entries = await consumer.read_new(block=False)
+    for p in (0, 1):
+        assert [e.id for e in entries if e.partition == p] == added[p]  # each in its own order
+    await consumer.process(entries)
+    assert [await redis.xlen(keys.stream("t", p)) for p in (0, 1, 2)] == [0, 0, 1]
+    assert [(await redis.xpending(keys.stream("t", p), "t"))["pending"] for p in (0, 1, 2)] == [0, 0, 1]
+    assert list(await redis.hgetall(keys.errors("t", 2))) == ["1-0"]
+    assert not await redis.exists(keys.errors("t", 0))
