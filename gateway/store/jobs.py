@@ -136,7 +136,7 @@ class Job:
         if self["duration"]:
             data["duration"] = int(self["duration"])
         if self["engine"]:
-            data["engine"], data["voice"] = self["engine"], self["voice"]
+            data["engine"], data["voice"] = self["engine"], self["voice"] or None  # None: the provider's default
         if self["note"]:
             data["note"] = self["note"]
         if self["reply"]:

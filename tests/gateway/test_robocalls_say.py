@@ -94,4 +94,5 @@ async def test_a_line_s_tts_engine_is_the_default_and_a_request_s_engine_wins(ta
     resp = await talk.put(f"/v1/lines/{LINE}", json={"provider": "sb", "tts_engine": "provider"}, headers=ADMIN)
     assert resp.status == 200, await resp.text()
     _, spoken = await post(talk, say("Hello there"))
-    assert "audio_url" not in await final(talk, spoken["id"], "completed")
+    done = await final(talk, spoken["id"], "completed")
+    assert "audio_url" not in done and done["engine"] == "provider" and done["voice"] is None
