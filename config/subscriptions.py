@@ -26,6 +26,7 @@ EventType = StrEnum(  # type: ignore[misc]  # the functional form, to include Ev
             "item.created",
             "item.stage_changed",
             "job.updated",
+            "stage_rule.ran",
             "consent.changed",
             "invite.clicked",
             *EventKind,

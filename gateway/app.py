@@ -21,6 +21,7 @@ from gateway.api.robocalls import ENDPOINTS_ROBOCALLS
 from gateway.api.routing import Tokens, add_endpoints
 from gateway.api.sandbox import ENDPOINTS_SANDBOX
 from gateway.api.sms import ENDPOINTS_SMS
+from gateway.api.stage_rules import ENDPOINTS_STAGE_RULES
 from gateway.api.subscriptions import ENDPOINTS_SUBSCRIPTIONS
 from gateway.api.usage import ENDPOINTS_USAGE
 from gateway.appkeys import (
@@ -124,6 +125,7 @@ def create_app(settings: Settings, *, workers: bool = True) -> web.Application:
             *ENDPOINTS_INVITES,
             *ENDPOINTS_SANDBOX,
             *ENDPOINTS_SUBSCRIPTIONS,
+            *ENDPOINTS_STAGE_RULES,
         ],
     )
     app.cleanup_ctx.append(redis_ctx)

@@ -92,6 +92,11 @@ class Keys:
     def triggers(self) -> str:
         return f"{self.prefix}triggers"
 
+    @property
+    def stage_rules(self) -> str:
+        """Hash: ``pipeline/stage`` -> the stage's rules (JSON list)."""
+        return f"{self.prefix}stage-rules"
+
     # An item's keys (card, timeline, effect markers, jobs) are in the item's partition
     # (``tag_of(item_id)``): the steps that change an item together stay in one slot.
     def item(self, item_id: str) -> str:
@@ -134,6 +139,12 @@ class Keys:
         partition a line created with ``lead_ttl_seconds`` set; an item leaves it when
         anyone changes it."""
         return f"{self.prefix}{self.tag(partition)}:leads"
+
+    def stage_entries(self, partition: int) -> str:
+        """Sorted set: the stage entries of one partition's items whose stage rules have yet
+        to run (member = the entry as JSON, score = unix time it may be taken; a future time
+        while a worker holds it). In the items' partition: written in the entering step."""
+        return f"{self._at(partition)}stage-entries"
 
     def stream(self, name: str, partition: int | None = None) -> str:
         """A durable stream (events, jobs, ...) read by a consumer group of the same name; a

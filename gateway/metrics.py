@@ -51,6 +51,12 @@ class Metrics:
             ["kind", "caller"],
             registry=self.registry,
         )
+        self.stage_rules = Counter(
+            "callgate_stage_rules",
+            "Stage rules run on an item's entry into their stage, by kind and outcome (queued, skipped)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         self.stream_entries = Counter(
             "callgate_stream_entries",
             "Stream entries processed by stream and outcome",

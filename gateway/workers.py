@@ -1,5 +1,5 @@
-"""The workers: event, job and outbox consumers, the timer poller and the CRM deliverer, run
-by serve and by worker.
+"""The workers: event, job and outbox consumers, the timer poller, the stage rules' runner and
+the CRM deliverer, run by serve and by worker.
 
 A supervisor watches their tasks: a consumer restarts itself after any failure, and should
 its task end anyway, the supervisor says why and starts it again.
@@ -17,6 +17,7 @@ from typing import Any
 from config.settings import Settings
 from gateway.consent import Consents
 from gateway.conversations import Conversations
+from gateway.engine.entries import StageEntryRunner
 from gateway.engine.processor import EventProcessor, MessageHandler
 from gateway.jobs import JobRunner
 from gateway.metrics import Metrics
@@ -165,6 +166,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     speech = Speech(renderer_for(settings), settings.tts_workers)
     runner = JobRunner(store, providers, settings, speech)
     deliverer = Deliverer(store, settings, metrics)
+    entries = StageEntryRunner(store, settings, speech.renderer, metrics)
     workers = Workers(
         [
             *consumers(
@@ -178,7 +180,7 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
             *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers),
             *consumers(store, settings, metrics, OUTBOX_STREAM, FanOut(store, deliverer.wake), OUTBOX_CONSUMERS),
         ],
-        {"timers": lambda: poll_timers(store, metrics.health), "outbox": deliverer.run},
+        {"timers": lambda: poll_timers(store, metrics.health), "outbox": deliverer.run, "stage-rules": entries.run},
     )
     workers.start()
     supervisor = asyncio.create_task(workers.supervise(), name="supervisor")

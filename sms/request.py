@@ -15,14 +15,19 @@ from config.recipients import AUTO, PhoneChoice
 MAX_CHARS = 200
 
 
-class SmsRequest(Strict):
-    item_id: ItemId
+class SmsMessage(Strict):
+    """What an SMS says and how it goes, for an item given elsewhere: a stage rule's SMS."""
+
     # A template: its length counts after rendering (rendered_length_error).
     text: Annotated[str, Field(min_length=1, max_length=2000)]
     phone_type: PhoneChoice = AUTO
     provider: Name | None = None
     line: E164 | None = None
     delay_seconds: Annotated[int, Field(ge=0, le=30 * 24 * 3600)] = 0
+
+
+class SmsRequest(SmsMessage):
+    item_id: ItemId
 
 
 def rendered_length_error(text: str) -> str | None:

@@ -68,10 +68,11 @@ def _robocall_schema(schema: dict[str, Any]) -> None:
     ]
 
 
-class RobocallRequest(Strict):
+class Robocall(Strict):
+    """A robocall for an item given elsewhere: a stage rule's robocall."""
+
     model_config = ConfigDict(json_schema_extra=_robocall_schema)
 
-    item_id: ItemId
     line: E164
     phone_type: PhoneChoice = AUTO
     say: Say | None = None
@@ -86,7 +87,7 @@ class RobocallRequest(Strict):
     retry_interval_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 600
 
     @model_validator(mode="after")
-    def _consistent(self) -> RobocallRequest:
+    def _consistent(self) -> Robocall:
         if (self.say is None) == (self.play is None):
             raise ValueError("give exactly one of say or play")
         if self.test and self.to is None:
@@ -94,3 +95,7 @@ class RobocallRequest(Strict):
         if self.to is not None and not self.test:
             raise ValueError("to is only for test calls (test: true)")
         return self
+
+
+class RobocallRequest(Robocall):
+    item_id: ItemId

@@ -91,6 +91,11 @@ async def delete_line(request: web.Request) -> web.Response:
     watchers = sorted(t.id for t in (await store.triggers.all()).values() if t.line == number)
     if watchers:
         raise InUse(f"line {number} is watched by trigger(s) {', '.join(watchers)}; delete or edit them first")
+    senders = [
+        name for name, rules in (await store.stage_rules.all()).items() if any(r.line == number for r in rules.root)
+    ]
+    if senders:
+        raise InUse(f"line {number} is used by the stage rules of {', '.join(senders)}; edit them first")
     if not await store.lines.delete(number):
         raise NotFound(f"line {number}")
     return web.Response(status=204)
@@ -107,6 +112,11 @@ async def _stage_users(store: Store, pipeline_id: str, stages: set[str]) -> list
         f"line {number} creates leads in {line.lead.stage}"
         for number, line in (await store.lines.all()).items()
         if line.lead is not None and line.lead.pipeline == pipeline_id and line.lead.stage in stages
+    ]
+    users += [
+        f"stage rules of {name}"
+        for name in (await store.stage_rules.all())
+        if name.partition("/")[0] == pipeline_id and name.partition("/")[2] in stages
     ]
     for stage, ids in (await store.items.in_stages(pipeline_id, sorted(stages))).items():
         users.append(f"items in {stage} (e.g. {', '.join(ids)})")

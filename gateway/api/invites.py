@@ -14,6 +14,7 @@ from config.cards import Card
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.vocabulary import EventKind
 from gateway.api import params
+from gateway.api.queueing import idempotency_key
 from gateway.api.routing import Endpoint, Scope
 from gateway.api.sms import queue_sms
 from gateway.appkeys import SETTINGS, STORE
@@ -30,7 +31,10 @@ async def create_invite(request: web.Request, body: Invite) -> web.Response:
     token = secrets.token_urlsafe(16)
     link = f"{request.app[SETTINGS].base_url}/i/{token}"
     values = {LINK_FIELD: link}
-    response, fields = await queue_sms(request, body, body.template(), values=values, extra={"invite": token})
+    store = request.app[STORE]
+    key = idempotency_key(request)
+    queued = await queue_sms(store, body, body.template(), key=key, values=values, extra={"invite": token})
+    fields = queued.fields
     if fields:  # not a replay of an earlier request
         invite = {
             "item_id": body.item_id,
@@ -40,8 +44,8 @@ async def create_invite(request: web.Request, body: Invite) -> web.Response:
             "provider": fields["provider"],
             "phone_type": body.phone_type,
         }
-        await request.app[STORE].invites.put(token, invite)
-    return response
+        await store.invites.put(token, invite)
+    return queued.response()
 
 
 async def follow_invite(request: web.Request) -> web.Response:

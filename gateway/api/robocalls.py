@@ -10,14 +10,16 @@ from aiohttp import hdrs, web
 
 from config.jobs import JobKind
 from config.lines import ProviderKind
+from config.settings import Settings
 from config.templates import UnknownField, render
 from gateway.api import params
-from gateway.api.queueing import Queueing
+from gateway.api.queueing import Queued, Queueing, idempotency_key
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import RENDERER, SETTINGS, STORE
 from gateway.errors import Invalid, NotFound, UnknownReference
 from gateway.media import MediaError, MediaFiles, any_address, check_mp3, download, is_public
 from gateway.providers.registry import CALLING, unable
+from gateway.store import Store
 from voice.render import Renderer
 from voice.robocall import RobocallRequest, Say
 from voice.spoken import twilio_problem
@@ -26,9 +28,8 @@ from voice.tts import VoiceError, pick_voice
 CACHE_FOREVER = "public, max-age=31536000, immutable"
 
 
-async def _media_for(request: web.Request, url: str) -> str:
+async def _media_for(store: Store, settings: Settings, url: str) -> str:
     """The media key of ``url``'s MP3: fetched once (checked and validated), then cached."""
-    store, settings = request.app[STORE], request.app[SETTINGS]
     files = MediaFiles(settings.data_dir)
     digest = hashlib.sha256(url.encode()).hexdigest()
     cached = await store.jobs.media_for_url(digest)
@@ -67,9 +68,11 @@ def _check_say(renderer: Renderer, say: Say, text: str, provider: ProviderKind) 
         raise Invalid(field, f"{field}: {exc}") from None
 
 
-async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Response:
-    store = request.app[STORE]
-    queueing = Queueing(request, body)
+async def queue_robocall(
+    store: Store, settings: Settings, renderer: Renderer, body: RobocallRequest, *, key: str | None
+) -> Queued:
+    """Check and queue a robocall job, once per idempotency ``key``."""
+    queueing = Queueing(store, body, key)
     replayed = await queueing.replayed()
     if replayed is not None:
         return replayed
@@ -91,11 +94,11 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
             raise Invalid("say.text", f"say.text: {exc}", code="unknown_field") from None
         # The request's engine, else the line's; the job keeps the choice.
         say = body.say.model_copy(update={"engine": body.say.engine or line.tts_engine})
-        _check_say(request.app[RENDERER], say, text, provider.kind)
+        _check_say(renderer, say, text, provider.kind)
         engine = say.engine or ""
     else:
         assert body.play is not None
-        media = await _media_for(request, body.play.url)
+        media = await _media_for(store, settings, body.play.url)
     fields = {"line": body.line, "provider": line.provider, "to": body.to or "", "media": media, "text": text}
     fields["say_engine"] = engine
     if engine == "provider":
@@ -104,6 +107,12 @@ async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Re
     return await queueing.queue(
         JobKind.ROBOCALL, body.item_id, fields, delay_seconds=body.delay_seconds, test=body.test
     )
+
+
+async def create_robocall(request: web.Request, body: RobocallRequest) -> web.Response:
+    app = request.app
+    queued = await queue_robocall(app[STORE], app[SETTINGS], app[RENDERER], body, key=idempotency_key(request))
+    return queued.response()
 
 
 async def get_job(request: web.Request) -> web.Response:

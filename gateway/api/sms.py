@@ -9,7 +9,7 @@ from aiohttp import web
 from config.jobs import JobKind
 from config.lines import Line
 from config.templates import UnknownField, render
-from gateway.api.queueing import Queueing
+from gateway.api.queueing import Queued, Queueing, idempotency_key
 from gateway.api.routing import Endpoint, Scope
 from gateway.appkeys import STORE
 from gateway.errors import Invalid, UnknownReference
@@ -39,21 +39,21 @@ async def _line(store: Store, body: SmsRequest | Invite) -> tuple[str, Line]:
 
 
 async def queue_sms(
-    request: web.Request,
+    store: Store,
     body: SmsRequest | Invite,
     template: str,
     *,
+    key: str | None,
     values: Mapping[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
     delay_seconds: int = 0,
-) -> tuple[web.Response, dict[str, str]]:
+) -> Queued:
     """Check and queue an SMS job whose text is ``template`` filled from the item's fields
-    and ``values``; the 202 and the job's fields (none when an Idempotency-Key replayed)."""
-    store = request.app[STORE]
-    queueing = Queueing(request, body)
+    and ``values``, once per idempotency ``key``."""
+    queueing = Queueing(store, body, key)
     replayed = await queueing.replayed()
     if replayed is not None:
-        return replayed, {}
+        return replayed
     item = await queueing.item(body.item_id)
     number, line = await _line(store, body)
     name = body.provider or line.provider
@@ -77,13 +77,13 @@ async def queue_sms(
         "encoding": segments.encoding.value,
         **(extra or {}),
     }
-    response = await queueing.queue(JobKind.SMS, body.item_id, fields, delay_seconds=delay_seconds)
-    return response, fields
+    return await queueing.queue(JobKind.SMS, body.item_id, fields, delay_seconds=delay_seconds)
 
 
 async def create_sms(request: web.Request, body: SmsRequest) -> web.Response:
-    response, _ = await queue_sms(request, body, body.text, delay_seconds=body.delay_seconds)
-    return response
+    key = idempotency_key(request)
+    queued = await queue_sms(request.app[STORE], body, body.text, key=key, delay_seconds=body.delay_seconds)
+    return queued.response()
 
 
 ENDPOINTS_SMS = [

@@ -14,12 +14,14 @@ from config.settings import Settings
 from config.subscriptions import Subscription
 from config.triggers import Trigger
 from gateway.keys import Keys
+from gateway.stage_rules import StageRules
 from gateway.store.backlog import Backlogs
 from gateway.store.calls import Calls
 from gateway.store.caps import Caps
 from gateway.store.consent import ConsentLedger
 from gateway.store.conversations import Conversations
 from gateway.store.dead_letters import DeadLetters
+from gateway.store.entries import StageEntries
 from gateway.store.feed import Feed
 from gateway.store.inbox import Inbox
 from gateway.store.invites import Invites
@@ -57,19 +59,22 @@ class Store:
     subscriptions: Records[Subscription]
     outbox: Outbox
     usage: UsageStore
+    stage_rules: Records[StageRules]
+    stage_entries: StageEntries
 
     @classmethod
     def open(cls, redis: Redis, settings: Settings, snapshots: Snapshots) -> Store:
         """A store on ``redis``; stores of one process share ``snapshots`` of admin records."""
         keys = Keys(settings.key_prefix, settings.partitions)
         outbox = Outbox(redis, keys, settings.dead_letters_max)
+        stage_entries = StageEntries(redis, keys)
         return cls(
             redis=redis,
             keys=keys,
             providers=Records(redis, keys.providers, Provider, snapshots),
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
-            items=Items(redis, keys, outbox, settings.timeline_max, settings.lead_ttl_seconds),
+            items=Items(redis, keys, outbox, stage_entries, settings.timeline_max, settings.lead_ttl_seconds),
             inbox=Inbox(redis, keys, settings.dedup_ttl_seconds, settings.feed_max),
             calls=Calls(redis, keys),
             timers=Timers(redis, keys),
@@ -86,6 +91,8 @@ class Store:
             subscriptions=Records(redis, keys.subscriptions, Subscription, snapshots),
             outbox=outbox,
             usage=UsageStore(redis, keys),
+            stage_rules=Records(redis, keys.stage_rules, StageRules, snapshots),
+            stage_entries=stage_entries,
         )
 
     async def ping(self) -> None:

@@ -27,6 +27,7 @@ from redis.exceptions import WatchError
 from config.cards import Card
 from config.triggers import may_move
 from gateway.keys import Keys, partition_of
+from gateway.store.entries import StageEntries, StageEntry, new_entry_id
 from gateway.store.outbox import OUTBOX_STREAM, Outbox, publish_lua
 from gateway.store.scripts import Call, raise_first, run_many
 
@@ -192,10 +193,13 @@ class Move:
 
 
 class Items:
-    def __init__(self, redis: Redis, keys: Keys, outbox: Outbox, timeline_max: int, lead_ttl: int = 0) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, outbox: Outbox, entries: StageEntries, timeline_max: int, lead_ttl: int = 0
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._outbox = outbox
+        self._entries = entries
         self._timeline_max = timeline_max
         self._markers_max = timeline_max * MARKERS_PER_ENTRY
         self._lead_ttl = lead_ttl
@@ -231,6 +235,14 @@ class Items:
         pipe.ltrim(key, -self._timeline_max, -1)
         pipe.incr(self._keys.timeline_count(item_id))
         self._outbox.publish(pipe, item_id, entry)
+
+    def _enter(self, pipe: Pipeline, item: Item, change: dict[str, Any]) -> None:
+        """Queue ``item``'s entry into its stage: the ``item.stage_changed`` entry (``change``
+        plus a new entry id) and, in the same step, the record that the stage's rules are
+        still to run for this entry."""
+        entry = StageEntry(item.id, new_entry_id(), item.card.pipeline, item.stage)
+        self.append(pipe, item.id, timeline_entry("item.stage_changed", {**change, "entry_id": entry.entry_id}))
+        self._entries.enter(pipe, entry)
 
     def _partition(self, item_id: str) -> int:
         return partition_of(item_id, self._keys.partitions)
@@ -284,8 +296,7 @@ class Items:
             if old is None:
                 self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage}))
             elif old.stage != card.stage or old.card.pipeline != card.pipeline:
-                change = {"from": old.stage, "to": card.stage, "trigger_id": None, "act_as": "crm"}
-                self.append(pipe, item_id, timeline_entry("item.stage_changed", change))
+                self._enter(pipe, item, {"from": old.stage, "to": card.stage, "trigger_id": None, "act_as": "crm"})
             return item, old is None, _numbers_changed(old, item)
 
         await self._index(item_id, card.numbers())
@@ -375,7 +386,7 @@ class Items:
                 "act_as": act_as,
                 "cause": move.cause,
             }
-            self.append(pipe, item.id, timeline_entry("item.stage_changed", change))
+            self._enter(pipe, moved, change)
             return moved, True
 
         return await self._watched([key, effects], body)

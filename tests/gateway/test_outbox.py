@@ -158,7 +158,9 @@ async def test_a_stage_change_reaches_the_crm_signed(gw: Client, serve: Any) -> 
     event = seen.event
     assert set(event) == {"id", "type", "created_at", "data"}
     assert event["id"].startswith("evt_") and event["type"] == "item.stage_changed"
-    assert event["data"] == {"item_id": "D1", "from": "NEW", "to": "CALL_BACK", "trigger_id": None, "act_as": "crm"}
+    data = event["data"]
+    assert data.pop("entry_id").startswith("ent_")  # names the entry its stage rules run for
+    assert data == {"item_id": "D1", "from": "NEW", "to": "CALL_BACK", "trigger_id": None, "act_as": "crm"}
     assert verify(SECRET, seen.signature, seen.body)
     assert not verify("another-secret-0123456789", seen.signature, seen.body)
     timestamp = int(dict(p.split("=", 1) for p in seen.signature.split(","))["t"])

@@ -97,13 +97,16 @@ async def test_no_backwards_move_unless_allowed(client: Client) -> None:
         return await stage_of(client, "D2") == "NEW"
 
     await eventually(moved_back)
-    assert (await _moves(client, "D2"))[-1] == {
+    last = (await _moves(client, "D2"))[-1]
+    assert last == {
         "from": "CONTACTED",
         "to": "NEW",
-        "trigger_id": (await _moves(client, "D2"))[-1]["trigger_id"],
+        "trigger_id": last["trigger_id"],
         "act_as": "robot",
         "cause": "call.missed",
+        "entry_id": last["entry_id"],
     }
+    assert last["entry_id"].startswith("ent_")
 
 
 async def test_line_filter(client: Client) -> None:
