@@ -115,6 +115,8 @@ class VoximplantApi:
         handler = {
             "StartScenarios": self._start_scenarios,
             "GetCallHistory": self._call_history,
+            "SendSmsMessage": self._send_sms,
+            "GetSmsHistory": self._sms_history,
         }.get(form["cmd"])
         if handler is None:
             return web.json_response({"error": {"msg": f"Unknown method {form['cmd']}", "code": 101}})
@@ -169,6 +171,38 @@ class VoximplantApi:
             and wanted in (None, session["custom_data"])
         ][: int(form.get("count", 20))]
         return web.json_response({"result": found, "count": len(found), "timezone": "Etc/GMT"})
+
+    async def _send_sms(self, form: dict[str, str]) -> web.Response:
+        message_id = next(self._ids)
+        outcome = self.script[0] if self.script else 200
+        if outcome in (200, HANG):
+            message = {
+                "message_id": message_id,
+                "source_number": form["source"],
+                "destination_number": form["destination"],
+                "direction": "OUT",
+                "fragments": 1,
+                "cost": 0.0081,
+                "status_id": "1",
+                "processed_date": datetime.datetime.now(datetime.UTC).strftime(API_DATETIME),
+            }
+            if form.get("store_body") == "True":  # the SDK sends booleans as True/False
+                message["text"] = form["sms_body"]
+            self.messages.append(message)
+        return await self._scripted(form, {"result": 1, "message_id": message_id, "fragments_count": 1})
+
+    async def _sms_history(self, form: dict[str, str]) -> web.Response:
+        since = datetime.datetime.strptime(form["from_date"], API_DATETIME)
+        until = datetime.datetime.strptime(form["to_date"], API_DATETIME)
+        found = [
+            message
+            for message in self.messages
+            if since <= datetime.datetime.strptime(message["processed_date"], API_DATETIME) <= until
+            and form.get("source_number") in (None, message["source_number"])
+            and form.get("destination_number") in (None, message["destination_number"])
+            and form.get("direction") in (None, message["direction"])
+        ]
+        return web.json_response({"result": found, "total_count": len(found)})
 
 
 @asynccontextmanager

@@ -20,7 +20,11 @@ CALLING: Mapping[ProviderKind, tuple[str, ...]] = {
     ProviderKind.VOXIMPLANT: (SERVICE_ACCOUNT, "rule_id"),
 }
 # The kinds SMS can be sent through, likewise.
-TEXTING: Mapping[ProviderKind, tuple[str, ...]] = {ProviderKind.SANDBOX: (), ProviderKind.TWILIO: ()}
+TEXTING: Mapping[ProviderKind, tuple[str, ...]] = {
+    ProviderKind.SANDBOX: (),
+    ProviderKind.TWILIO: (),
+    ProviderKind.VOXIMPLANT: (SERVICE_ACCOUNT,),
+}
 
 
 def unable(record: Provider, able: Mapping[ProviderKind, tuple[str, ...]]) -> str | None:

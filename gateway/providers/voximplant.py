@@ -18,7 +18,13 @@ session of the dial is refused its script and ends without dialling. A dial whos
 outcome a crash left unknown is reconciled from that claim, else from ``GetCallHistory``
 filtered by the session's custom data, which is the same string on every try of a dial.
 
-Credentials: ``webhook_secret``; for robocalls also ``service_account`` (the JSON key file of
+A message is ``SendSmsMessage`` from the line (a number of the account with SMS enabled);
+Voximplant reports no delivery for it, so the job ends ``sent``. Its text is stored
+(``store_body``) so that a send whose outcome a crash left unknown is recognised in
+``GetSmsHistory``: a message from the line to the customer with this text, since the job
+began sending.
+
+Credentials: ``webhook_secret``; for robocalls and SMS also ``service_account`` (the JSON key file of
 a service account, as text) and ``rule_id``; optional ``endpoint`` (the API host).
 """
 
@@ -36,7 +42,7 @@ from typing import Any
 import httpx
 from voximplant.apiclient import VoximplantAPI, VoximplantException
 
-from gateway.providers import OutboundCall, PlacementError
+from gateway.providers import OutboundCall, OutboundSms, PlacementError
 from gateway.store import Store
 from voice.spoken import voxengine_say
 from webhooks.signatures import robocall_secret
@@ -54,6 +60,8 @@ THREADS = 4
 CUSTOM_DATA_LIMIT = 200
 # Clocks differ: a session started this long before the dial began still counts as its call.
 CLOCK_SLACK_SECONDS = 60.0
+# How the management API writes times (UTC).
+API_TIME = "%Y-%m-%d %H:%M:%S"
 # The management API's answer when more than 200 of the account's requests are under way.
 TOO_MANY_REQUESTS = 429
 
@@ -71,6 +79,11 @@ def _failure(exc: Exception, method: str, *, listing: bool) -> PlacementError:
 
 def _api_time(unix: float) -> datetime:
     return datetime.fromtimestamp(unix, UTC)
+
+
+def _digits(number: str) -> str:
+    """A number as the management API spells it: international, without the "+"."""
+    return number.removeprefix("+")
 
 
 class Voximplant:
@@ -163,6 +176,38 @@ class Voximplant:
         if not sessions:
             return None
         return await self._store.jobs.record_call(call.key, str(sessions[0]["call_session_history_id"]))
+
+    async def send_sms(self, sms: OutboundSms) -> str:
+        api = self._client()
+        source, destination = _digits(sms.line), _digits(sms.to)
+        sent = await self._request(
+            "SendSmsMessage",
+            lambda: api.send_sms_message(source=source, destination=destination, sms_body=sms.text, store_body=True),
+        )
+        return str(sent["message_id"])
+
+    async def find_sms(self, sms: OutboundSms) -> str | None:
+        api = self._client()
+        params = {
+            "source_number": _digits(sms.line),
+            "destination_number": _digits(sms.to),
+            "direction": "OUT",
+            "from_date": _api_time(sms.since - CLOCK_SLACK_SECONDS).strftime(API_TIME),
+            "to_date": _api_time(time.time() + CLOCK_SLACK_SECONDS).strftime(API_TIME),
+        }
+        # The SDK's get_sms_history parses processed_date ("yyyy-MM-dd HH:mm:ss", as the API
+        # documents it) as a bare date and raises ValueError; its transport, authentication
+        # included, is used as is.
+        history = await self._request(
+            "GetSmsHistory", lambda: api._perform_request("GetSmsHistory", params), listing=True
+        )
+        if "error" in history:
+            error = VoximplantException(history["error"].get("msg"), history["error"].get("code"))
+            raise _failure(error, "GetSmsHistory", listing=True)
+        for message in history.get("result") or []:
+            if message.get("text") == sms.text:
+                return str(message["message_id"])
+        return None
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

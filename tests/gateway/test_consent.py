@@ -4,7 +4,7 @@ skipped, and every change on the item's timeline with its source."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,16 +17,10 @@ from tests.gateway.test_robocalls_twilio import setup_twilio
 from tests.gateway.test_sms import send
 from tests.gateway.test_sms_twilio import report
 from tests.media import media_server
-from tests.support import ACCOUNT_SID, AUTH_TOKEN, CUSTOMER, eventually, item, sms_form, twilio_post
-from tests.twilio_api import OPTED_OUT, TwilioApi, twilio_api
+from tests.support import CUSTOMER, eventually, item, sms_form, twilio_post
+from tests.twilio_api import OPTED_OUT, TwilioApi
 
 OPTOUT = f"/v1/optouts/{CUSTOMER}"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[TwilioApi]:
-    async with twilio_api(ACCOUNT_SID, AUTH_TOKEN) as emulator:
-        yield emulator
 
 
 @pytest.fixture

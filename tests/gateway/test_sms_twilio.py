@@ -1,13 +1,10 @@
 """SMS through Twilio: the real SDK's async client against the local emulator of the
 Messages API. The message is created with its status callback, Twilio's signed callbacks
-move the job, and a worker SIGKILLed mid-send still ends with exactly one message."""
+move the job (a worker SIGKILLed mid-send: test_placement_crash)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +12,10 @@ import pytest
 from config.settings import Settings
 from gateway.app import create_app
 from tests.conftest import API, Client, ClientFactory
-from tests.gateway.test_crash import workers
-from tests.gateway.test_robocalls import final, job, job_statuses
+from tests.gateway.test_robocalls import final, job_statuses
 from tests.gateway.test_robocalls_twilio import setup_twilio
-from tests.support import PUBLIC_URL, eventually, item, sms_status_form, twilio_post
-from tests.twilio_api import HANG, TwilioApi
+from tests.support import PUBLIC_URL, item, sms_status_form, twilio_post
+from tests.twilio_api import TwilioApi
 
 LINE = "+34910000001"
 CUSTOMER = "+34600111222"
@@ -90,29 +86,3 @@ async def test_a_twilio_4xx_fails_the_sms_and_a_5xx_is_retried(
     failed = await final(client, accepted["id"], "failed")
     assert failed["reason"].startswith("Twilio HTTP 400 (21211)")
     assert len(api.requests) == 2 and api.messages == []
-
-
-async def test_a_worker_killed_mid_send_ends_with_exactly_one_message(
-    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, tmp_path: Path
-) -> None:
-    api.script = [HANG]  # the message is created, the answer never reaches the worker
-    client = await aiohttp_client(create_app(tw_settings, workers=False))
-    await setup_twilio(client, api)
-    accepted = await send(client)
-    with workers(tw_settings, tmp_path, 1) as [worker]:
-        worker.env["CALLGATE_PUBLIC_URL"] = PUBLIC_URL
-        worker.start()
-
-        async def sending() -> bool:
-            return len(api.requests) == 1
-
-        await eventually(sending, timeout=20)
-        assert (await job(client, accepted["id"]))["status"] == "sending"
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait()
-
-    # Another process takes the pending entry over and finds the message before sending.
-    takeover = await aiohttp_client(create_app(tw_settings))
-    sent = await final(takeover, accepted["id"], "sent")
-    assert sent["provider_ref"] == api.messages[0]["sid"]
-    assert len(api.requests) == 1 and len(api.messages) == 1
