@@ -83,6 +83,8 @@ OPTIONAL_CREDENTIALS: dict[ProviderKind, dict[str, str]] = {
         "service_account": "the service account's JSON key file, as text (robocalls, SMS)",
         "rule_id": "the routing rule that runs callgate.js and robocall.js (robocalls)",
         "endpoint": "the management API's host[:port] (default api.voximplant.com)",
+        "callback_salt": "the Security salt of the account's webhook (inbound SMS callbacks)",
+        "api_key": "the account's API key, which the callbacks' hash covers (inbound SMS callbacks)",
     },
     ProviderKind.SANDBOX: {},
 }

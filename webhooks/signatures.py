@@ -1,4 +1,5 @@
-"""Webhook authentication: Twilio's X-Twilio-Signature and callgate's own Voximplant HMAC.
+"""Webhook authentication: Twilio's X-Twilio-Signature, callgate's own Voximplant HMAC, and
+the MD5 hash of Voximplant's account callbacks.
 
 Both return a plain bool and never raise on hostile input: the gateway answers 403 on False.
 """
@@ -131,3 +132,19 @@ def verify_voximplant(
     if abs(now - sent_at) > tolerance:
         return False
     return hmac.compare_digest(sign_voximplant(secret, sent_at, body), signature)
+
+
+def voximplant_callback_hash(salt: str, account_id: int, api_key: str, callback_id: int) -> str:
+    """The ``hash`` of one Voximplant account callback: hex MD5 of the callback salt, the
+    account id, the account's API key and the callback id, concatenated (the AccountCallback
+    type of voximplant/apiclient-java: "hash = md5(account_salt + account_id + api_key +
+    callback_id)")."""
+    text = f"{salt}{account_id}{api_key}{callback_id}"
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def verify_voximplant_callback(salt: str, api_key: str, account_id: int, callback_id: int, given: str) -> bool:
+    """Check one account callback's ``hash``; an unset salt or API key never verifies."""
+    if not salt or not api_key or not given.isascii():
+        return False
+    return hmac.compare_digest(voximplant_callback_hash(salt, account_id, api_key, callback_id), given.lower())

@@ -6,7 +6,8 @@ anything else is a bug or an attacker, and both get a 400 with the field at faul
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -96,3 +97,74 @@ def parse_robocall(body: bytes, provider: str) -> str | Event:
         allowed = ", ".join(sorted(kind.value for kind in ROBOCALL_PROGRESS))
         raise MalformedWebhook("event", f"event: a robocall reports robocall.start, {allowed}")
     return event
+
+
+class _InboundSms(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    source_number: _Party
+    destination_number: _Party
+    sms_body: Annotated[str, StringConstraints(max_length=5000)] = ""
+
+
+class _AccountCallback(BaseModel):
+    # Voximplant's own JSON, not our scenario's: lax types (an id may come as a string),
+    # unknown keys ignored (each callback type adds its own).
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    callback_id: Annotated[int, Field(ge=0)]
+    account_id: Annotated[int, Field(ge=0)]
+    hash: Annotated[str, StringConstraints(max_length=64)] = ""
+    type: Annotated[str, StringConstraints(max_length=100)]
+    sms_inbound: dict[str, Any] | None = None
+
+
+class _AccountCallbacks(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    callbacks: Annotated[list[_AccountCallback], Field(max_length=1000)]
+
+
+@dataclass(frozen=True)
+class AccountCallback:
+    """One callback of Voximplant's account HTTP callbacks, as far as callgate reads it."""
+
+    callback_id: int
+    account_id: int
+    hash: str
+    type: str
+    # The incoming SMS, for type sms_inbound: (from, to, text), the numbers in E.164.
+    sms: tuple[str, str, str] | None
+
+
+def _international(number: str) -> str:
+    """E.164 of a number as the management API writes it (international, without "+")."""
+    return normalize(f"+{number}" if number.isdigit() else number)
+
+
+def parse_account_callbacks(body: bytes) -> list[AccountCallback]:
+    """Voximplant's account callbacks POST (``{"callbacks": [AccountCallback, ...]}``).
+
+    An ``sms_inbound`` callback carries its message as ``sms_inbound.sms_inbound`` (the
+    AccountCallback and InboundSmsCallback types of Voximplant's API clients); a flat
+    ``sms_inbound`` object is read too.
+    """
+    try:
+        payload = _AccountCallbacks.model_validate_json(body)
+    except ValidationError as exc:
+        raise _malformed(exc) from None
+    parsed = []
+    for index, callback in enumerate(payload.callbacks):
+        sms = None
+        if callback.type == "sms_inbound":
+            item = callback.sms_inbound or {}
+            nested = item.get("sms_inbound")
+            try:
+                message = _InboundSms.model_validate(nested if isinstance(nested, dict) else item)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                field = f"callbacks.{index}.sms_inbound.{'.'.join(map(str, first['loc']))}"
+                raise MalformedWebhook(field, f"{field}: {first['msg']}") from None
+            sms = (_international(message.source_number), _international(message.destination_number), message.sms_body)
+        parsed.append(AccountCallback(callback.callback_id, callback.account_id, callback.hash, callback.type, sms))
+    return parsed

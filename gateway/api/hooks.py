@@ -32,6 +32,7 @@ from webhooks.signatures import (
     twilio_signing,
     verify_twilio,
     verify_voximplant,
+    verify_voximplant_callback,
 )
 from webhooks.twilio import (
     CallLine,
@@ -44,7 +45,7 @@ from webhooks.twilio import (
     parse_voice,
     parse_voice_status,
 )
-from webhooks.voximplant import parse_robocall, parse_voximplant
+from webhooks.voximplant import parse_account_callbacks, parse_robocall, parse_voximplant
 
 TWIML = "application/xml"
 DIAL_TIMEOUT_SECONDS = 20
@@ -306,15 +307,21 @@ def _check_voximplant_signature(request: web.Request, name: str, secret: str, bo
         raise Refused(403, "bad_signature", message, provider=name)
 
 
+async def _voximplant_provider(request: web.Request) -> tuple[str, Provider]:
+    """The Voximplant provider the URL names, with its record."""
+    name = request.match_info["provider"]
+    provider = await request.app[STORE].providers.get(name)
+    if provider is None or provider.kind is not ProviderKind.VOXIMPLANT:
+        raise Refused(403, "unknown_provider", f"no Voximplant provider named {name}", provider=name)
+    return name, provider
+
+
 @_visible_refusals(ProviderKind.VOXIMPLANT)
 async def voximplant(request: web.Request) -> web.Response:
     """An event from a VoxEngine scenario callgate ships: inbound.js, or robocall.js when the
     URL names a job and dial (the URL its session's custom data gave it)."""
-    name = request.match_info["provider"]
+    name, provider = await _voximplant_provider(request)
     store = request.app[STORE]
-    provider = await store.providers.get(name)
-    if provider is None or provider.kind is not ProviderKind.VOXIMPLANT:
-        raise Refused(403, "unknown_provider", f"no Voximplant provider named {name}", provider=name)
     try:
         body = await request.read()
     except web.RequestPayloadError:
@@ -372,6 +379,60 @@ async def _voximplant_robocall(request: web.Request, name: str, provider: Provid
     return web.json_response({"status": "accepted"})
 
 
+@_visible_refusals(ProviderKind.VOXIMPLANT)
+async def voximplant_callbacks(request: web.Request) -> web.Response:
+    """Voximplant's account HTTP callbacks (the account's Callback URL): each callback is
+    checked against its ``hash`` (the account's callback salt and API key), and an
+    ``sms_inbound`` on a line of this provider is an ``sms.incoming``, taken the path a
+    Twilio inbound SMS takes. Other callback types are acknowledged and ignored."""
+    name, provider = await _voximplant_provider(request)
+    store = request.app[STORE]
+    salt, api_key = provider.credentials.get("callback_salt", ""), provider.credentials.get("api_key", "")
+    if not salt or not api_key:
+        message = f"provider {name} has no callback_salt and api_key credentials to check Voximplant's callbacks with"
+        raise Refused(403, "missing_signature", message, provider=name)
+    try:
+        callbacks = parse_account_callbacks(await request.read())
+    except web.RequestPayloadError:
+        raise Refused(400, "malformed_webhook", UNDECODABLE, provider=name) from None
+    except MalformedWebhook as exc:
+        raise Refused(400, "malformed_webhook", exc.message, provider=name, field=exc.field) from None
+    for callback in callbacks:
+        if not verify_voximplant_callback(salt, api_key, callback.account_id, callback.callback_id, callback.hash):
+            message = (
+                f"callback {callback.callback_id}: hash is not md5(callback_salt + account_id + api_key + "
+                f"callback_id) with provider {name}'s callback_salt and api_key"
+            )
+            raise Refused(403, "bad_signature", message, provider=name)
+    accepted = 0
+    for callback in callbacks:
+        if callback.sms is None:
+            continue
+        source, destination, text = callback.sms
+        event = Event(
+            kind=EventKind.SMS_INCOMING,
+            provider=name,
+            line=destination,
+            customer=source,
+            ref=f"{callback.account_id}-{callback.callback_id}",
+            dedup=f"voximplant:callback:{callback.account_id}:{callback.callback_id}",
+            at=time.time(),
+            text=text,
+            direction="inbound",
+        )
+        line = await store.lines.get(event.line)
+        if line is None or line.provider != name:
+            # The account's callbacks cover all its numbers: one that is not a line here is
+            # refused visibly, but acknowledged, or Voximplant would send it again and again.
+            message = f"{event.line} is not a line of provider {name}"
+            refusal = Refused(403, "unknown_line", message, provider=name, line=event.line)
+            await refuse(request, refusal, ProviderKind.VOXIMPLANT.value)
+            continue
+        await accept(request, event)
+        accepted += 1
+    return web.json_response({"status": "accepted", "sms": accepted})
+
+
 ENDPOINTS_HOOKS = [
     Endpoint(
         "POST",
@@ -406,5 +467,13 @@ ENDPOINTS_HOOKS = [
             Param("job", "robocall.js: the job whose call this is", schema=params.NAME_SCHEMA),
             Param("dial", "robocall.js: which dial of the job", schema={"type": "string", "pattern": "^[0-9]+$"}),
         ),
+    ),
+    Endpoint(
+        "POST",
+        "/webhooks/voximplant/{provider}/callbacks",
+        voximplant_callbacks,
+        "Voximplant account HTTP callbacks (each checked by its MD5 hash): sms_inbound is an incoming SMS",
+        tag="webhooks",
+        path_params={"provider": params.NAME_SCHEMA},
     ),
 ]
