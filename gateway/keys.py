@@ -21,10 +21,16 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 DEFAULT_PARTITIONS = 16
 
 EVENTS_STREAM = "events"
+# Jobs to run, in their item's partition: queued in the step that makes or reschedules them.
+JOBS_STREAM = "jobs"
+# Timeline entries for the CRM's subscriptions, in their item's partition: added in the
+# step that writes the entry.
+OUTBOX_STREAM = "outbox"
 # Streams split into one stream per partition, each under its partition's tag with a
-# consumer group of its own: a customer's events stay in one partition, in order, while the
-# partitions spread over the shards. Other streams are one key.
-PARTITIONED_STREAMS = frozenset({EVENTS_STREAM})
+# consumer group of its own: a customer's events (an item's jobs and outbox entries) stay in
+# one partition, in order, while the partitions spread over the shards. Other streams are
+# one key.
+PARTITIONED_STREAMS = frozenset({EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM})
 
 
 def partition_of(entity: str, partitions: int) -> int:
@@ -75,6 +81,10 @@ class Keys:
         """The prefix of the keys of ``partition`` (None: the keys outside any partition)."""
         return self.prefix if partition is None else f"{self.prefix}{self.tag(partition)}:"
 
+    def _of(self, entity: str) -> str:
+        """The prefix of the keys in ``entity``'s partition."""
+        return self._at(self.partition_of(entity))
+
     # Admin records, one hash each (field = name/number/id, value = JSON): small, read whole.
     @property
     def providers(self) -> str:
@@ -101,7 +111,7 @@ class Keys:
     # (``tag_of(item_id)``): the steps that change an item together stay in one slot.
     def item(self, item_id: str) -> str:
         """The card as JSON, with its current stage. No TTL: the CRM owns its lifetime."""
-        return f"{self.prefix}{self.tag_of(item_id)}:item:{item_id}"
+        return f"{self._of(item_id)}item:{item_id}"
 
     def phone(self, e164: str) -> str:
         """Set of item ids holding this number: ``GET /v1/items?phone=`` in one SMEMBERS.
@@ -111,34 +121,34 @@ class Keys:
         name a card that no longer holds the number (readers check the card) but never
         misses one.
         """
-        return f"{self.prefix}{self.tag_of(e164)}:phone:{e164}"
+        return f"{self._of(e164)}phone:{e164}"
 
     def items(self, partition: int) -> str:
         """Sorted set: the ids of the items of one partition, scored by ``updated_at`` (unix
         ms), for ``GET /v1/items`` in update order (the partitions merged). Written in the
         card's transaction."""
-        return f"{self.prefix}{self.tag(partition)}:items"
+        return f"{self._at(partition)}items"
 
     def stage_items(self, partition: int, pipeline: str, stage: str) -> str:
         """Sorted set: the ids of one partition's items in one stage, scored like ``items``:
         listing a stage, and refusing to drop a stage items sit in, without reading every
         card."""
-        return f"{self.prefix}{self.tag(partition)}:stage:{pipeline}:{stage}"
+        return f"{self._at(partition)}stage:{pipeline}:{stage}"
 
     def timeline(self, item_id: str) -> str:
         """List of JSON entries, oldest first, trimmed to ``timeline_max`` (append-only)."""
-        return f"{self.prefix}{self.tag_of(item_id)}:timeline:{item_id}"
+        return f"{self._of(item_id)}timeline:{item_id}"
 
     def timeline_count(self, item_id: str) -> str:
         """How many entries the item's timeline ever had: positions that stay put while the
         oldest are trimmed, for paging (``GET /v1/items/{id}?before=``)."""
-        return f"{self.prefix}{self.tag_of(item_id)}:timeline-count:{item_id}"
+        return f"{self._of(item_id)}timeline-count:{item_id}"
 
     def leads(self, partition: int) -> str:
         """Sorted set: lead item id -> when it expires (unix s), for the leads of one
         partition a line created with ``lead_ttl_seconds`` set; an item leaves it when
         anyone changes it."""
-        return f"{self.prefix}{self.tag(partition)}:leads"
+        return f"{self._at(partition)}leads"
 
     def stage_entries(self, partition: int) -> str:
         """Sorted set: the stage entries of one partition's items whose stage rules have yet
@@ -180,7 +190,7 @@ class Keys:
         same transaction as the effect. No TTL: re-processing an event, or a provider
         replaying it after its dedup key expired, finds it done while the item keeps the
         entries it guards (trimmed with the timeline)."""
-        return f"{self.prefix}{self.tag_of(item_id)}:effects:{item_id}"
+        return f"{self._of(item_id)}effects:{item_id}"
 
     def call(self, provider: str, ref: str) -> str:
         """Hash of one provider call: ``rank`` and ``status`` only ever move forward, so an
@@ -209,48 +219,55 @@ class Keys:
     def idempotency(self, scope: str, key: str) -> str:
         """The id a client's ``Idempotency-Key`` produced, so a retry gets the same one; in
         the key's own partition (it is looked up before the request's item is known)."""
-        return f"{self.prefix}{self.tag_of(key)}:idem:{scope}:{key}"
+        return f"{self._of(key)}idem:{scope}:{key}"
 
     @property
     def subscriptions(self) -> str:
-        """Hash: subscription id -> JSON (url, secret, events). While it exists, every
-        timeline entry is also added to the outbox stream, in the entry's own step."""
+        """Hash: subscription id -> JSON (url, secret, events)."""
         return f"{self.prefix}subscriptions"
 
-    def outbox_due(self, sub: str) -> str:
+    def subscribed(self, partition: int) -> str:
+        """Set: the subscriptions' ids, one copy per partition, so a partition's steps check
+        them in their own slot. While it exists, every timeline entry of the partition is
+        also added to its outbox stream, in the entry's own step."""
+        return f"{self._at(partition)}subscribed"
+
+    # A subscription's deliveries are in their item's partition: one step (queueing, taking,
+    # settling an event) touches one partition's keys.
+    def outbox_due(self, sub: str, partition: int) -> str:
         """Sorted set: item id -> unix time the item's oldest undelivered event to ``sub``
-        may be tried (a future time while one is in flight: its lease)."""
-        return f"{self.prefix}outbox:{sub}:due"
+        may be tried (a future time while one is in flight: its lease); one per partition."""
+        return f"{self._at(partition)}outbox:{sub}:due"
 
     def outbox_queue(self, sub: str, item_id: str) -> str:
         """Sorted set: the item's undelivered event ids to ``sub``, in the order they happened."""
-        return f"{self.prefix}outbox:{sub}:queue:{item_id}"
+        return f"{self._of(item_id)}outbox:{sub}:queue:{item_id}"
 
-    def outbox_event(self, sub: str, event_id: str) -> str:
-        """Hash: one event's delivery to ``sub`` (the exact body, attempts, last error);
-        kept 2 days once delivered, so a repeated fan-out never sends it again."""
-        return f"{self.prefix}outbox:{sub}:event:{event_id}"
+    def outbox_event(self, sub: str, partition: int, event_id: str) -> str:
+        """Hash: one event's delivery to ``sub`` (the exact body, attempts, last error), in
+        its item's partition; kept 2 days once delivered, so a repeated fan-out never sends
+        it again."""
+        return f"{self._at(partition)}outbox:{sub}:event:{event_id}"
 
-    def outbox_dead(self, sub: str) -> str:
+    def outbox_dead(self, sub: str, partition: int) -> str:
         """Sorted set: event ids ``sub`` never accepted within the retry window, by when
-        they were given up; replayable."""
-        return f"{self.prefix}outbox:{sub}:dead"
+        they were given up, one per partition; replayable."""
+        return f"{self._at(partition)}outbox:{sub}:dead"
 
     def job(self, job_id: str) -> str:
         """Hash of one robocall or SMS job: its status, where it stands in placing the call,
         and the request it runs. No TTL: it is the CRM's record of what was done. Job ids
         are minted in their item's partition, so this is in the item's slot."""
-        return f"{self.prefix}{self.tag_of(job_id)}:job:{job_id}"
+        return f"{self._of(job_id)}job:{job_id}"
 
     def item_jobs(self, item_id: str) -> str:
         """Sorted set: job ids of an item scored by creation time, for ``GET /v1/jobs?item_id=``."""
-        return f"{self.prefix}{self.tag_of(item_id)}:item-jobs:{item_id}"
+        return f"{self._of(item_id)}item-jobs:{item_id}"
 
-    @property
-    def jobs_due(self) -> str:
-        """Sorted set: job id -> unix time it may run (delay_seconds, retry backoff); due
-        ones move into the jobs stream in one step."""
-        return f"{self.prefix}jobs-due"
+    def jobs_due(self, partition: int) -> str:
+        """Sorted set: job id -> unix time it may run (delay_seconds, retry backoff), one
+        per partition; due ones move into the partition's jobs stream in one step."""
+        return f"{self._at(partition)}jobs-due"
 
     def media_url(self, digest: str) -> str:
         """The media key a ``play.url`` (by its SHA-256) was fetched into; TTL one day, so

@@ -35,6 +35,7 @@ from gateway.metrics import Metrics
 from gateway.store import Store
 from gateway.store.connection import UNAVAILABLE
 from gateway.store.outbox import Delivery
+from gateway.store.outbox import event_id as outbox_event_id
 from gateway.streams import Entry, one_by_one, raise_if_cancelled
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class FanOut:
         if not wanting:
             return
         item_id = entry.fields["item"]
-        event_id = f"evt_{entry.id}"
+        event_id = outbox_event_id(entry.id, self._store.keys.partition_of(item_id))
         body = event_body(event_id, event_type, timeline["at"], {"item_id": item_id, **timeline["data"]})
         now = self._clock()
         for sub in wanting:

@@ -20,6 +20,7 @@ from gateway.conversations import Conversations
 from gateway.engine.entries import StageEntryRunner
 from gateway.engine.processor import EventProcessor, MessageHandler
 from gateway.jobs import JobRunner
+from gateway.keys import EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM
 from gateway.metrics import Metrics
 from gateway.outbox import Deliverer, FanOut
 from gateway.providers.registry import Providers
@@ -27,10 +28,7 @@ from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.calls import RESPONDED_TTL
 from gateway.store.connection import UNAVAILABLE, RedisHealth
-from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.items import Item
-from gateway.store.jobs import JOBS_STREAM
-from gateway.store.outbox import OUTBOX_STREAM
 from gateway.streams import (
     BatchProcessor,
     Claims,

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
 from gateway.appkeys import STORE
+from gateway.keys import Keys
 from gateway.store.inbox import EVENTS_STREAM
 from tests.conftest import ADMIN, API, Client
 from webhooks.signatures import sign_voximplant
@@ -187,6 +188,12 @@ def sms_status_form(sid: str = "SM" + "1" * 32, status: str = "sent", **fields: 
         form["ErrorCode"] = "30003"
     form.update(fields)
     return form
+
+
+def jobs_due(prefix: str, job_id: str) -> str:
+    """The due set a job waits in (its partition's)."""
+    keys = Keys(prefix)
+    return keys.jobs_due(keys.partition_of(job_id))
 
 
 async def item(client: Client, item_id: str = "D1") -> dict[str, Any]:

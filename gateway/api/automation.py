@@ -18,11 +18,9 @@ from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import STORE
 from gateway.errors import Invalid, NotFound, UnknownReference
 from gateway.ingest import accept
+from gateway.keys import EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM
 from gateway.store import Store
-from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.items import now_iso
-from gateway.store.jobs import JOBS_STREAM
-from gateway.store.outbox import OUTBOX_STREAM
 from webhooks.events import Event
 
 

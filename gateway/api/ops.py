@@ -10,9 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.api.openapi import build_openapi
 from gateway.api.routing import Endpoint
 from gateway.appkeys import ENDPOINTS, METRICS, STORE, WORKERS
-from gateway.keys import EVENTS_STREAM
+from gateway.keys import EVENTS_STREAM, JOBS_STREAM
 from gateway.store.connection import UNAVAILABLE
-from gateway.store.jobs import JOBS_STREAM
 
 
 def _version() -> str:

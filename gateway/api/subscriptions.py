@@ -46,6 +46,7 @@ async def create_subscription(request: web.Request, body: SubscriptionBody) -> w
         raise Invalid("url", f"url: {exc}", code="url_refused") from None
     sub = Subscription(**body.model_dump(), id="sub_" + secrets.token_hex(6), created_at=now_iso())
     await request.app[STORE].subscriptions.put(sub.id, sub)
+    await request.app[STORE].outbox.open(sub.id)
     return web.json_response(await _view(request, sub), status=201)
 
 

@@ -26,9 +26,9 @@ from redis.exceptions import WatchError
 
 from config.cards import Card
 from config.triggers import may_move
-from gateway.keys import Keys, partition_of
+from gateway.keys import OUTBOX_STREAM, Keys
 from gateway.store.entries import StageEntries, StageEntry, new_entry_id
-from gateway.store.outbox import OUTBOX_STREAM, Outbox, publish_lua
+from gateway.store.outbox import Outbox, publish_lua
 from gateway.store.scripts import Call, raise_first, run_many
 
 T = TypeVar("T")
@@ -244,12 +244,9 @@ class Items:
         self.append(pipe, item.id, timeline_entry("item.stage_changed", {**change, "entry_id": entry.entry_id}))
         self._entries.enter(pipe, entry)
 
-    def _partition(self, item_id: str) -> int:
-        return partition_of(item_id, self._keys.partitions)
-
     def _save(self, pipe: Pipeline, item: Item, old: Item | None) -> None:
         """Queue the card and its place in the listings (all in the item's partition)."""
-        partition = self._partition(item.id)
+        partition = self._keys.partition_of(item.id)
         pipe.set(self._keys.item(item.id), item.to_json())
         updated = {item.id: item.updated_ms()}
         pipe.zadd(self._keys.items(partition), updated)
@@ -320,7 +317,7 @@ class Items:
             self._save(pipe, item, None)
             self.append(pipe, item_id, timeline_entry("item.created", {"stage": card.stage, **data}))
             if self._lead_ttl:
-                pipe.zadd(self._keys.leads(self._partition(item_id)), {item_id: time.time() + self._lead_ttl})
+                pipe.zadd(self._keys.leads(self._keys.partition_of(item_id)), {item_id: time.time() + self._lead_ttl})
             return item, _numbers_changed(None, item)
 
         await self._index(item_id, card.numbers())
@@ -343,8 +340,8 @@ class Items:
                     self._keys.effects(item_id),
                     self._keys.timeline(item_id),
                     self._keys.timeline_count(item_id),
-                    self._keys.subscriptions,
-                    self._keys.stream(OUTBOX_STREAM),
+                    self._keys.subscribed(self._keys.partition_of(item_id)),
+                    self._keys.stream(OUTBOX_STREAM, self._keys.partition_of(item_id)),
                 ],
                 [marker_of_entry(identity), now, entry, self._timeline_max, self._markers_max, item_id],
             )
@@ -394,7 +391,7 @@ class Items:
     def _remove(self, pipe: Pipeline, item: Item) -> _Numbers:
         """Queue the removal of ``item`` and of everything keyed by it; the phone index
         entries to drop after it."""
-        partition = self._partition(item.id)
+        partition = self._keys.partition_of(item.id)
         pipe.delete(
             self._keys.item(item.id),
             self._keys.timeline(item.id),
@@ -432,7 +429,7 @@ class Items:
 
     async def _expire_lead(self, item_id: str, now: float) -> bool:
         key = self._keys.item(item_id)
-        leads = self._keys.leads(self._partition(item_id))
+        leads = self._keys.leads(self._keys.partition_of(item_id))
 
         async def body(pipe: Pipeline) -> _Numbers | None:
             raw = await pipe.get(key)

@@ -3,6 +3,7 @@ scripts, scheduled through a due set and run from the jobs stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Iterable, Mapping
@@ -14,11 +15,9 @@ from redis.asyncio import Redis
 
 from config.jobs import RANK, JobStatus
 from config.usage import Usage, money
-from gateway.keys import Keys
-from gateway.store.outbox import OUTBOX_STREAM, publish_lua
+from gateway.keys import JOBS_STREAM, OUTBOX_STREAM, Keys
+from gateway.store.outbox import publish_lua
 from gateway.store.timers import FIRE_DUE, fire_all_due
-
-JOBS_STREAM = "jobs"
 
 # An Idempotency-Key names the job id it made (with the body's hash) from the first request
 # on: the one key, alone in its step. A request finding it takes that id (or is a 409).
@@ -180,7 +179,7 @@ class Jobs:
         """A fresh job id in ``item_id``'s partition, so the job's keys share the item's slot."""
         while True:
             job_id = "job_" + secrets.token_hex(8)
-            if self._keys.tag_of(job_id) == self._keys.tag_of(item_id):
+            if self._keys.partition_of(job_id) == self._keys.partition_of(item_id):
                 return job_id
 
     async def claim(self, idempotency_key: str, job_id: str, body_hash: str) -> tuple[str, str]:
@@ -195,15 +194,16 @@ class Jobs:
     async def create(self, fields: Mapping[str, str], *, created: float, due: float, entry: str) -> bool:
         """Store and queue a new job (``fields["id"]``) unless it exists; True when made."""
         job_id, item_id = fields["id"], fields["item_id"]
+        partition = self._keys.partition_of(item_id)
         keys = [
             self._keys.job(job_id),
             self._keys.item_jobs(item_id),
-            self._keys.stream(JOBS_STREAM),
-            self._keys.jobs_due,
+            self._keys.stream(JOBS_STREAM, partition),
+            self._keys.jobs_due(partition),
             self._keys.timeline(item_id),
             self._keys.timeline_count(item_id),
-            self._keys.subscriptions,
-            self._keys.stream(OUTBOX_STREAM),
+            self._keys.subscribed(partition),
+            self._keys.stream(OUTBOX_STREAM, partition),
         ]
         pairs = [value for pair in {**fields, "rank": str(RANK[JobStatus.QUEUED])}.items() for value in pair]
         args: list[str | int | float] = [job_id, created, due, entry, self._timeline_max, item_id]
@@ -248,7 +248,8 @@ class Jobs:
         reason, both in the same step.
         """
         pairs = [str(value) for pair in fields.items() for value in pair]
-        keys = [self._keys.job(job_id), self._keys.jobs_due, self._keys.dead(JOBS_STREAM)]
+        partition = self._keys.partition_of(job_id)
+        keys = [self._keys.job(job_id), self._keys.jobs_due(partition), self._keys.dead(JOBS_STREAM, partition)]
         args: list[str | int] = [
             ",".join(s.value for s in expect),
             "" if on_dial is None else str(on_dial),
@@ -269,7 +270,7 @@ class Jobs:
         """Leave the job queued until ``due`` (quiet hours, a busy rate limit)."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._keys.job(job_id), "reason", reason)
-            pipe.zadd(self._keys.jobs_due, {job_id: due})
+            pipe.zadd(self._keys.jobs_due(self._keys.partition_of(job_id)), {job_id: due})
             await pipe.execute()
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
@@ -281,7 +282,14 @@ class Jobs:
             await pipe.execute()
 
     async def fire_due(self, now: float) -> int:
-        return await fire_all_due(self._fire_due, self._keys.jobs_due, self._keys.stream(JOBS_STREAM), "job", now)
+        """Move the jobs due by ``now`` into their partition's jobs stream; how many."""
+        fired = await asyncio.gather(
+            *(
+                fire_all_due(self._fire_due, self._keys.jobs_due(p), self._keys.stream(JOBS_STREAM, p), "job", now)
+                for p in range(self._keys.partitions)
+            )
+        )
+        return sum(fired)
 
     async def record_call(self, key: str, ref: str) -> str:
         """Record ``ref`` as the call of ``key`` unless one is recorded already; the

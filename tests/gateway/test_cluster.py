@@ -3,11 +3,14 @@ cluster and works through it; the crash and exactly-once tests run on it too."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis, RedisCluster
 
 from config.settings import Settings
@@ -15,9 +18,24 @@ from gateway.app import create_app
 from gateway.appkeys import REDIS_CLUSTER
 from gateway.store.connection import cluster_enabled
 from tests.cluster import Cluster, redis_server
-from tests.conftest import ClientFactory
+from tests.conftest import API, Client, ClientFactory
 from tests.gateway import test_crash
-from tests.support import eventually, item, missed_call, stage_of, timeline_types, twilio_post, watch_missed_calls
+from tests.gateway.test_outbox import Receiver, subscribe, until
+from tests.gateway.test_robocalls import final, job_statuses, put_card, setup
+from tests.gateway.test_sms import send
+from tests.support import (
+    add_item,
+    add_trigger,
+    configure,
+    eventually,
+    item,
+    missed_call,
+    sms_form,
+    stage_of,
+    timeline_types,
+    twilio_post,
+    watch_missed_calls,
+)
 
 STATUS_PATH = "/webhooks/twilio/voice/status"
 
@@ -100,3 +118,106 @@ async def test_workers_and_server_on_a_cluster_share_the_work_without_double_eff
     await test_crash.test_workers_and_server_share_the_work_without_double_effects(
         aiohttp_client, cluster_settings, cluster_redis, tmp_path
     )
+
+
+@pytest.fixture
+async def spread_settings(
+    cluster: Cluster, make_settings: Callable[..., Settings], prefix: str
+) -> AsyncIterator[Settings]:
+    """Settings on the cluster with the test's prefix stripped of its hash tag, so each key
+    goes to the slot of its own partition's tag, as in production; a step whose keys are in
+    two slots fails (CROSSSLOT, or a script touching a key of another slot). Deletes the
+    test's keys on every node afterwards."""
+    spread = prefix.replace("{", "").replace("}", "")
+    yield make_settings(
+        redis_url=cluster.url(cluster.ports[1]), key_prefix=spread, media_allow_private=True, outbox_retry_seconds=0.05
+    )
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            for key in node.scan_iter(match=spread + "*", count=1000):
+                node.unlink(key)
+
+
+async def test_items_jobs_and_deliveries_run_with_their_keys_spread_over_the_shards(
+    aiohttp_client: ClientFactory, spread_settings: Settings, cluster: Cluster
+) -> None:
+    crm = Receiver(fail=1)
+    endpoint = web.Application()
+    endpoint.router.add_post("/hook", crm.handle)
+    receiver = TestServer(endpoint, host="127.0.0.1")
+    await receiver.start_server(shutdown_timeout=0.5)
+    try:
+        await _spread_flow(await aiohttp_client(create_app(spread_settings)), crm, str(receiver.make_url("/hook")))
+    finally:
+        await receiver.close()
+    # Every shard holds some of the test's keys.
+    spread = str(spread_settings.key_prefix)
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            assert next(node.scan_iter(match=spread + "*", count=1000), None) is not None, port
+
+
+async def _spread_flow(client: Client, crm: Receiver, url: str) -> None:
+    await subscribe(client, url, ["item.stage_changed", "job.updated"])
+    await setup(client)  # a sandbox line and item D1
+    numbers = [f"+3460011{n:04d}" for n in range(12)]
+    for n, number in enumerate(numbers):
+        await put_card(client, f"S{n}", [{"type": "MOBILE", "value": number}])
+    # A number moves between cards; the index follows, whatever partitions they are in.
+    await put_card(client, "S0", [{"type": "MOBILE", "value": numbers[1]}])
+    found = await client.get("/v1/items", params={"phone": numbers[1]}, headers=API)
+    assert sorted(i["id"] for i in (await found.json())["items"]) == ["S0", "S1"]
+    found = await client.get("/v1/items", params={"phone": numbers[0]}, headers=API)
+    assert (await found.json())["items"] == []
+
+    # A job made under an Idempotency-Key, run and moved by its provider's reports.
+    status, accepted = await send(client, {"text": "hola {{name}}"}, key="spread-1")
+    assert status == 202
+    assert (await send(client, {"text": "hola {{name}}"}, key="spread-1"))[1]["id"] == accepted["id"]
+    await final(client, accepted["id"], "delivered")
+    statuses = ["queued", "sending", "sent", "delivered"]
+    assert job_statuses((await item(client, "D1"))["timeline"], accepted["id"]) == statuses
+    await until(lambda: any(seen.ok and seen.event["data"].get("status") == "delivered" for seen in crm.seen))
+
+    # A stage change, delivered to the CRM after a failed first try.
+    await put_card(client, "S2", [{"type": "MOBILE", "value": numbers[2]}], stage="WON")
+    await until(lambda: any(seen.ok and seen.event["data"].get("to") == "WON" for seen in crm.seen))
+
+    listed = await client.get("/v1/items", params={"limit": "100"}, headers=API)
+    assert sorted(i["id"] for i in (await listed.json())["items"]) == sorted(["D1", *(f"S{n}" for n in range(12))])
+    in_won = await client.get("/v1/items", params={"pipeline": "sales", "stage": "WON"}, headers=API)
+    assert [i["id"] for i in (await in_won.json())["items"]] == ["S2"]
+    assert (await client.delete("/v1/items/S3", headers=API)).status == 204
+    assert (await client.get("/v1/items/S3", headers=API)).status == 404
+
+
+async def test_webhooks_move_items_and_leads_expire_with_their_keys_spread(
+    aiohttp_client: ClientFactory, spread_settings: Settings
+) -> None:
+    client = await aiohttp_client(create_app(replace(spread_settings, lead_ttl_seconds=1)))
+    await configure(client, lead=True)
+    await add_item(client)
+    await add_trigger(client, event="call.missed")
+    assert (await twilio_post(client, STATUS_PATH, missed_call())).status == 200
+    stranger = "+34600333444"
+    assert (await twilio_post(client, "/webhooks/twilio/sms", sms_form(From=stranger))).status == 200
+
+    async def moved() -> bool:
+        return await stage_of(client) == "CALL_BACK"
+
+    await eventually(moved)
+
+    async def leads() -> int:
+        resp = await client.get("/v1/items", params={"phone": stranger}, headers=API)
+        return len((await resp.json())["items"])
+
+    async def lead_made() -> bool:
+        return await leads() == 1
+
+    async def lead_gone() -> bool:
+        return await leads() == 0
+
+    # The lead is made from the message, then expires: nobody touched it.
+    await eventually(lead_made)
+    await eventually(lead_gone)
+    assert timeline_types(await item(client)).count("item.stage_changed") == 1

@@ -13,17 +13,17 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.jobs import JobRunner
-from gateway.keys import Keys
+from gateway.keys import JOBS_STREAM, Keys
 from gateway.providers import CallProvider, OutboundCall, PlacementError
 from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
-from gateway.store.jobs import JOBS_STREAM
 from gateway.store.limits import Limits
 from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, Client, ClientFactory
 from tests.gateway.test_robocalls import job_statuses, post, robocall, setup
 from tests.media import media_server
+from tests.support import jobs_due
 from voice.render import renderer_for
 
 NOW = 1_800_000_000.0
@@ -104,7 +104,7 @@ async def test_a_transient_failure_backs_off_then_the_retry_places_the_call(queu
     job = await store.jobs.get(job_id)
     assert job is not None and job.status == "queued" and job.tries == 1
     assert "retrying in 1.0 s" in job["reason"]  # 2 s halved by zero jitter
-    assert await redis.zscore(Keys(settings.key_prefix).jobs_due, job_id) == NOW + 1.0
+    assert await redis.zscore(jobs_due(settings.key_prefix, job_id), job_id) == NOW + 1.0
 
     await runner.run(job_id)
     job = await store.jobs.get(job_id)
@@ -122,7 +122,7 @@ async def test_a_final_failure_is_never_retried(queued: Queued, redis: Redis) ->
     await runner.run(job_id)  # a duplicate entry changes nothing
     job = await store.jobs.get(job_id)
     assert job is not None and job.status == "failed" and job["reason"] == "HTTP 400: invalid To number"
-    assert provider.outcomes == [] and await redis.zscore(Keys(settings.key_prefix).jobs_due, job_id) is None
+    assert provider.outcomes == [] and await redis.zscore(jobs_due(settings.key_prefix, job_id), job_id) is None
 
 
 async def test_after_the_limit_the_job_fails_and_is_dead_lettered(queued: Queued, redis: Redis) -> None:
@@ -133,7 +133,8 @@ async def test_after_the_limit_the_job_fails_and_is_dead_lettered(queued: Queued
         await runner.run(job_id)
     job = await store.jobs.get(job_id)
     assert job is not None and job.status == "failed" and job["reason"] == "gave up after 3 tries: HTTP 429"
-    dead = await redis.xrange(Keys(settings.key_prefix).dead(JOBS_STREAM)) or []
+    keys = Keys(settings.key_prefix)
+    dead = await redis.xrange(keys.dead(JOBS_STREAM, keys.partition_of(job_id))) or []
     assert [fields for _, fields in dead] == [{"job": job_id, "_error": "gave up after 3 tries: HTTP 429"}]
     resp = await queued.client.get("/v1/dead-letters", params={"stream": "jobs"}, headers=ADMIN)
     assert [e["job"] for e in (await resp.json())["entries"]] == [job_id]

@@ -24,7 +24,7 @@ from gateway.keys import Keys
 from gateway.store.limits import Limits
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import CUSTOMER, LINE, NO_ANSWER, final, job, job_statuses, post, put_card, setup
-from tests.support import eventually, item
+from tests.support import eventually, item, jobs_due
 
 _RESERVER = """
 import asyncio, json, sys
@@ -170,7 +170,7 @@ async def test_quiet_hours_hold_the_job_until_the_customers_window(
     await eventually(deferred)
     waiting = await job(robo, accepted["id"])
     assert waiting["status"] == "queued" and waiting["reason"] == f"quiet hours: waiting until {opening.isoformat()}"
-    assert await redis.zscore(Keys(prefix).jobs_due, accepted["id"]) == opening.timestamp()
+    assert await redis.zscore(jobs_due(prefix, accepted["id"]), accepted["id"]) == opening.timestamp()
 
     # A test call is the admin's own: it goes now.
     _, test_call = await post(robo, robocall(mp3, test=True, to="+34600999888"))

@@ -22,8 +22,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.keys import Keys
-from gateway.store.outbox import OUTBOX_STREAM
+from gateway.keys import OUTBOX_STREAM, Keys
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.support import eventually, metric
 
@@ -281,9 +280,11 @@ async def test_events_written_without_workers_are_delivered_after_a_restart(
 async def test_without_subscriptions_nothing_is_queued(gw: Client, redis: Redis, prefix: str) -> None:
     await put_item(gw, "D1", "NEW")
     await put_item(gw, "D1", "WON")
-    stream = Keys(prefix).stream(OUTBOX_STREAM)
-    added = (await redis.xinfo_stream(stream))["last-generated-id"] if await redis.exists(stream) else "0-0"
-    assert added == "0-0"
+    keys = Keys(prefix)
+    for partition in range(keys.partitions):
+        stream = keys.stream(OUTBOX_STREAM, partition)
+        added = (await redis.xinfo_stream(stream))["last-generated-id"] if await redis.exists(stream) else "0-0"
+        assert added == "0-0"
 
 
 async def test_subscriptions_are_listed_without_secrets_and_deleted_with_their_queue(
@@ -300,7 +301,7 @@ async def test_subscriptions_are_listed_without_secrets_and_deleted_with_their_q
     assert (await (await gw.get(f"/v1/subscriptions/{sub}", headers=ADMIN)).json())["items_waiting"] == 1
     assert (await gw.delete(f"/v1/subscriptions/{sub}", headers=ADMIN)).status == 204
     assert (await gw.get(f"/v1/subscriptions/{sub}", headers=ADMIN)).status == 404
-    assert [key async for key in redis.scan_iter(match=Keys(prefix).outbox_due(sub))] == []
+    assert [key async for key in redis.scan_iter(match=f"{prefix}*outbox:{sub}:*")] == []
 
 
 @pytest.mark.parametrize(

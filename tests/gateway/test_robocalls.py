@@ -14,11 +14,10 @@ from redis.asyncio import Redis
 from config.jobs import RANK, JobStatus
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.keys import Keys
-from gateway.store.jobs import JOBS_STREAM
+from gateway.keys import JOBS_STREAM, Keys
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.media import media_server
-from tests.support import eventually, item
+from tests.support import eventually, item, jobs_due
 
 LINE = "+34910000001"
 CUSTOMER = "+34600111222"
@@ -196,10 +195,10 @@ async def test_a_test_call_goes_to_the_given_number(robo: Client, media: str) ->
 
 async def test_a_delayed_job_waits_in_the_due_set(robo: Client, media: str, redis: Redis, prefix: str) -> None:
     _, accepted = await post(robo, robocall(f"{media}/ok.mp3", delay_seconds=1))
-    assert await redis.zscore(Keys(prefix).jobs_due, accepted["id"]) is not None
+    assert await redis.zscore(jobs_due(prefix, accepted["id"]), accepted["id"]) is not None
     assert (await job(robo, accepted["id"]))["status"] == "queued"
     await final(robo, accepted["id"], "completed")
-    assert await redis.zscore(Keys(prefix).jobs_due, accepted["id"]) is None
+    assert await redis.zscore(jobs_due(prefix, accepted["id"]), accepted["id"]) is None
 
 
 @pytest.mark.parametrize(
@@ -259,6 +258,7 @@ async def test_jobs_are_in_the_jobs_stream_until_a_worker_runs_them(
     api_only = await aiohttp_client(create_app(settings, workers=False))
     await setup(api_only)
     _, accepted = await post(api_only, robocall(f"{media}/ok.mp3"))
-    assert await redis.xlen(Keys(prefix).stream(JOBS_STREAM)) == 1
+    keys = Keys(prefix)
+    assert await redis.xlen(keys.stream(JOBS_STREAM, keys.partition_of(accepted["id"]))) == 1
     worker = await aiohttp_client(create_app(settings))
     await final(worker, accepted["id"], "completed")
