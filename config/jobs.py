@@ -49,6 +49,10 @@ RANK: dict[JobStatus, int] = {
 FINAL = frozenset(status for status, rank in RANK.items() if rank == 5)
 # Placed and waiting for the provider to say how the call went.
 IN_CALL = frozenset({JobStatus.SENT, JobStatus.RINGING, JobStatus.ANSWERED})
+# A provider reporting one of these says the job reached its customer: the call was answered
+# (``completed`` ends only an answered call), the message left for the handset (``sent``
+# comes from the provider only for a message; a call is ``sent`` by its own placement).
+REACHED = frozenset({JobStatus.ANSWERED, JobStatus.COMPLETED, JobStatus.SENT, JobStatus.DELIVERED})
 
 
 def backoff(tries: int, base: float, cap: float, jitter: float) -> float:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from config.hours import NeverOpen, next_open
-from config.jobs import FINAL, IN_CALL, JobKind, JobStatus, backoff
+from config.jobs import FINAL, IN_CALL, REACHED, JobKind, JobStatus, backoff
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.settings import Settings
 from config.usage import Usage, call_usage
@@ -338,6 +338,10 @@ class JobRunner:
             detail = f"the provider refused message {event.ref} (ErrorCode {OPTED_OUT_CODE}: opted out)"
             record = ConsentRecord(job["to"], True, "provider", detail, event.at)
             await self._consents.record(record, f"consent:{event.identity}")
+        if status in REACHED and job["test"] != "1" and not job["reply"]:
+            # Our message or call reached the customer: it answers them, and voids the
+            # response.overdue timers armed before it. An automatic reply answers no one.
+            await self._store.calls.mark_responded({job["to"]: event.at})
         expect = (JobStatus.SENDING, JobStatus.SENT, *IN_CALL)
         redial = self._redials(job, status, event)
         await self._change(

@@ -5,11 +5,17 @@ status on the item's timeline."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import ADMIN, API, Client
-from tests.gateway.test_robocalls import final, job, job_statuses, setup
-from tests.support import item
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.appkeys import STORE
+from tests.conftest import ADMIN, API, Client, ClientFactory
+from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall, setup
+from tests.media import media_server
+from tests.support import eventually, item, processed, stage_of
 
 LINE = "+34910000001"
 OTHER_LINE = "+34910000002"
@@ -101,3 +107,57 @@ async def test_the_same_idempotency_key_is_one_sms(client: Client) -> None:
     assert status == 409 and error["error"]["code"] == "idempotency_conflict"
     jobs = (await (await client.get("/v1/jobs?item_id=D1", headers=API)).json())["jobs"]
     assert len(jobs) == 1 and jobs[0]["kind"] == "sms"
+
+
+async def test_a_job_that_reached_the_customer_voids_response_overdue(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """Three customers text and wait on us: the first gets an SMS job, the second a robocall
+    they answer, the third only the line's automatic welcome, which answers no one: only
+    the third one's timer fires."""
+    client = await aiohttp_client(create_app(make_settings(media_allow_private=True)))
+    await setup(client)
+    line = {"provider": "sb", "replies": {"welcome": "Hola, te atendemos enseguida"}}
+    assert (await client.put(f"/v1/lines/{LINE}", json=line, headers=ADMIN)).status == 200
+    customers = {"D1": CUSTOMER, "D2": "+34600111333", "D3": "+34600111444"}
+    for item_id, number in customers.items():
+        await put_card(client, item_id, [{"type": "MOBILE", "value": number}])
+    trigger = {"name": "t", "event": "response.overdue", "seconds": 600, "pipeline": "sales", "target_stage": "WON"}
+    assert (await client.post("/v1/triggers", json=trigger, headers=ADMIN)).status == 201
+    for number in customers.values():
+        inbound = {"from": number, "to": LINE, "text": "¿Hola?"}
+        assert (await client.post("/v1/sandbox/sms", json=inbound, headers=ADMIN)).status == 202
+
+    _, sms = await send(client, {"text": "Te llamamos enseguida"})
+    server = await media_server()
+    try:
+        _, call = await post(client, robocall(str(server.make_url("/ok.mp3")), item_id="D2"))
+    finally:
+        await server.close()
+    await final(client, sms["id"], "delivered")
+    await final(client, call["id"], "completed")
+    for item_id in customers:
+        [reply] = [j for j in await jobs_of(client, item_id) if j.get("reply") == "welcome"]
+        await final(client, reply["id"], "delivered")
+    await processed(client)
+
+    # The timers polled with a clock past their deadline, instead of waiting for it.
+    assert await client.app[STORE].timers.fire_due(time.time() + 601) == 3
+    await processed(client)
+    assert [await stage_of(client, item_id) for item_id in customers] == ["NEW", "NEW", "WON"]
+
+
+async def jobs_of(client: Client, item_id: str) -> list[dict[str, Any]]:
+    """The item's jobs once it has a welcome reply among them."""
+
+    async def listed() -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = (await (await client.get(f"/v1/jobs?item_id={item_id}", headers=API)).json())[
+            "jobs"
+        ]
+        return jobs
+
+    async def replied() -> bool:
+        return any(j.get("reply") == "welcome" for j in await listed())
+
+    await eventually(replied)
+    return await listed()
