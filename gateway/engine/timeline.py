@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from config.vocabulary import EventKind
 from gateway.store import Store
 from gateway.store.items import Item, timeline_entry
 from webhooks.events import Event
 
 
-def entry_of(event: Event) -> str:
+def entry_of(event: Event, item: Item) -> str:
     data: dict[str, object] = {
         "line": event.line,
         "customer": event.customer,
@@ -21,6 +22,9 @@ def entry_of(event: Event) -> str:
     if event.text:
         data["text"] = event.text
     data.update(event.extra)
+    if event.kind is EventKind.SMS_INCOMING and item.card.responsible:
+        # A known customer's message is for the item's responsible user: the CRM routes it.
+        data["responsible"] = item.card.responsible
     return timeline_entry(event.kind.value, data, event.at)
 
 
@@ -32,6 +36,5 @@ class Timeline:
         """Each event on the timeline of each of its items, all in one round trip."""
         records: list[tuple[str, str, str]] = []
         for event, items in events:
-            entry = entry_of(event)
-            records.extend((item.id, event.identity, entry) for item in items)
+            records.extend((item.id, event.identity, entry_of(event, item)) for item in items)
         await self._store.items.record_many(records)

@@ -5,16 +5,25 @@ conversation is on the item's timeline in order."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tests.conftest import ADMIN, API, Client
-from tests.gateway.test_robocalls import final, setup
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from config.settings import Settings
+from gateway.app import create_app
+from gateway.engine.leads import lead_id
+from tests.conftest import ADMIN, API, Client, ClientFactory
+from tests.gateway.test_outbox import Receiver, subscribe
+from tests.gateway.test_robocalls import final, put_card, setup
 from tests.support import CUSTOMER, LINE, eventually, item
 
 MADRID = ZoneInfo("Europe/Madrid")
 WEEK = {day: ["09:00", "18:00"] for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+STRANGER = "+34600999888"
 REPLIES = {"welcome": "Hola, te atendemos enseguida", "after_hours": "Cerrado: abrimos a las 9", "closing": "Gracias"}
 
 
@@ -114,3 +123,33 @@ async def test_replies_are_templates_filled_from_the_item(client: Client) -> Non
     # A reply naming a field the item lacks is not sent (no braces reach the customer).
     resp = await client.post(f"/v1/conversations/{CUSTOMER}/close", headers=API)
     assert resp.status == 200 and (await resp.json())["closing_job"] is None
+
+
+async def test_a_known_customers_message_carries_the_items_responsible_user(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """On the timeline and in the event the CRM gets; a lead (nobody responsible) has none."""
+    crm = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", crm.handle)
+    receiver = TestServer(app, host="127.0.0.1")
+    await receiver.start_server(shutdown_timeout=0.5)
+    try:
+        client = await aiohttp_client(create_app(make_settings(media_allow_private=True)))
+        await configure_line(client, hours=None, replies=None, lead={"pipeline": "sales", "stage": "NEW"})
+        await put_card(client, "D1", [{"type": "MOBILE", "value": CUSTOMER}], responsible="maria")
+        await subscribe(client, str(receiver.make_url("/hook")), ["sms.incoming"])
+        await text_in(client, "¿Tenéis stock?", datetime.now(MADRID))
+        await client.post("/v1/sandbox/sms", json={"from": STRANGER, "to": LINE, "text": "hola"}, headers=ADMIN)
+
+        async def both_delivered() -> bool:
+            return len(crm.delivered()) == 2
+
+        await eventually(both_delivered)
+        events = {seen.event["data"]["customer"]: seen.event["data"] for seen in crm.delivered()}
+        assert events[CUSTOMER]["item_id"] == "D1" and events[CUSTOMER]["responsible"] == "maria"
+        assert events[STRANGER]["item_id"] == lead_id(STRANGER) and "responsible" not in events[STRANGER]
+        [entry] = [e for e in (await item(client, "D1"))["timeline"] if e["type"] == "sms.incoming"]
+        assert entry["data"]["responsible"] == "maria" and entry["data"]["text"] == "¿Tenéis stock?"
+    finally:
+        await receiver.close()
