@@ -203,7 +203,10 @@ class JobRunner:
         near, else the job waits in the due set without holding a consumer."""
         slot = await self._store.limits.reserve(await self._rates(job), MAX_SLOT_WAIT_SECONDS)
         if not slot.granted:
-            await self._store.jobs.defer(job.id, self._clock() + slot.wait, job["reason"])
+            # Back while that slot is still ahead (it is not held for the job): were it back
+            # only at the slot, the limit would idle for the due set's poll.
+            due = self._clock() + slot.wait - MAX_SLOT_WAIT_SECONDS / 2
+            await self._store.jobs.defer(job.id, due, job["reason"])
             return False
         await asyncio.sleep(slot.wait)
         return True
