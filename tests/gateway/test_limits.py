@@ -9,7 +9,6 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,11 +18,21 @@ from redis.asyncio import Redis
 from config.hours import next_open
 from config.lines import DAYS, Hours
 from config.settings import Settings
-from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.limits import Limits
-from tests.conftest import ADMIN, API, Client, ClientFactory
-from tests.gateway.test_robocalls import CUSTOMER, LINE, NO_ANSWER, final, job, job_statuses, post, put_card, setup
+from tests.conftest import ADMIN, API, Client
+from tests.gateway.test_robocalls import (
+    CUSTOMER,
+    LINE,
+    NO_ANSWER,
+    final,
+    job,
+    job_statuses,
+    post,
+    put_card,
+    robocall,
+    setup,
+)
 from tests.support import eventually, item, jobs_due
 
 _RESERVER = """
@@ -121,17 +130,6 @@ async def test_a_lines_sms_per_second_spaces_its_messages(client: Client) -> Non
 
 def _at(entry: dict[str, Any]) -> float:
     return datetime.fromisoformat(entry["at"]).timestamp()
-
-
-@pytest.fixture
-async def robo(aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]) -> Client:
-    client = await aiohttp_client(create_app(make_settings(media_allow_private=True)))
-    await setup(client)
-    return client
-
-
-def robocall(mp3: str, **extra: Any) -> dict[str, Any]:
-    return {"item_id": "D1", "line": LINE, "play": {"url": mp3}, **extra}
 
 
 async def test_no_answer_is_redialled_until_the_attempts_run_out(robo: Client, mp3: str) -> None:

@@ -32,14 +32,6 @@ async def media() -> AsyncIterator[str]:
     await server.close()
 
 
-@pytest.fixture
-async def robo(aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]) -> Client:
-    """A gateway that may fetch MP3s from the local test server, with a sandbox line."""
-    client = await aiohttp_client(create_app(make_settings(media_allow_private=True)))
-    await setup(client)
-    return client
-
-
 async def setup(client: Client, phone: str = CUSTOMER) -> None:
     for path, body in [
         ("/v1/pipelines/sales", {"stages": ["NEW", "WON"]}),

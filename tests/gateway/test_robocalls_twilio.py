@@ -1,14 +1,11 @@
 """Robocalls through Twilio: the real SDK's async client against a local emulator of the
 Calls API. The call is created with the right TwiML and status callback, its signed
 callbacks move the job (and fire no call.outgoing), and failures retry or fail as they
-should (a worker SIGKILLed mid-placement: test_placement_crash)."""
+should (a worker SIGKILLed mid-placement: test_placement_crash.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from config.settings import Settings
 from gateway.app import create_app
@@ -20,11 +17,6 @@ from tests.twilio_api import TwilioApi
 LINE = "+34910000001"
 CUSTOMER = "+34600111222"
 STATUS_PATH = "/webhooks/twilio/voice/status"
-
-
-@pytest.fixture
-def tw_settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(media_allow_private=True, job_retry_seconds=0.05)
 
 
 async def setup_twilio(client: Client, api: TwilioApi) -> None:

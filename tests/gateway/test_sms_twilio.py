@@ -4,7 +4,6 @@ move the job (a worker SIGKILLed mid-send: test_placement_crash)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,11 +18,6 @@ from tests.twilio_api import TwilioApi
 
 LINE = "+34910000001"
 CUSTOMER = "+34600111222"
-
-
-@pytest.fixture
-def tw_settings(make_settings: Callable[..., Settings]) -> Settings:
-    return make_settings(job_retry_seconds=0.05)
 
 
 async def send(client: Client, text: str = "Hola {{name}}, su pedido {{order}}") -> dict[str, Any]:
