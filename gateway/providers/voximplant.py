@@ -73,7 +73,11 @@ def _failure(exc: Exception, method: str, *, listing: bool) -> PlacementError:
     if isinstance(exc, VoximplantException):
         code = int(exc.code) if str(exc.code).lstrip("-").isdigit() else -1
         transient = listing or code == TOO_MANY_REQUESTS or 500 <= code < 600
-        return PlacementError(f"Voximplant {method} error {exc.code}: {exc.message}", transient=transient)
+        return PlacementError(
+            f"Voximplant {method} error {exc.code}: {exc.message}",
+            transient=transient,
+            throttled=code == TOO_MANY_REQUESTS,
+        )
     return PlacementError(f"Voximplant unreachable ({method}): {type(exc).__name__}: {exc}", transient=True)
 
 

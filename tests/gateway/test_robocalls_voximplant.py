@@ -15,9 +15,10 @@ from aiohttp import ClientResponse
 
 from config.settings import Settings
 from gateway.app import create_app
+from gateway.appkeys import STORE
 from tests.conftest import ADMIN, Client, ClientFactory
-from tests.gateway.test_robocalls import final, job_statuses, post, put_card, robocall
-from tests.support import PUBLIC_URL, item, voximplant_post
+from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall
+from tests.support import PUBLIC_URL, eventually, item, voximplant_post
 from tests.voximplant_api import RULE_ID, VoximplantApi
 from webhooks.signatures import robocall_secret
 
@@ -154,6 +155,23 @@ async def test_a_5xx_is_retried_and_the_rule_started_once(
     # Each retry first asks the call history whether the failed try started a session.
     assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory"] * 2 + ["StartScenarios"]
     assert len(vox.sessions) == 1 and sent["provider_ref"] == str(vox.sessions[0]["call_session_history_id"])
+
+
+async def test_a_429_holds_off_every_call_through_the_provider(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], vox: VoximplantApi, mp3: str
+) -> None:
+    vox.script = ["error:429"]
+    # A first backoff of 15-30 s: the provider's limit is held at least that long.
+    client = await aiohttp_client(create_app(make_settings(media_allow_private=True, job_retry_seconds=30)))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+
+    async def retrying() -> bool:
+        return "retrying in" in ((await job(client, accepted["id"]))["reason"] or "")
+
+    await eventually(retrying)
+    held = await client.app[STORE].limits.reserve({"calls:vox": 1000}, 5)
+    assert not held.granted and held.wait > 5
 
 
 async def test_an_api_error_fails_the_job_at_once(
