@@ -177,6 +177,11 @@ class Keys:
         removed from the group."""
         return f"{self._at(partition)}stream:{name}:consumers"
 
+    def lease(self, name: str, partition: int | None) -> str:
+        """The consumer reading ``stream(name, partition)`` now, when each partition is read
+        by one at a time; expires unless renewed."""
+        return f"{self._at(partition)}stream:{name}:lease"
+
     def dedup(self, partition: int, identity: str) -> str:
         """Set when a provider delivery is stored; its retries find it and add nothing. In
         the partition of the event's customer, beside the stream it is stored into.

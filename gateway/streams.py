@@ -16,11 +16,13 @@ whether it is consuming right now.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
 from gateway.store.connection import UNAVAILABLE, DecodedRedis, RedisHealth
+from gateway.store.scripts import Call, raise_first, run_many
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,9 @@ class StreamConfig:
     # The partitions of a partitioned stream (``Keys.partitions_of``), each a key with a
     # group of its own; ``(None,)``: the stream is one key.
     partitions: tuple[int | None, ...] = (None,)
+    # Each partition read by one consumer at a time (see ``Leases``), so a partition's
+    # entries are processed in order across processes.
+    exclusive: bool = False
 
     def label(self, partition: int | None) -> str:
         """The stream as logs name it: ``events/3`` for partition 3 of ``events``."""
@@ -138,6 +144,95 @@ return removed
 """
 
 
+# Takes the lease of a partition (KEYS[1]) for consumer ARGV[1] unless another holds it, or
+# renews it: 1 when the caller holds it for ARGV[2] ms more. ARGV[3] 'drop' gives it back.
+_LEASE = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+if ARGV[3] == 'drop' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# Vouches for consumer ARGV[1] in the hash of a stream's readers (Redis time, ms) and counts
+# those seen within ARGV[2] ms; those silent for ten times that are forgotten.
+_READERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now)
+local live, all = 0, redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local silent = now - tonumber(all[i + 1])
+  if silent <= tonumber(ARGV[2]) then
+    live = live + 1
+  elseif silent > 10 * tonumber(ARGV[2]) then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return live
+"""
+
+
+class Leases:
+    """The partitions one consumer reads, when each is read by one consumer at a time.
+
+    A partition's lease lasts ``claim_idle_ms`` and is renewed three times as often. The live
+    consumers (those that renewed within a lease) share the partitions evenly: each takes free
+    ones up to its share and gives back what is beyond it, so a new process gets its share
+    within a renewal or two, and a dead one's partitions are taken over once its leases lapse.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, config: StreamConfig, name: str) -> None:
+        self._redis = redis
+        self._name = name
+        self._ttl = config.claim_idle_ms
+        self._every = max(config.claim_idle_ms / 3000, 0.05)
+        self._next = 0.0
+        self._partitions = config.partitions
+        self._keys = {p: keys.lease(config.name, p) for p in config.partitions}
+        self._readers = keys.consumers(config.name)
+        # Consumers start their search at different places, so they rarely race for one.
+        start = zlib.crc32(name.encode()) % len(config.partitions)
+        self._order = config.partitions[start:] + config.partitions[:start]
+        self.owned: list[int | None] = []
+        self._lease = redis.register_script(_LEASE)
+        self._count = redis.register_script(_READERS)
+
+    @property
+    def every_ms(self) -> int:
+        return int(self._every * 1000)
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    async def renew(self) -> list[int | None]:
+        """Renew, take and give back leases to hold this consumer's share; the partitions newly
+        taken (their previous reader may have left entries pending)."""
+        self._next = time.monotonic() + self._every
+        live = max(int(await self._count(keys=[self._readers], args=[self._name, self._ttl])), 1)
+        share = -(-len(self._partitions) // live)
+        wanted = self.owned[:share] + [p for p in self._order if p not in self.owned]
+        held = raise_first(await run_many(self._redis, self._lease, [self._call(p, "take") for p in wanted]))
+        got = [p for p, ok in zip(wanted, held, strict=True) if ok]
+        keep, extra = got[:share], got[share:] + self.owned[share:]
+        if extra:
+            raise_first(await run_many(self._redis, self._lease, [self._call(p, "drop") for p in extra]))
+        taken = [p for p in keep if p not in self.owned]
+        self.owned = sorted(keep, key=self._order.index)
+        return taken
+
+    async def release(self) -> None:
+        """Give every lease back (a process stopping), so others take them over at once."""
+        owned, self.owned = self.owned, []
+        await run_many(self._redis, self._lease, [self._call(p, "drop") for p in owned])
+
+    def _call(self, partition: int | None, mode: str) -> Call:
+        return [self._keys[partition]], [self._name, self._ttl, mode]
+
+
 class Claims:
     """The claim side of one group (of one partition's), shared by the consumers of one process.
 
@@ -165,10 +260,17 @@ class Claims:
         self._next = 0.0
         self._next_prune = 0.0
         self.backlog = False
+        self._adopt = False
         self._prune = redis.register_script(_PRUNE)
 
     def due(self) -> bool:
-        return self.backlog or time.monotonic() >= self._next
+        return self.backlog or self._adopt or time.monotonic() >= self._next
+
+    def adopt(self) -> None:
+        """The partition was just leased: its previous reader gave it back or is gone, so
+        what it left pending is taken at once, however recently it was read, and before
+        anything new: the partition's entries keep their order."""
+        self._adopt = True
 
     async def take(self, consumer: str) -> list[Entry]:
         """A batch of entries idle longer than ``claim_idle_ms``, now owned by ``consumer``;
@@ -177,8 +279,10 @@ class Claims:
             if not self.due():
                 return []  # another consumer of this process just claimed
             self._next = time.monotonic() + self._every
+            idle = 0 if self._adopt else self._config.claim_idle_ms
+            self._adopt = False
             pending = await self._redis.xpending_range(
-                self._stream, self._group, min="-", max="+", count=self._config.batch, idle=self._config.claim_idle_ms
+                self._stream, self._group, min="-", max="+", count=self._config.batch, idle=idle
             )
             self.backlog = len(pending) >= self._config.batch
             hopeless = [p["message_id"] for p in pending if p["times_delivered"] >= self._config.max_deliveries]
@@ -190,7 +294,7 @@ class Claims:
             if not retry:
                 return []
             claimed = await self._redis.xclaim(
-                self._stream, self._group, consumer, min_idle_time=self._config.claim_idle_ms, message_ids=retry
+                self._stream, self._group, consumer, min_idle_time=idle, message_ids=retry
             )
         entries = [Entry(entry_id, fields, self._partition) for entry_id, fields in claimed if fields]
         # An entry trimmed away while pending comes back empty: nothing left to do but ack it.
@@ -265,9 +369,13 @@ class StreamConsumer:
         self.name = name
         self._process = process
         self._on_outcome = on_outcome
-        self._claims = list(claims) or [Claims(redis, keys, config, on_outcome, p) for p in config.partitions]
-        for part in self._claims:
+        made = claims or [Claims(redis, keys, config, on_outcome, p) for p in config.partitions]
+        self._claims = dict(zip(config.partitions, made, strict=True))
+        for part in self._claims.values():
             part.members.add(name)
+        self._leases = Leases(redis, keys, config, name) if config.exclusive else None
+        # A blocked read must not outlast a lease between two renewals.
+        self._block_ms = config.block_ms if self._leases is None else min(config.block_ms, self._leases.every_ms)
         self._streams = {p: keys.stream(config.name, p) for p in config.partitions}
         self._partition_of = {key: p for p, key in self._streams.items()}
         self._errors = {p: keys.errors(config.name, p) for p in config.partitions}
@@ -284,6 +392,11 @@ class StreamConsumer:
     def stream(self) -> str:
         return self._config.name
 
+    @property
+    def reading(self) -> Sequence[int | None]:
+        """The partitions this consumer reads now."""
+        return self._config.partitions if self._leases is None else self._leases.owned
+
     async def ensure_group(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in self._streams.values():
@@ -295,26 +408,40 @@ class StreamConsumer:
 
     async def run(self) -> None:
         """Process until cancelled; whatever stops the consumer, it starts again."""
-        while True:
-            raise_if_cancelled()
-            try:
-                await self._consume()
-            except Exception as exc:
-                await self._back_off(exc)
+        try:
+            while True:
+                raise_if_cancelled()
+                try:
+                    await self._consume()
+                except Exception as exc:
+                    await self._back_off(exc)
+        finally:
+            if self._leases is not None:
+                # Stopping: the partitions go to the other readers now, not when the leases lapse.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._leases.release(), 1.0)
 
     async def _consume(self) -> None:
         await self.ensure_group()
         while True:
             raise_if_cancelled()
-            due = [part for part in self._claims if part.due()]
+            if self._leases is not None and self._leases.due():
+                for partition in await self._leases.renew():
+                    self._claims[partition].adopt()
+            claims = [self._claims[p] for p in self.reading]
+            due = [part for part in claims if part.due()]
             if due:
                 claimed = [entry for part in due for entry in await part.take(self.name)]
                 self._resumed()
                 if claimed:
                     await self.process(claimed)
                     continue
+            if not claims:
+                self._resumed()
+                await asyncio.sleep(self._block_ms / 1000)  # others read every partition
+                continue
             # While a claim backlog is left, read without blocking to get back to it.
-            backlog = any(part.backlog for part in self._claims)
+            backlog = any(part.backlog for part in claims)
             await self.process(await self.read_new(block=not backlog))
             self._resumed()
 
@@ -352,19 +479,20 @@ class StreamConsumer:
 
     async def read_new(self, block: bool = True) -> list[Entry]:
         """New entries of every partition: up to ``batch`` of each, in each one's order."""
+        keys = [self._streams[p] for p in self.reading]
         if not self._per_slot:
-            streams = {key: ">" for key in self._streams.values()}
-            return self._entries([await self._read(streams, block=self._config.block_ms if block else None)])
+            streams = {key: ">" for key in keys}
+            return self._entries([await self._read(streams, block=self._block_ms if block else None)])
         # One read per partition: at once, without blocking; when all come back empty, once
         # more, blocking a short while (the reads end together, so not for long).
         async with self._redis.pipeline(transaction=False) as pipe:
-            for key in self._streams.values():
+            for key in keys:
                 pipe.xreadgroup(self._group, self.name, {key: ">"}, count=self._config.batch)
             entries = self._entries(await pipe.execute())
         if entries or not block:
             return entries
-        wait = min(self._config.block_ms, _CLUSTER_BLOCK_MS)
-        return self._entries(await asyncio.gather(*(self._read({key: ">"}, wait) for key in self._streams.values())))
+        wait = min(self._block_ms, _CLUSTER_BLOCK_MS)
+        return self._entries(await asyncio.gather(*(self._read({key: ">"}, wait) for key in keys)))
 
     async def _read(self, streams: dict[str, str], block: int | None) -> Any:
         return await self._redis.xreadgroup(self._group, self.name, streams, count=self._config.batch, block=block)

@@ -92,6 +92,8 @@ def consumers(
         dead_max=settings.dead_letters_max,
         partitions=store.keys.partitions_of(stream),
         batch=batch,
+        # A customer's events, all in one partition, are processed in order by one process.
+        exclusive=stream == EVENTS_STREAM,
     )
     outcomes = metrics.stream_entries
 

@@ -376,3 +376,57 @@ async def test_a_consumer_reads_every_partition_at_once_and_settles_each_in_its_
     assert [(await redis.xpending(keys.stream("t", p), "t"))["pending"] for p in (0, 1, 2)] == [0, 0, 1]
     assert list(await redis.hgetall(keys.errors("t", 2))) == ["1-0"]
     assert not await redis.exists(keys.errors("t", 0))
+
+
+async def test_each_partition_is_read_by_one_consumer_at_a_time_in_order(redis: Redis, prefix: str) -> None:
+    """Consumers of an exclusive partitioned stream share its partitions evenly, each read by
+    one of them: a partition's entries are processed in order; a consumer that stops gives
+    its partitions to the others."""
+    keys = Keys(prefix, partitions=4)
+    config = replace(CONFIG, partitions=(0, 1, 2, 3), exclusive=True)
+    seen: list[tuple[str, int]] = []
+
+    def recorder(name: str) -> Processor:
+        async def process(entry: Entry) -> None:
+            seen.append((name, int(entry.fields["n"])))
+
+        return process
+
+    a, b = (StreamConsumer(redis, keys, config, name, one_by_one(recorder(name))) for name in ("A", "B"))
+    tasks = {c.name: asyncio.create_task(c.run()) for c in (a, b)}
+    try:
+
+        async def shared() -> bool:
+            return len(a.reading) == len(b.reading) == 2
+
+        await eventually(shared)
+        assert set(a.reading).isdisjoint(b.reading)
+        for n in range(40):
+            await redis.xadd(keys.stream("t", n % 4), {"n": str(n)})
+
+        async def all_seen() -> bool:
+            return len(seen) == 40
+
+        await eventually(all_seen)
+        for p in range(4):
+            assert len({name for name, n in seen if n % 4 == p}) == 1  # one reader per partition
+            assert [n for _, n in seen if n % 4 == p] == list(range(p, 40, 4))  # in order
+
+        tasks["B"].cancel()
+        await asyncio.gather(tasks["B"], return_exceptions=True)
+
+        async def a_reads_all() -> bool:
+            return len(a.reading) == 4
+
+        await eventually(a_reads_all)
+        for n in range(40, 44):
+            await redis.xadd(keys.stream("t", n % 4), {"n": str(n)})
+
+        async def a_took_over() -> bool:
+            return sorted(n for name, n in seen if name == "A" and n >= 40) == [40, 41, 42, 43]
+
+        await eventually(a_took_over)
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
