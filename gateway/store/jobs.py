@@ -3,7 +3,6 @@ scripts, scheduled through a due set and run from the jobs stream."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Iterable, Mapping
@@ -283,13 +282,8 @@ class Jobs:
 
     async def fire_due(self, now: float) -> int:
         """Move the jobs due by ``now`` into their partition's jobs stream; how many."""
-        fired = await asyncio.gather(
-            *(
-                fire_all_due(self._fire_due, self._keys.jobs_due(p), self._keys.stream(JOBS_STREAM, p), "job", now)
-                for p in range(self._keys.partitions)
-            )
-        )
-        return sum(fired)
+        pairs = [(self._keys.jobs_due(p), self._keys.stream(JOBS_STREAM, p)) for p in range(self._keys.partitions)]
+        return await fire_all_due(self._redis, self._fire_due, pairs, "job", now)
 
     async def record_call(self, key: str, ref: str) -> str:
         """Record ``ref`` as the call of ``key`` unless one is recorded already; the

@@ -22,7 +22,26 @@ _CLUSTER_CONCURRENCY = 32
 
 
 async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
-    """The reply of each call, in order; a call that failed has its exception as its reply."""
+    """The reply of each call, in order; a call that failed has its exception as its reply.
+
+    Calls that met NOSCRIPT go again once the script is loaded, by one SCRIPT LOAD (to every
+    primary of a cluster), not one per call: many at once trip up the cluster client.
+    """
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        results = await _send(redis, script, [calls[i] for i in todo])
+        for i, result in zip(todo, results, strict=True):
+            replies[i] = result
+        todo = [i for i, result in zip(todo, results, strict=True) if isinstance(result, NoScriptError)]
+        if not todo or attempt:
+            break
+        script.sha = str(await redis.script_load(script.script))
+    return replies
+
+
+async def _send(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+    """One try of each call, errors as replies: pipelined in one round trip on one Redis."""
     if isinstance(redis, RedisCluster):
         # redis-py's cluster pipelines refuse EVALSHA: the calls go out concurrently instead,
         # each to the shard owning its keys, a bounded number at a time (the cluster client
@@ -31,24 +50,13 @@ async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> 
 
         async def call(keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
             async with limit:
-                return await script(keys=list(keys), args=list(args))
+                return await redis.evalsha(script.sha, len(keys), *keys, *args)
 
         return list(await asyncio.gather(*(call(keys, args) for keys, args in calls), return_exceptions=True))
-    replies: list[Any] = [None] * len(calls)
-    todo = list(range(len(calls)))
-    for attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in todo:
-                keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-        for i, result in zip(todo, results, strict=True):
-            replies[i] = result
-        todo = [i for i, result in zip(todo, results, strict=True) if isinstance(result, NoScriptError)]
-        if not todo or attempt:
-            break
-        script.sha = str(await redis.script_load(script.script))
-    return replies
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
 
 def raise_first(replies: list[Any]) -> list[Any]:

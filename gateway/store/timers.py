@@ -3,13 +3,13 @@ partition when due."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from gateway.keys import EVENTS_STREAM, Keys
+from gateway.store.scripts import Call, raise_first, run_many
 from webhooks.events import Event
 
 # Due members of a sorted set (timers, scheduled jobs) move into a stream in one step, so
@@ -25,18 +25,22 @@ return #due
 """
 
 
-async def fire_all_due(script: AsyncScript, due: str, stream: str, field: str, now: float, batch: int = 500) -> int:
-    """Move every member of ``due`` due by ``now`` into ``stream`` (FIRE_DUE); how many.
+async def fire_all_due(
+    redis: Redis, script: AsyncScript, pairs: Sequence[tuple[str, str]], field: str, now: float, batch: int = 500
+) -> int:
+    """Move every member of each ``(due, stream)`` pair's ``due`` set due by ``now`` into its
+    ``stream`` (FIRE_DUE); how many.
 
-    In batches (one script call each, so Redis is never blocked long) until none is left:
-    a backlog is worked off at once, not ``batch`` per poll.
+    In batches (one script call each, so Redis is never blocked long; the pairs' calls in one
+    round trip) until none is left: a backlog is worked off at once, not ``batch`` per poll.
     """
-    fired = 0
-    while True:
-        moved = int(await script(keys=[due, stream], args=[now, batch, field]))
-        fired += moved
-        if moved < batch:
-            return fired
+    fired, todo = 0, list(pairs)
+    while todo:
+        calls: list[Call] = [([due, stream], [now, batch, field]) for due, stream in todo]
+        moved = [int(count) for count in raise_first(await run_many(redis, script, calls))]
+        fired += sum(moved)
+        todo = [pair for pair, count in zip(todo, moved, strict=True) if count >= batch]
+    return fired
 
 
 class Timers:
@@ -62,10 +66,5 @@ class Timers:
 
     async def fire_due(self, now: float) -> int:
         """Move the timers due by ``now`` into the events stream; how many."""
-        fired = await asyncio.gather(
-            *(
-                fire_all_due(self._fire_due, self._keys.timers(p), self._keys.stream(EVENTS_STREAM, p), "event", now)
-                for p in range(self._keys.partitions)
-            )
-        )
-        return sum(fired)
+        pairs = [(self._keys.timers(p), self._keys.stream(EVENTS_STREAM, p)) for p in range(self._keys.partitions)]
+        return await fire_all_due(self._redis, self._fire_due, pairs, "event", now)
