@@ -93,6 +93,11 @@ class Metrics:
             ["stream"],
             registry=self.registry,
         )
+        self.stage_entries_waiting = Gauge(
+            "callgate_stage_entries_waiting",
+            "Stage entries whose rules have yet to run (a growing number: no worker runs them)",
+            registry=self.registry,
+        )
         self.stream_oldest_pending = Gauge(
             "callgate_stream_oldest_pending_age_seconds",
             "Age of the oldest pending entry (0 when none)",

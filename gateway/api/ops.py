@@ -54,14 +54,16 @@ async def metrics(request: web.Request) -> web.Response:
     if workers is not None:
         for stream in workers.streams:
             gauges.consumers_live.labels(stream).set(workers.live_consumers(stream))
-    for stream in STREAMS:
-        try:
-            backlog = await request.app[STORE].backlogs.of(stream)
-        except UNAVAILABLE:
-            break  # the scrape still answers; the backlog gauges keep their last values
-        gauges.stream_length.labels(stream).set(backlog.length)
-        gauges.stream_pending.labels(stream).set(backlog.pending)
-        gauges.stream_oldest_pending.labels(stream).set(backlog.oldest_pending_seconds)
+    store = request.app[STORE]
+    try:
+        for stream in STREAMS:
+            backlog = await store.backlogs.of(stream)
+            gauges.stream_length.labels(stream).set(backlog.length)
+            gauges.stream_pending.labels(stream).set(backlog.pending)
+            gauges.stream_oldest_pending.labels(stream).set(backlog.oldest_pending_seconds)
+        gauges.stage_entries_waiting.set(await store.stage_entries.waiting())
+    except UNAVAILABLE:
+        pass  # the scrape still answers; the backlog gauges keep their last values
     body = generate_latest(gauges.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
