@@ -9,9 +9,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from config.cards import Card
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
+from gateway.store.entries import StageEntries
+from gateway.store.items import ItemQuery, Items
+from gateway.store.outbox import Outbox
 from tests.conftest import ADMIN, API, Client, ClientFactory
 
 ANA = "+34600111222"
@@ -316,3 +320,23 @@ async def test_timeline_is_bounded(aiohttp_client: ClientFactory, make_settings:
         ("NEW", "CALL_BACK"),
         ("CALL_BACK", "WON"),
     ]
+
+
+async def test_listing_pages_merge_the_partitions_in_update_order(redis: Redis, prefix: str) -> None:
+    # Two partitions of over 200 items each: the merge reads each in several chunks.
+    keys = Keys(prefix, partitions=2)
+    items = Items(redis, keys, Outbox(redis, keys, 10), StageEntries(redis, keys), timeline_max=10)
+    card = Card.model_validate({"pipeline": "sales", "stage": "NEW"})
+    made = [(await items.put(f"L{n:03d}", card))[0] for n in range(450)]
+    assert min(sum(keys.partition_of(item.id) == p for item in made) for p in range(2)) > 200
+    expected = [item.id for item in sorted(made, key=lambda item: (item.updated_ms(), item.id))]
+    listed: list[str] = []
+    after: tuple[int, str] | None = None
+    while True:
+        page, cursor = await items.page(ItemQuery(after=after, limit=100))
+        listed += [item.id for item in page]
+        if cursor is None:
+            break
+        ms, _, member = cursor.partition(":")
+        after = (int(ms), member)
+    assert listed == expected
