@@ -55,10 +55,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+# Run as a script, this file's directory comes first on the path (bench/sms.py would shadow sms).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
 import aiohttp
+import redis as redis_py
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.utils import HIREDIS_AVAILABLE
 from twilio.request_validator import RequestValidator
 
 from gateway.keys import EVENTS_STREAM, Keys
@@ -633,7 +639,8 @@ async def bench_on(redis_url: str, args: argparse.Namespace) -> int:
         )
         print(
             f"machine: {os.cpu_count()} cpus, {platform.platform()}, python {platform.python_version()}, "
-            f"redis {server} ({where}); prefix {prefix}"
+            f"redis {server} ({where}); redis-py {redis_py.__version__} "
+            f"({'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'} parser); prefix {prefix}"
         )
         print(f"events {args.events} (+{args.warmup} warm-up), concurrency {args.concurrency}, items {items}")
         print(f"before: {await disturbances(redis)}", flush=True)
