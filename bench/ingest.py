@@ -618,7 +618,7 @@ async def bench(args: argparse.Namespace) -> int:
 
 
 async def bench_on(redis_url: str, args: argparse.Namespace) -> int:
-    prefix = "{bench-" + uuid.uuid4().hex[:8] + "}:"
+    prefix = "bench-" + uuid.uuid4().hex[:8] + ":"
     items = args.items or max(100, math.ceil((args.events + args.warmup) / TIMELINE_ROOM))
     plan = Plan(
         redis_url=redis_url,
@@ -647,7 +647,7 @@ async def bench_on(redis_url: str, args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-callgate-") as data_dir:
             for round_ in range(args.rounds):
                 for name in order:
-                    # Each run on fresh keys (same hash tag): new items, new streams.
+                    # Each run on fresh keys: new items, new streams.
                     fresh = replace(plan, prefix=f"{prefix}r{round_}{name.replace('+', '-')}:")
                     if name == "floor":
                         result = await run_floor(fresh, redis)

@@ -116,6 +116,14 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _key_prefix(raw: str) -> str:
+    if "{" in raw or "}" in raw:
+        # Redis hashes the first {...} of a key: a tag in the prefix would put every key in
+        # one slot, on one shard of a cluster.
+        raise ValueError("must not contain { or }: callgate tags each key with its partition itself")
+    return raw
+
+
 def _partitions(raw: str) -> int:
     value = _int(raw)
     if not 1 <= value <= 1024:
@@ -145,9 +153,9 @@ class Settings:
     admin_token: str | None = _secret()
     api_token: str | None = _secret()
     media_allow_private: bool = False
-    # The prefix carries a hash tag so every key lands in one Redis Cluster slot: the
-    # MULTI/Lua operations that span items, the phone index and streams stay legal there.
-    key_prefix: str = "{callgate}:"
+    # No hash tag of its own (refused): keys carry their partition's tag after it, so they
+    # spread over a Redis Cluster's shards while each multi-key step stays in one slot.
+    key_prefix: str = "callgate:"
     # The events stream (and each customer's keys with it) is split into this many
     # partitions, each under its own hash tag: on Redis Cluster they spread over the shards.
     partitions: int = 16
@@ -205,7 +213,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "admin_token": _token,
     "api_token": _token,
     "media_allow_private": _bool,
-    "key_prefix": str,
+    "key_prefix": _key_prefix,
     "partitions": _partitions,
     "max_body_bytes": _positive,
     "consumers": _positive,

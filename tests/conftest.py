@@ -34,7 +34,7 @@ ClientFactory = Callable[..., Awaitable[Client]]
 
 
 # Set by tests/test_hygiene.py to watch a child run; random otherwise.
-SESSION_STEM = "{cgt-" + os.environ.get("CALLGATE_TEST_SESSION", uuid.uuid4().hex[:8]) + "-"
+SESSION_STEM = "cgt-" + os.environ.get("CALLGATE_TEST_SESSION", uuid.uuid4().hex[:8]) + "-"
 _USED_URLS: set[str] = set()
 
 
@@ -94,7 +94,7 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def prefix() -> str:
-    return SESSION_STEM + uuid.uuid4().hex[:12] + "}:"
+    return SESSION_STEM + uuid.uuid4().hex[:12] + ":"
 
 
 @pytest.fixture

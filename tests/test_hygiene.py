@@ -28,7 +28,7 @@ async def test_app_tests_leave_no_key_behind(redis_url: str) -> None:
     run = _run(session, "tests/gateway/test_feed.py", "tests/gateway/test_hooks_twilio.py")
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "left" not in run.stderr
-    assert await leftover_keys(redis_url, "{cgt-" + session + "-") == []
+    assert await leftover_keys(redis_url, "cgt-" + session + "-") == []
 
 
 async def test_a_run_that_leaves_a_key_fails(redis: Redis, redis_url: str, tmp_path: Path) -> None:
@@ -39,14 +39,14 @@ async def test_a_run_that_leaves_a_key_fails(redis: Redis, redis_url: str, tmp_p
         "from redis.asyncio import Redis\n\n"
         "from tests.conftest import SESSION_STEM\n\n\n"
         "async def test_leaks(redis: Redis) -> None:\n"
-        "    await redis.set(SESSION_STEM + 'leak}:x', 1)\n"
+        "    await redis.set(SESSION_STEM + 'leak:x', 1)\n"
     )
     # The suite's conftest as a plugin, so a test file outside tests/ runs under it.
     run = _run(session, "-c", "pyproject.toml", "-p", "tests.conftest", "--rootdir", str(ROOT), str(leaking))
-    stem = "{cgt-" + session + "-"
+    stem = "cgt-" + session + "-"
     left = await leftover_keys(redis_url, stem)
     if left:
         await redis.delete(*left)
     assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-2000:]
-    assert left == [stem + "leak}:x"]
+    assert left == [stem + "leak:x"]
     assert "test run left 1 key(s)" in run.stderr

@@ -28,6 +28,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.admin_token is None and settings.api_token is None
     assert settings.media_allow_private is False
     assert settings.max_body_bytes > 0 and settings.timeline_max > 0
+    assert settings.key_prefix == "callgate:"  # no hash tag: each key carries its partition's
 
 
 def test_environment_values_are_parsed() -> None:
@@ -121,6 +122,8 @@ def test_an_explicit_file_wins_over_callgate_config(tmp_path: Path) -> None:
         ("CALLGATE_MAX_BODY_BYTES", "0"),
         ("CALLGATE_TIMELINE_MAX", "1.5"),
         ("CALLGATE_LOG_LEVEL", "loud"),
+        ("CALLGATE_KEY_PREFIX", "{callgate}:"),
+        ("CALLGATE_KEY_PREFIX", "app:}"),
         ("CALLGATE_PARTITIONS", "0"),
         ("CALLGATE_PARTITIONS", "1025"),
     ],

@@ -3,6 +3,7 @@ cluster and works through it; the crash and exactly-once tests run on it too."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from redis.asyncio import Redis, RedisCluster
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.appkeys import REDIS_CLUSTER
+from gateway.keys import Keys
 from gateway.store.connection import cluster_enabled
 from tests.cluster import Cluster, redis_server
 from tests.conftest import API, Client, ClientFactory
@@ -55,8 +57,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 def cluster_settings(cluster: Cluster, settings: Settings, prefix: str) -> Settings:
-    """The test's settings on the cluster, through a node that does not own the keys' slot."""
-    owner = cluster.owner(prefix)
+    """The test's settings on the cluster, through a node that does not own the item D1."""
+    owner = cluster.owner(Keys(prefix).item("D1"))
     other = next(port for port in cluster.ports if port != owner)
     return Settings(**{**vars(settings), "redis_url": cluster.url(other)})
 
@@ -102,6 +104,31 @@ async def test_a_webhook_moves_an_item_through_a_node_that_does_not_own_it(
         return (await client.get("/readyz")).status == 200
 
     await eventually(ready)
+
+
+async def test_keys_spread_over_every_shard(
+    aiohttp_client: ClientFactory, cluster: Cluster, cluster_settings: Settings, cluster_redis: Redis, prefix: str
+) -> None:
+    """A few hundred customers' items, events and moves, through a node that does not own
+    D1: every master holds keys, none less than a tenth of them."""
+    n = 300
+    client = await aiohttp_client(create_app(cluster_settings))
+    await test_crash.setup_items(client, n)
+    statuses = await asyncio.gather(*(twilio_post(client, STATUS_PATH, test_crash.dial_action(i)) for i in range(n)))
+    assert [r.status for r in statuses] == [200] * n
+    keys = Keys(prefix)
+
+    async def all_moved() -> bool:
+        return await test_crash.moved(cluster_redis, keys, n) == n
+
+    await eventually(all_moved, timeout=30)
+    counts = {}
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            counts[port] = sum(1 for _ in node.scan_iter(match=prefix + "*", count=1000))
+    total = sum(counts.values())
+    assert total > 3 * n  # items, timelines, effect markers, phone index, streams, ...
+    assert all(count >= total / 10 for count in counts.values()), counts
 
 
 async def test_a_worker_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(
