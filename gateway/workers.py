@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
 from config.settings import Settings
@@ -164,6 +164,17 @@ def on_message(store: Store, settings: Settings) -> MessageHandler:
     return handle
 
 
+async def stop_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they end, cancelling again those still running after a
+    second: on Python 3.11 a cancel that lands as a ``wait_for`` or a client timeout completes
+    can be lost, and one lost cancel must not hang a shutdown."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+
+
 @contextlib.asynccontextmanager
 async def running_workers(store: Store, settings: Settings, metrics: Metrics) -> AsyncIterator[Workers]:
     """Consumers and the timer poller under a supervisor; cancelled and awaited on exit.
@@ -199,11 +210,8 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
     try:
         yield workers
     finally:
-        supervisor.cancel()
-        await asyncio.gather(supervisor, return_exceptions=True)
-        for task in workers.tasks.values():
-            task.cancel()
-        await asyncio.gather(*workers.tasks.values(), return_exceptions=True)
+        await stop_all([supervisor])
+        await stop_all(workers.tasks.values())
         await providers.close()
         # Off the loop: the pool's shutdown waits for a synthesis in progress.
         await asyncio.to_thread(speech.close)
