@@ -211,7 +211,6 @@ class Leases:
     async def renew(self) -> list[int | None]:
         """Renew, take and give back leases to hold this consumer's share; the partitions newly
         taken (their previous reader may have left entries pending)."""
-        self._next = time.monotonic() + self._every
         live = max(int(await self._count(keys=[self._readers], args=[self._name, self._ttl])), 1)
         share = -(-len(self._partitions) // live)
         wanted = self.owned[:share] + [p for p in self._order if p not in self.owned]
@@ -222,6 +221,8 @@ class Leases:
             raise_first(await run_many(self._redis, self._lease, [self._call(p, "drop") for p in extra]))
         taken = [p for p in keep if p not in self.owned]
         self.owned = sorted(keep, key=self._order.index)
+        # Only once renewed: after a failure the next try is due at once.
+        self._next = time.monotonic() + self._every
         return taken
 
     async def release(self) -> None:
@@ -428,6 +429,7 @@ class StreamConsumer:
             if self._leases is not None and self._leases.due():
                 for partition in await self._leases.renew():
                     self._claims[partition].adopt()
+                self._resumed()
             claims = [self._claims[p] for p in self.reading]
             due = [part for part in claims if part.due()]
             if due:
@@ -437,7 +439,6 @@ class StreamConsumer:
                     await self.process(claimed)
                     continue
             if not claims:
-                self._resumed()
                 await asyncio.sleep(self._block_ms / 1000)  # others read every partition
                 continue
             # While a claim backlog is left, read without blocking to get back to it.
