@@ -156,8 +156,8 @@ class Settings:
     # No hash tag of its own (refused): keys carry their partition's tag after it, so they
     # spread over a Redis Cluster's shards while each multi-key step stays in one slot.
     key_prefix: str = "callgate:"
-    # The events stream (and each customer's keys with it) is split into this many
-    # partitions, each under its own hash tag: on Redis Cluster they spread over the shards.
+    # Keys are split into this many partitions (an item's by its id, a customer's events by
+    # the number), each under its own hash tag: on Redis Cluster they spread over the shards.
     partitions: int = 16
     max_body_bytes: int = 1024 * 1024
     consumers: int = 8
