@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,19 +31,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's directory comes first on the path.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from config.settings import Settings
-from gateway.app import create_app
-from gateway.store.embedded import EmbeddedRedis
+# Run as a script, this file's directory comes first on the path: benchkit comes from it and
+# takes it off the path.
+from benchkit import ADMIN, API, embedded_gateway
 
-ADMIN = {"Authorization": "Bearer bench-admin-token-0123456789abcdef"}
-API = {"Authorization": "Bearer bench-api-token-0123456789abcdefgh"}
+from gateway.app import create_app
+
 SECRET = "bench-secret-0123456789"
 STAGES = ["A", "B"]
 
@@ -93,17 +88,7 @@ def percentile(values: list[float], share: float) -> float:
 async def phase(
     events: int, concurrency: int, rate: float, timeout: float, with_hung: bool, data_dir: Path
 ) -> dict[str, float]:
-    redis = EmbeddedRedis(data_dir / "redis")
-    await redis.start()
-    settings = Settings(
-        redis_url=redis.url,
-        data_dir=data_dir / "data",
-        admin_token=ADMIN["Authorization"].split()[1],
-        api_token=API["Authorization"].split()[1],
-        access_log=False,
-        media_allow_private=True,
-        outbox_timeout_seconds=timeout,
-    )
+    redis, settings = await embedded_gateway(data_dir, media_allow_private=True, outbox_timeout_seconds=timeout)
     receiver = Receiver()
     crm_app = web.Application()
     crm_app.router.add_post("/events", receiver.handle)

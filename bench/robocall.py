@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's directory comes first on the path and "sms" would be
-# bench/sms.py, not the sms package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 from aiohttp.test_utils import TestClient, TestServer
+
+# Run as a script, this file's directory comes first on the path: benchkit comes from it and
+# takes it off the path.
+from benchkit import ADMIN, API, embedded_gateway
 from redis.asyncio import Redis
 
 from config.settings import Settings
@@ -48,15 +47,12 @@ from gateway.providers import CallProvider, OutboundCall
 from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
-from gateway.store.embedded import EmbeddedRedis
 from gateway.store.records import Snapshots
 from voice.engines.espeak import EspeakEngine
 from voice.engines.piper import PiperEngine
 from voice.render import Say, renderer_for
 from voice.tts import Engine, pick_voice
 
-ADMIN = {"Authorization": "Bearer bench-admin-token-0123456789abcdef"}
-API = {"Authorization": "Bearer bench-api-token-0123456789abcdefgh"}
 LINE = "+34910000001"
 TEXT = "Hello, your order is ready for pickup at our store."
 ENDED = ("completed", "no_answer", "busy", "failed", "skipped")
@@ -213,15 +209,7 @@ async def limiter(settings: Settings, rate: float, seconds: float) -> tuple[int,
 
 
 async def run(args: argparse.Namespace, data_dir: Path) -> None:
-    redis = EmbeddedRedis(data_dir / "redis")
-    await redis.start()
-    settings = Settings(
-        redis_url=redis.url,
-        data_dir=data_dir / "data",
-        admin_token=ADMIN["Authorization"].split()[1],
-        api_token=API["Authorization"].split()[1],
-        access_log=False,
-    )
+    redis, settings = await embedded_gateway(data_dir)
     serve: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
     await serve.start_server()
     try:

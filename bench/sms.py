@@ -25,20 +25,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-# Run as a script, this file's directory comes first on the path and "sms" would be this
-# file, not the sms package.
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+# Run as a script, this file's directory comes first on the path: benchkit comes from it and
+# takes it off the path.
+from benchkit import ADMIN, ADMIN_TOKEN, API, embedded_gateway
+
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.store.embedded import EmbeddedRedis
 
-ADMIN = {"Authorization": "Bearer bench-admin-token-0123456789abcdef"}
-API = {"Authorization": "Bearer bench-api-token-0123456789abcdefgh"}
 LINE = "+34910000001"
 WORKERS = 2
 Client = TestClient[web.Request, web.Application]
@@ -99,7 +95,7 @@ async def accuracy(client: Client, settings: Settings, rate: float, by: str, job
         **os.environ,
         "CALLGATE_REDIS_URL": str(settings.redis_url),
         "CALLGATE_DATA_DIR": str(settings.data_dir),
-        "CALLGATE_ADMIN_TOKEN": ADMIN["Authorization"].split()[1],
+        "CALLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
         "CALLGATE_API_TOKEN": API["Authorization"].split()[1],
         "CALLGATE_ACCESS_LOG": "false",
         "CALLGATE_LOG_LEVEL": "WARNING",
@@ -122,15 +118,7 @@ async def accuracy(client: Client, settings: Settings, rate: float, by: str, job
 
 
 async def run(args: argparse.Namespace, data_dir: Path) -> None:
-    redis = EmbeddedRedis(data_dir / "redis")
-    await redis.start()
-    settings = Settings(
-        redis_url=redis.url,
-        data_dir=data_dir / "data",
-        admin_token=ADMIN["Authorization"].split()[1],
-        api_token=API["Authorization"].split()[1],
-        access_log=False,
-    )
+    redis, settings = await embedded_gateway(data_dir)
     limited = args.rate is not None
     provider_rate = args.rate if limited and args.by == "provider" else 1000
     line: dict[str, object] = {"provider": "sb"}
