@@ -213,7 +213,10 @@ class Leases:
         taken (their previous reader may have left entries pending)."""
         live = max(int(await self._count(keys=[self._readers], args=[self._name, self._ttl])), 1)
         share = -(-len(self._partitions) // live)
-        wanted = self.owned[:share] + [p for p in self._order if p not in self.owned]
+        # A consumer holding its share only renews it: taking free partitions just to give
+        # them back would cost a call each and race the consumers still short of theirs.
+        free = [p for p in self._order if p not in self.owned] if len(self.owned) < share else []
+        wanted = self.owned[:share] + free
         held = raise_first(await run_many(self._redis, self._lease, [self._call(p, "take") for p in wanted]))
         got = [p for p, ok in zip(wanted, held, strict=True) if ok]
         keep, extra = got[:share], got[share:] + self.owned[share:]
@@ -433,7 +436,9 @@ class StreamConsumer:
             claims = [self._claims[p] for p in self.reading]
             due = [part for part in claims if part.due()]
             if due:
-                claimed = [entry for part in due for entry in await part.take(self.name)]
+                # Each partition's claim check is its own round trip: send them together.
+                taken = await asyncio.gather(*(part.take(self.name) for part in due))
+                claimed = [entry for entries in taken for entry in entries]
                 self._resumed()
                 if claimed:
                     await self.process(claimed)
