@@ -45,8 +45,10 @@ async def create_subscription(request: web.Request, body: SubscriptionBody) -> w
     except MediaError as exc:
         raise Invalid("url", f"url: {exc}", code="url_refused") from None
     sub = Subscription(**body.model_dump(), id="sub_" + secrets.token_hex(6), created_at=now_iso())
-    await request.app[STORE].subscriptions.put(sub.id, sub)
+    # The gate opens first: a crash between the two leaves an open gate with no subscription
+    # (entries published that nobody wants), never a subscription that gets no events.
     await request.app[STORE].outbox.open(sub.id)
+    await request.app[STORE].subscriptions.put(sub.id, sub)
     return web.json_response(await _view(request, sub), status=201)
 
 

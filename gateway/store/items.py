@@ -310,7 +310,9 @@ class Items:
             raw = await pipe.get(key)
             if raw:
                 pipe.multi()  # type: ignore[no-untyped-call]  # an empty EXEC keeps the loop uniform
-                return Item.from_json(raw), _UNCHANGED
+                existing = Item.from_json(raw)
+                # Numbers indexed above that the existing card no longer holds leave the index.
+                return existing, (frozenset(card.numbers()) - frozenset(existing.card.numbers()), frozenset())
             stamp = now_iso()
             item = Item(item_id, card, stamp, stamp)
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
