@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -55,6 +56,8 @@ Parser = Callable[[Mapping[str, str], str, float, CallLine], list[Event]]
 Hook = Callable[[web.Request], Awaitable[web.Response]]
 
 PUBLIC_URL_HINT = "if the provider posts to another URL (a proxy, a tunnel), set CALLGATE_PUBLIC_URL to its base"
+
+_DIAL = re.compile(r"[0-9]{1,9}")
 
 
 def _visible_refusals(kind: ProviderKind) -> Callable[[Hook], Hook]:
@@ -354,7 +357,8 @@ async def _voximplant_robocall(request: web.Request, name: str, provider: Provid
     and ends without dialling, so a dial is one call even if it was started twice.
     """
     job, dial = request.query["job"], request.query.get("dial", "")
-    if not dial.isdigit() or not params.NAME.match(job):
+    # fullmatch, not isdigit/match: "²" is a digit int() refuses, and "$" lets a newline through.
+    if not _DIAL.fullmatch(dial) or not params.NAME.fullmatch(job):
         raise Refused(400, "malformed_webhook", "the URL names no job and dial", provider=name, field="dial")
     secret = robocall_secret(provider.credentials["webhook_secret"], job, int(dial))
     _check_voximplant_signature(request, name, secret, body, f"the secret of dial {dial} of job {job}")

@@ -226,3 +226,14 @@ async def test_the_provider_engine_s_text_is_in_the_script_for_call_say(
         "caller_id": LINE,
         "say": {"text": "Hola Ana", "language": "es-ES", "voice": "Amazon.es_ES_Lucia", "ttsOptions": {"rate": "fast"}},
     }
+
+
+@pytest.mark.parametrize("query", ["job=J1&dial=%C2%B2", "job=J1&dial=1" + "0" * 5000, "job=J1%0A&dial=1"])
+async def test_a_url_naming_no_job_and_dial_is_a_400(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, query: str
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings))
+    await setup_voximplant(client, vox)
+    resp = await voximplant_post(client, f"/webhooks/voximplant/vox?{query}", {"event": "robocall.start"}, "x")
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "malformed_webhook"
