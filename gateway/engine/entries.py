@@ -76,11 +76,15 @@ class StageEntryRunner:
         """Queue the entry's rules and put their outcomes on the timeline, then drop it."""
         stored = await self._store.stage_rules.get(rules_name(entry.pipeline, entry.stage))
         if stored is not None and await self._store.items.get(entry.item_id) is not None:
+            outcomes = []
             for index, rule in enumerate(stored.root):
                 outcome = await self._run(entry, index, rule)
                 self._metrics.stage_rules.labels(rule.kind, outcome["status"]).inc()
                 added = timeline_entry("stage_rule.ran", outcome)
-                await self._store.items.record(entry.item_id, rule_key(entry, index), added)
+                outcomes.append((entry.item_id, rule_key(entry, index), added))
+            # One step for all of them; a crash before it runs the rules again, and their
+            # jobs' idempotency keys give back the jobs already queued.
+            await self._store.items.record_many(outcomes)
         await self._store.stage_entries.done(entry)
 
     async def _run(self, entry: StageEntry, index: int, rule: SmsRule | RobocallRule) -> dict[str, Any]:

@@ -155,13 +155,6 @@ class Moved(IntEnum):
     ALREADY = 2  # the job was in that status already: a repeat of a move made before
 
 
-@dataclass(frozen=True)
-class Created:
-    job_id: str
-    new: bool
-    same_body: bool
-
-
 class Jobs:
     def __init__(self, redis: Redis, keys: Keys, timeline_max: int, idempotency_ttl: int, dead_max: int) -> None:
         self._redis: Any = redis  # decoded replies (str); redis-py types both modes
