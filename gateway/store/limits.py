@@ -35,8 +35,16 @@ end
 return {1, string.format('%.6f', start), string.format('%.6f', start - now)}
 """
 
-# Longer than any pause: a pause is always taken.
-_ALWAYS = 10.0**9
+# A pause moves the next free slot to ``seconds`` from now unless it is later already: many
+# processes told "429" at once hold the limit off once, not once each.
+_PAUSE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local resume = now + tonumber(ARGV[1])
+if resume > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], string.format('%.6f', resume), 'PX', math.ceil((resume - now) * 1000) + 1000)
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Limits:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._keys = keys
         self._reserve = redis.register_script(_RESERVE)
+        self._pause = redis.register_script(_PAUSE)
 
     async def reserve(self, rates: Mapping[str, float], max_wait: float) -> Slot:
         """The next slot free in every limit of ``rates`` (name -> slots a second), taken in
@@ -60,6 +69,6 @@ class Limits:
         return Slot(bool(int(granted)), float(at), float(wait))
 
     async def pause(self, name: str, seconds: float) -> None:
-        """Give limit ``name`` no slot for ``seconds`` after those already taken (the
-        provider said it is over its rate): one slot ``seconds`` wide."""
-        await self.reserve({name: 1 / seconds}, _ALWAYS)
+        """Give limit ``name`` no slot for ``seconds`` from now (the provider said it is over
+        its rate); slots taken before stay taken."""
+        await self._pause(keys=[self._keys.limit(name)], args=[seconds])
