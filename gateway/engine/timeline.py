@@ -10,7 +10,7 @@ from gateway.store.items import Item, timeline_entry
 from webhooks.events import Event
 
 
-def entry_of(event: Event, item: Item) -> str:
+def entry_of(event: Event, responsible: str | None) -> str:
     data: dict[str, object] = {
         "line": event.line,
         "customer": event.customer,
@@ -22,10 +22,14 @@ def entry_of(event: Event, item: Item) -> str:
     if event.text:
         data["text"] = event.text
     data.update(event.extra)
-    if event.kind is EventKind.SMS_INCOMING and item.card.responsible:
-        # A known customer's message is for the item's responsible user: the CRM routes it.
-        data["responsible"] = item.card.responsible
+    if responsible:
+        data["responsible"] = responsible
     return timeline_entry(event.kind.value, data, event.at)
+
+
+def _addressee(event: Event, item: Item) -> str | None:
+    """A known customer's message is for the item's responsible user: the CRM routes it."""
+    return (item.card.responsible or None) if event.kind is EventKind.SMS_INCOMING else None
 
 
 class Timeline:
@@ -36,5 +40,11 @@ class Timeline:
         """Each event on the timeline of each of its items, all in one round trip."""
         records: list[tuple[str, str, str]] = []
         for event, items in events:
-            records.extend((item.id, event.identity, entry_of(event, item)) for item in items)
+            # Built once per event and per responsible user its items have.
+            entries: dict[str | None, str] = {}
+            for item in items:
+                who = _addressee(event, item)
+                if who not in entries:
+                    entries[who] = entry_of(event, who)
+                records.append((item.id, event.identity, entries[who]))
         await self._store.items.record_many(records)
