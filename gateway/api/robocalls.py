@@ -87,6 +87,7 @@ async def queue_robocall(
     if refusal is not None:
         raise Invalid("line", f"line: its provider {line.provider} cannot place robocalls ({refusal})")
     text, media, engine = "", "", ""
+    spoken: dict[str, str] = {}
     if body.say is not None:
         try:
             text = render(body.say.text, item.card.fields)
@@ -96,14 +97,14 @@ async def queue_robocall(
         say = body.say.model_copy(update={"engine": body.say.engine or line.tts_engine})
         _check_say(renderer, say, text, provider.kind)
         engine = say.engine or ""
+        if engine == "provider":
+            # No render will name the engine and voice: the provider speaks with these.
+            spoken = {"engine": engine, "voice": say.voice or ""}
     else:
         assert body.play is not None
         media = await _media_for(store, settings, body.play.url)
     fields = {"line": body.line, "provider": line.provider, "to": body.to or "", "media": media, "text": text}
-    fields["say_engine"] = engine
-    if engine == "provider":
-        assert body.say is not None
-        fields |= {"engine": engine, "voice": body.say.voice or ""}
+    fields |= {"say_engine": engine, **spoken}
     return await queueing.queue(
         JobKind.ROBOCALL, body.item_id, fields, delay_seconds=body.delay_seconds, test=body.test
     )
