@@ -14,7 +14,6 @@ from config.usage import money
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Schema, Scope
 from gateway.appkeys import STORE
-from gateway.errors import Invalid
 from gateway.store.usage import HOUR, RETENTION_SECONDS, Totals
 
 DAY = 24 * 3600
@@ -45,12 +44,11 @@ async def get_usage(request: web.Request) -> web.Response:
     until = now if until is None else until
     since = _moment(request, "since")
     since = until - DAY if since is None else since
-    if since > until:
-        raise Invalid("since", "since: after until")
     # Whole UTC hours (usage is counted per hour), within what is kept: older hours are empty.
     first = max(math.floor(since / HOUR), math.floor((now - RETENTION_SECONDS) / HOUR) - 1)
     last = min(math.ceil(until / HOUR), math.ceil(now / HOUR) + 1)
-    first = min(first, last)  # a span wholly in the future: nothing counted, and no year past 9999
+    # since after until, or a span wholly in the future: no hours, and no year past 9999.
+    first = min(first, last)
     found = await request.app[STORE].usage.totals(range(first, last))
     providers: dict[str, Totals] = {}
     for (provider, _), totals in found.items():
