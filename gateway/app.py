@@ -71,10 +71,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             await redis.ping()
         except UNAVAILABLE as exc:
             raise StartupError(f"CALLGATE_REDIS_URL: Redis at {redacted(url)} does not answer ({exc})") from None
-        app[STORE] = Store.open(redis, settings, app[SNAPSHOTS])
+        store = app[STORE] = Store.open(redis, settings, app[SNAPSHOTS])
         app[REDIS_URL] = url
         app[REDIS_CLUSTER] = cluster
-        yield
+        try:
+            yield
+        finally:
+            await store.aclose()
     finally:
         await redis.aclose()
         if embedded is not None:
@@ -85,11 +88,13 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Event consumers and timers, on their own client: blocking reads need long timeouts."""
     settings = app[SETTINGS]
     redis = connect(app[REDIS_URL], blocking=True, cluster=app[REDIS_CLUSTER])
+    store = Store.open(redis, settings, app[SNAPSHOTS])
     try:
-        async with running_workers(Store.open(redis, settings, app[SNAPSHOTS]), settings, app[METRICS]) as workers:
+        async with running_workers(store, settings, app[METRICS]) as workers:
             app[WORKERS] = workers
             yield
     finally:
+        await store.aclose()
         await redis.aclose()
 
 

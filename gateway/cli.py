@@ -85,6 +85,7 @@ async def _work(settings: Settings) -> None:
             f"CALLGATE_REDIS_URL: Redis at {redacted(settings.redis_url)} does not answer ({exc})"
         ) from None
     redis = connect(settings.redis_url, blocking=True, cluster=cluster)
+    store = Store.open(redis, settings, Snapshots())
     try:
         try:
             await redis.ping()
@@ -96,7 +97,7 @@ async def _work(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        async with running_workers(Store.open(redis, settings, Snapshots()), settings, Metrics()):
+        async with running_workers(store, settings, Metrics()):
             log.info(
                 "callgate worker started: redis %s, %d event consumer and %d job consumers",
                 redacted(settings.redis_url),
@@ -105,6 +106,7 @@ async def _work(settings: Settings) -> None:
             )
             await stop.wait()
     finally:
+        await store.aclose()
         await redis.aclose()
     log.info("callgate worker stopped")
 

@@ -44,7 +44,8 @@ async def accept(request: web.Request, event: Event, token: str | None = None, f
     if arrival is Arrival.CONFLICT:
         raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
     new = arrival is Arrival.NEW
-    request.app[METRICS].events.labels(event.kind.value, "accepted" if new else "duplicate").inc()
+    metrics = request.app[METRICS]
+    metrics.series(metrics.events, event.kind.value, "accepted" if new else "duplicate").inc()
     if new:
         log.debug(
             "accepted %s provider=%s line=%s customer=%s ref=%s",

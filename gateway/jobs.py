@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -24,7 +24,14 @@ from config.settings import Settings
 from config.usage import Usage, call_usage
 from config.vocabulary import EventKind
 from gateway.consent import Consents
-from gateway.providers import CallProvider, OutboundCall, OutboundSms, PlacementError, SmsProvider
+from gateway.providers import (
+    CallChecker,
+    CallProvider,
+    OutboundCall,
+    OutboundSms,
+    PlacementError,
+    SmsProvider,
+)
 from gateway.providers.registry import Providers
 from gateway.speech import Speech
 from gateway.store import Store
@@ -45,6 +52,9 @@ OPTED_OUT_CODE = "21610"
 MAX_SLOT_WAIT_SECONDS = 2.0
 # The say engine whose text the provider speaks: nothing is rendered.
 PROVIDER_ENGINE = "provider"
+# A job field: "1" while a reconciled try the provider said it never placed waits for its
+# rate-limit slot, so that each deferral does not ask the provider again.
+UNPLACED = "unplaced"
 
 _ENDED: dict[str, JobStatus] = {
     "completed": JobStatus.COMPLETED,
@@ -118,6 +128,9 @@ class JobRunner:
 
     async def run(self, job_id: str) -> None:
         job = await self._store.jobs.get(job_id)
+        if job is not None and job.status is JobStatus.SENT and job["check_at"]:
+            await self._check_sent(job)
+            return
         if job is None or job.status in FINAL or job.status in IN_CALL:
             return  # a duplicate entry: the job is past placement
         provider = await self._providers.get(job["provider"])
@@ -136,8 +149,15 @@ class JobRunner:
         if job["kind"] == JobKind.SMS:
             await self._send(job, provider, since, reconcile)
             return
+        call = self._call(job)
+        # A provider whose reports may never come is asked how the call went if none has.
+        check = provider.check_after if isinstance(provider, CallChecker) else None
+        await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), reconcile, check)
+
+    def _call(self, job: Job) -> OutboundCall:
+        """The job's current dial as the provider is asked to place it."""
         spoken = job["say_engine"] == PROVIDER_ENGINE
-        call = OutboundCall(
+        return OutboundCall(
             job_id=job.id,
             dial=job.dial,
             key=f"{job.id}-{job.dial}",
@@ -145,11 +165,10 @@ class JobRunner:
             line=job["line"],
             audio_url="" if spoken else f"{self._settings.base_url}/media/{job['media']}.mp3",
             status_url=f"{self._settings.base_url}/webhooks/twilio/voice/status?job={job.id}&dial={job.dial}",
-            since=since,
+            since=float(job["placing_at"]),
             machine_detection=bool(job.request.get("machine_detection")),
             say=Say.model_validate(job.request["say"]).spoken(job["text"]) if spoken else None,
         )
-        await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), reconcile)
 
     async def _ready(self, job: Job) -> Job | None:
         """Everything before the provider is asked: the number, the audio, quiet hours and a
@@ -193,20 +212,21 @@ class JobRunner:
         if opening <= now:
             return True
         reason = f"quiet hours: waiting until {opening.isoformat()}"
-        await self._store.jobs.defer(job.id, opening.timestamp(), reason)
+        await self._store.jobs.defer(job.id, opening.timestamp(), reason=reason)
         log.info("job=%s deferred to %s (quiet hours)", job.id, opening.isoformat())
         return False
 
-    async def _slot(self, job: Job) -> bool:
+    async def _slot(self, job: Job, fields: Mapping[str, str] | None = None) -> bool:
         """A slot of the provider's ``calls_per_second`` (``sms_per_second`` for SMS, and the
         line's own ``sms_per_second`` too), shared by every process: waited for when it is
-        near, else the job waits in the due set without holding a consumer."""
+        near, else the job waits in the due set without holding a consumer (with ``fields``
+        set on it)."""
         slot = await self._store.limits.reserve(await self._rates(job), MAX_SLOT_WAIT_SECONDS)
         if not slot.granted:
             # Back while that slot is still ahead (it is not held for the job): were it back
             # only at the slot, the limit would idle for the due set's poll.
             due = self._clock() + slot.wait - MAX_SLOT_WAIT_SECONDS / 2
-            await self._store.jobs.defer(job.id, due, job["reason"])
+            await self._store.jobs.defer(job.id, due, reason=job["reason"], **(fields or {}))
             return False
         await asyncio.sleep(slot.wait)
         return True
@@ -286,23 +306,88 @@ class JobRunner:
         find: Callable[[], Awaitable[str | None]],
         place: Callable[[], Awaitable[str]],
         reconcile: bool,
+        check: float | None = None,
     ) -> None:
         """Place the call or send the message, unless ``find`` (asked when an earlier try's
-        outcome is unknown) says the provider already has it; the job is then ``sent``. A
-        reconciled job takes a rate-limit slot only when it is dialled after all."""
+        outcome is unknown) says the provider already has it; the job is then ``sent`` (and,
+        with ``check``, looked up that many seconds later unless it moved on). A reconciled
+        job takes a rate-limit slot only when it is dialled after all, and asks ``find``
+        once however often the limit defers it."""
+        unplaced = reconcile and job[UNPLACED] == "1"
         try:
-            ref = await find() if reconcile else None
+            ref = await find() if reconcile and not unplaced else None
             if ref is None:
-                if reconcile and not await self._slot(job):
+                if reconcile and not await self._slot(job, {UNPLACED: "1"}):
                     return
+                if unplaced:
+                    # Forgotten before the dial: should this try die mid-placement, the next asks.
+                    await self._store.jobs.set_fields(job.id, {UNPLACED: ""})
                 ref = await place()
         except PlacementError as exc:
             await self._placement_failed(job, exc)
             return
         await self._store.jobs.mark_call(job["provider"], ref, job.id)
         # The provider's first report may already have moved the job past sent.
-        await self._change(job, JobStatus.SENT, expect=(JobStatus.SENDING,), provider_ref=ref)
+        due = None if check is None else self._clock() + check
+        check_at = "" if due is None else repr(due)
+        await self._change(
+            job, JobStatus.SENT, expect=(JobStatus.SENDING,), due=due, provider_ref=ref, check_at=check_at
+        )
         log.info("job=%s kind=%s dial=%d placed ref=%s", job.id, job["kind"], job.dial, ref)
+
+    async def _check_sent(self, job: Job) -> None:
+        """A call still ``sent`` when its check is due: its provider's reports never came, so
+        its records are asked how it ended, and the job moves as that report would have moved
+        it (a compare-and-set, so once however many processes check). With no end found, it
+        is looked up again later, and failed once the provider's bound has passed, whether its
+        records showed no end or could not be read at all (a call is never ``sent`` for ever)."""
+        provider = await self._providers.get(job["provider"])
+        if provider is None:
+            reason = (
+                f"provider {job['provider']} is no longer configured, so call {job['provider_ref']} cannot be looked up"
+            )
+            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENT,), reason=reason)
+            return
+        now = self._clock()
+        if not isinstance(provider, CallChecker) or now < float(job["check_at"]):
+            return  # a repeat of the entry that placed the call: its check is due later
+        unread = ""
+        try:
+            end = await provider.call_end(self._call(job), job["provider_ref"])
+        except PlacementError as exc:
+            log.warning("job=%s could not look up call %s: %s", job.id, job["provider_ref"], exc.reason)
+            end, unread = None, exc.reason
+        if end is not None and end.unplaced:
+            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENT,), reason=end.unplaced)
+        elif end is not None:
+            extra = {"dial": str(job.dial)}
+            if end.status == "completed":
+                extra["duration"] = str(end.duration)
+            if end.code:
+                extra["code"] = end.code
+            event = Event(
+                kind=EventKind.CALL_COMPLETED,
+                provider=job["provider"],
+                line=job["line"],
+                customer=job["to"],
+                ref=job["provider_ref"],
+                dedup=f"check:{job.id}:{job.dial}",
+                at=now,
+                status=end.status,
+                extra=extra,
+            )
+            log.info("job=%s call %s ended %s by the provider's records", job.id, job["provider_ref"], end.status)
+            await self.on_call_event(job.id, event)
+        elif now >= float(job["placing_at"]) + provider.give_up_after:
+            records = f"could not be read ({unread})" if unread else "show no end of it"
+            reason = (
+                f"no report of call {job['provider_ref']} came, and the provider's records {records} "
+                f"{provider.give_up_after:.0f} s after the dial began"
+            )
+            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENT,), reason=reason)
+        else:
+            due = now + provider.check_after
+            await self._store.jobs.defer(job.id, due, check_at=repr(due))
 
     async def _placement_failed(self, job: Job, exc: PlacementError) -> None:
         tries = job.tries + 1

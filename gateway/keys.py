@@ -156,6 +156,11 @@ class Keys:
         while a worker holds it). In the items' partition: written in the entering step."""
         return f"{self._at(partition)}stage-entries"
 
+    def stage_entry_attempts(self, partition: int) -> str:
+        """Hash: a member of ``stage_entries(partition)`` -> how many times a worker took it
+        (bounded by ``max_deliveries``); written by the take, dropped with the entry."""
+        return f"{self._at(partition)}stage-entry-attempts"
+
     def stream(self, name: str, partition: int | None = None) -> str:
         """A durable stream (events, jobs, ...) read by a consumer group of the same name; a
         partitioned stream has one such key per partition (``partitions_of``)."""

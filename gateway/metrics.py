@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.appkeys import METRICS
 from gateway.errors import Handler
 from gateway.store.connection import RedisHealth
+
+_Metric = TypeVar("_Metric", bound=MetricWrapperBase)
 
 
 @dataclass
@@ -20,6 +24,9 @@ class Metrics:
     health: RedisHealth = field(default_factory=RedisHealth)
 
     def __post_init__(self) -> None:
+        # The series of the request path, found by labels() once each: labels() takes a lock
+        # and builds its key on every call. One entry per series, as the registry holds.
+        self._series: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.requests = Counter(
             "callgate_http_requests",
             "HTTP requests by route and status",
@@ -53,8 +60,14 @@ class Metrics:
         )
         self.stage_rules = Counter(
             "callgate_stage_rules",
-            "Stage rules run on an item's entry into their stage, by kind and outcome (queued, skipped)",
+            "Stage rules run on an item's entry into their stage, by kind and outcome (queued, skipped, failed)",
             ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.stage_entries_given_up = Counter(
+            "callgate_stage_entries_given_up",
+            "Stage entries whose rules failed every attempt (CALLGATE_MAX_DELIVERIES): a rule's outcome is "
+            "failed, or none could be recorded; the WARNING log says why",
             registry=self.registry,
         )
         self.stream_entries = Counter(
@@ -105,6 +118,14 @@ class Metrics:
             registry=self.registry,
         )
 
+    def series(self, metric: _Metric, *values: str) -> _Metric:
+        """``metric.labels(*values)``, looked up once."""
+        key = (metric, values)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = metric.labels(*values)
+        return cast(_Metric, found)
+
 
 def _route(request: web.Request) -> str:
     # The route's template, not the raw path: one series per endpoint, however many ids.
@@ -118,6 +139,6 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     response = await handler(request)
     route = _route(request)
     metrics = request.app[METRICS]
-    metrics.latency.labels(route).observe(time.perf_counter() - started)
-    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    metrics.series(metrics.latency, route).observe(time.perf_counter() - started)
+    metrics.series(metrics.requests, request.method, route, str(response.status)).inc()
     return response

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -28,11 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
 from gateway.store.connection import UNAVAILABLE, DecodedRedis, RedisHealth
-from gateway.store.scripts import Call, raise_first, run_many
+from gateway.store.scripts import Call, Looped, raise_first, run_many
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +146,13 @@ return removed
 """
 
 
-# Takes the lease of a partition (KEYS[1]) for consumer ARGV[1] unless another holds it, or
-# renews it: 1 when the caller holds it for ARGV[2] ms more. ARGV[3] 'drop' gives it back.
+# The lease of a partition (KEYS[1]) for consumer ARGV[1], by mode ARGV[3]: 'take' it unless
+# another holds it, 'keep' it only while the caller holds it still (an expired lease is not
+# kept: another may have held it in between), each for ARGV[2] ms more, 1 when done; 'drop'
+# gives it back.
 _LEASE = """
 local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
+if owner ~= ARGV[1] and (owner or ARGV[3] ~= 'take') then return 0 end
 if ARGV[3] == 'drop' then
   redis.call('DEL', KEYS[1])
   return 0
@@ -176,20 +180,35 @@ return live
 """
 
 
+# The live consumers of an exclusive stream look at their share at least this often, so
+# partitions move within about this long of a process starting or stopping.
+_REBALANCE_SECONDS = 1.0
+
+
 class Leases:
     """The partitions one consumer reads, when each is read by one consumer at a time.
 
-    A partition's lease lasts ``claim_idle_ms`` and is renewed three times as often. The live
-    consumers (those that renewed within a lease) share the partitions evenly: each takes free
-    ones up to its share and gives back what is beyond it, so a new process gets its share
-    within a renewal or two, and a dead one's partitions are taken over once its leases lapse.
+    A partition's lease lasts ``claim_idle_ms`` and is renewed at least three times as often.
+    The live consumers (those that renewed within a lease) share the partitions evenly: each
+    takes free ones up to its share and gives back what is beyond it, so a new process gets
+    its share within a renewal or two, a stopping one's partitions go to the others at their
+    next renewal, and a dead one's are taken over once its leases lapse.
+
+    A lease is held from its take until it is dropped or found lapsed: a lapsed one is never
+    renewed but lost, since another consumer may have held it in between. ``keep`` renews the
+    leases while a batch is processed, however long it takes, and ``lost`` tells the batch's
+    partitions that did not stay held throughout.
     """
 
     def __init__(self, redis: Redis, keys: Keys, config: StreamConfig, name: str) -> None:
         self._redis = redis
         self._name = name
+        self._label = config.name
         self._ttl = config.claim_idle_ms
-        self._every = max(config.claim_idle_ms / 3000, 0.05)
+        self._every = max(min(config.claim_idle_ms / 3000, _REBALANCE_SECONDS), 0.05)
+        # A lease with less than this left is renewed before its batch is settled: time
+        # enough for the settling to be done before it could lapse.
+        self._margin = config.claim_idle_ms / 3000
         self._next = 0.0
         self._partitions = config.partitions
         self._keys = {p: keys.lease(config.name, p) for p in config.partitions}
@@ -198,6 +217,9 @@ class Leases:
         start = zlib.crc32(name.encode()) % len(config.partitions)
         self._order = config.partitions[start:] + config.partitions[:start]
         self.owned: list[int | None] = []
+        # Per partition held, when its lease lapses at the earliest (time.monotonic): the
+        # Redis expiry counts from when the renewal ran, which is after it was sent.
+        self._until: dict[int | None, float] = {}
         self._lease = redis.register_script(_LEASE)
         self._count = redis.register_script(_READERS)
 
@@ -216,22 +238,73 @@ class Leases:
         # A consumer holding its share only renews it: taking free partitions just to give
         # them back would cost a call each and race the consumers still short of theirs.
         free = [p for p in self._order if p not in self.owned] if len(self.owned) < share else []
-        wanted = self.owned[:share] + free
-        held = raise_first(await run_many(self._redis, self._lease, [self._call(p, "take") for p in wanted]))
-        got = [p for p, ok in zip(wanted, held, strict=True) if ok]
+        kept = self.owned[:share]
+        sent = time.monotonic()
+        calls = [self._call(p, "keep") for p in kept] + [self._call(p, "take") for p in free]
+        held = raise_first(await run_many(self._redis, self._lease, calls))
+        got = [p for p, ok in zip(kept + free, held, strict=True) if ok]
         keep, extra = got[:share], got[share:] + self.owned[share:]
         if extra:
             raise_first(await run_many(self._redis, self._lease, [self._call(p, "drop") for p in extra]))
         taken = [p for p in keep if p not in self.owned]
+        self._lose([p for p in kept if p not in got])
         self.owned = sorted(keep, key=self._order.index)
+        self._until = {p: sent + self._ttl / 1000 for p in keep}
         # Only once renewed: after a failure the next try is due at once.
         self._next = time.monotonic() + self._every
         return taken
 
+    async def keep(self, done: asyncio.Event) -> None:
+        """Renew the leases held, taking and giving back none, until ``done``: runs while a
+        batch is processed, so a batch longer than a lease keeps its partitions. Told, not
+        cancelled: a cancel could land mid-command and cost the connection."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), self._every)
+                return
+            try:
+                await self._hold()
+            except Exception as exc:
+                # Lapsed or not, ``lost`` tells before the batch is settled.
+                log.warning("stream=%s consumer=%s could not renew its leases: %r", self._label, self._name, exc)
+
+    async def lost(self, partitions: set[int | None]) -> set[int | None]:
+        """Those of ``partitions`` whose lease lapsed or went to another since this consumer
+        took it; the others stay held long enough to settle their entries."""
+        now = time.monotonic()
+        if any(self._until.get(p, now) - self._margin <= now for p in partitions):
+            await self._hold()
+        return {p for p in partitions if p not in self.owned}
+
+    async def _hold(self) -> None:
+        owned = list(self.owned)
+        sent = time.monotonic()
+        held = raise_first(await run_many(self._redis, self._lease, [self._call(p, "keep") for p in owned]))
+        for p, ok in zip(owned, held, strict=True):
+            if ok and p in self._until:
+                self._until[p] = max(self._until[p], sent + self._ttl / 1000)
+        self._lose([p for p, ok in zip(owned, held, strict=True) if not ok])
+
+    def _lose(self, partitions: list[int | None]) -> None:
+        if not partitions:
+            return
+        log.warning(
+            "stream=%s consumer=%s lost the lease of partition(s) %s (renewed too late)",
+            self._label,
+            self._name,
+            ", ".join(map(str, partitions)),
+        )
+        self.owned = [p for p in self.owned if p not in partitions]
+        for p in partitions:
+            self._until.pop(p, None)
+
     async def release(self) -> None:
-        """Give every lease back (a process stopping), so others take them over at once."""
+        """Give every lease back and leave the live consumers (a process stopping), so the
+        others take its partitions over at their next renewal."""
         owned, self.owned = self.owned, []
+        self._until = {}
         await run_many(self._redis, self._lease, [self._call(p, "drop") for p in owned])
+        await self._redis.hdel(self._readers, self._name)
 
     def _call(self, partition: int | None, mode: str) -> Call:
         return [self._keys[partition]], [self._name, self._ttl, mode]
@@ -348,6 +421,24 @@ _BACKOFF_MAX = 2.0
 _LOG_EVERY = 30
 
 
+# Settles a partition's entries of a batch: acknowledges and deletes the done ones
+# (A[2], their ids separated by spaces) and forgets their errors; keeps why the failed ones
+# failed (A[3], JSON id -> error, or '').
+_SETTLE = """
+local done = {}
+for id in string.gmatch(A[2], '%S+') do done[#done + 1] = id end
+if A[3] ~= '' then
+  for id, why in pairs(cjson.decode(A[3])) do redis.call('HSET', K[2], id, why) end
+end
+if #done > 0 then
+  redis.call('XACK', K[1], A[1], unpack(done))
+  redis.call('XDEL', K[1], unpack(done))
+  redis.call('HDEL', K[2], unpack(done))
+end
+return #done
+"""
+
+
 class StreamConsumer:
     """One consumer of a group (of each partition's group, for a partitioned stream); run
     several (in one process or many) to share the work.
@@ -384,6 +475,7 @@ class StreamConsumer:
         self._partition_of = {key: p for p, key in self._streams.items()}
         self._errors = {p: keys.errors(config.name, p) for p in config.partitions}
         self._group = config.name
+        self._settle = Looped(redis, _SETTLE)
         # A read or a transaction on Redis Cluster may only name the keys of one slot.
         self._per_slot = isinstance(redis, RedisCluster) and len(self._streams) > 1
         self._failures = 0
@@ -427,11 +519,16 @@ class StreamConsumer:
 
     async def _consume(self) -> None:
         await self.ensure_group()
+        # On a (re)start, what a failure cut short is pending here still: it goes before
+        # anything newer of its partition (of those still held: a lapsed lease is not kept).
+        restarted = True
         while True:
             raise_if_cancelled()
-            if self._leases is not None and self._leases.due():
-                for partition in await self._leases.renew():
+            if self._leases is not None and (restarted or self._leases.due()):
+                leased = await self._leases.renew()
+                for partition in self._leases.owned if restarted else leased:
                     self._claims[partition].adopt()
+                restarted = False
                 self._resumed()
             claims = [self._claims[p] for p in self.reading]
             due = [part for part in claims if part.due()]
@@ -441,15 +538,49 @@ class StreamConsumer:
                 claimed = [entry for entries in taken for entry in entries]
                 self._resumed()
                 if claimed:
-                    await self.process(claimed)
+                    await self._leased(claimed)
                     continue
             if not claims:
                 await asyncio.sleep(self._block_ms / 1000)  # others read every partition
                 continue
             # While a claim backlog is left, read without blocking to get back to it.
             backlog = any(part.backlog for part in claims)
-            await self.process(await self.read_new(block=not backlog))
+            await self._leased(await self.read_new(block=not backlog))
             self._resumed()
+
+    async def _leased(self, entries: list[Entry]) -> None:
+        """Process a batch, keeping the leases of an exclusive stream's partitions meanwhile:
+        were one to lapse, another consumer would take the partition and the entries pending
+        here with it, and process them at the same time, out of order."""
+        if self._leases is None or not entries:
+            await self.process(entries)
+            return
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._leases.keep(done))
+        try:
+            await self.process(entries)
+        finally:
+            done.set()
+            await asyncio.wait([keeper])
+
+    async def _held(self, entries: list[Entry]) -> list[Entry]:
+        """The entries of a processed batch that this consumer may settle: not those of a
+        partition whose lease it lost meanwhile (its loop stalled longer than a lease). That
+        partition's new reader takes them, so settling them here could acknowledge one it is
+        processing, or record a failure of an entry it got done."""
+        if self._leases is None:
+            return entries
+        lost = await self._leases.lost({entry.partition for entry in entries})
+        if not lost:
+            return entries
+        gone = [entry for entry in entries if entry.partition in lost]
+        log.warning(
+            "stream=%s consumer=%s leaves %d processed entries unsettled to the partitions' new readers",
+            self._config.name,
+            self.name,
+            len(gone),
+        )
+        return [entry for entry in entries if entry.partition not in lost]
 
     def _resumed(self) -> None:
         if self._health is not None:
@@ -493,7 +624,7 @@ class StreamConsumer:
         # more, blocking a short while (the reads end together, so not for long).
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.xreadgroup(self._group, self.name, {key: ">"}, count=self._config.batch)
+                pipe.execute_command(*self._read_args(key, None), target_nodes=await self._node_of(key))
             entries = self._entries(await pipe.execute())
         if entries or not block:
             return entries
@@ -501,7 +632,24 @@ class StreamConsumer:
         return self._entries(await asyncio.gather(*(self._read({key: ">"}, wait) for key in keys)))
 
     async def _read(self, streams: dict[str, str], block: int | None) -> Any:
-        return await self._redis.xreadgroup(self._group, self.name, streams, count=self._config.batch, block=block)
+        if not isinstance(self._redis, RedisCluster):
+            return await self._redis.xreadgroup(self._group, self.name, streams, count=self._config.batch, block=block)
+        (key,) = streams  # a read on a cluster names one partition
+        return await self._redis.execute_command(*self._read_args(key, block), target_nodes=await self._node_of(key))
+
+    def _read_args(self, key: str, block: int | None) -> list[str | int]:
+        """XREADGROUP of the new entries of ``key``, as ``_read`` and ``read_new`` send it."""
+        waits: list[str | int] = [] if block is None else ["BLOCK", block]
+        return ["XREADGROUP", "GROUP", self._group, self.name, "COUNT", self._config.batch, *waits, "STREAMS", key, ">"]
+
+    async def _node_of(self, key: str) -> ClusterNode:
+        """The cluster node of ``key``'s slot. Named, it spares the cluster client the
+        COMMAND GETKEYS it would send before each XREADGROUP to find the command's keys
+        (they are movable), a round trip more per read. A slot that moved meanwhile answers
+        MOVED, which the client follows and notes for the next look-up."""
+        await self._redis.initialize()  # the slot map, after a reconnect dropped it
+        node: ClusterNode = self._redis.nodes_manager.get_node_from_slot(self._redis.keyslot(key))
+        return node
 
     def _entries(self, replies: list[Any]) -> list[Entry]:
         return [
@@ -514,10 +662,12 @@ class StreamConsumer:
 
     async def process(self, entries: list[Entry]) -> None:
         """Run the batch; acknowledge what succeeded and keep why the rest failed, in one
-        round trip. A failed entry stays pending: a claim retries it later."""
+        command (one per partition on Redis Cluster). A failed entry stays pending: a claim
+        retries it later."""
         if not entries:
             return
         failed = await self._process(entries)
+        entries = await self._held(entries)
         by_partition: dict[int | None, list[Entry]] = {}
         for entry in entries:
             by_partition.setdefault(entry.partition, []).append(entry)
@@ -527,28 +677,10 @@ class StreamConsumer:
                 self._on_outcome("failed")
             else:
                 self._on_outcome("done")
-        if not self._per_slot:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for partition, part in by_partition.items():
-                    self._settle(pipe, partition, part, failed)
-                await pipe.execute()
-            return
-        await asyncio.gather(*(self._settle_apart(p, part, failed) for p, part in by_partition.items()))
+        await self._settle([self._settlement(p, part, failed) for p, part in by_partition.items()])
 
-    async def _settle_apart(self, partition: int | None, entries: list[Entry], failed: Mapping[str, Exception]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            self._settle(pipe, partition, entries, failed)
-            await pipe.execute()
-
-    def _settle(self, pipe: Any, partition: int | None, entries: list[Entry], failed: Mapping[str, Exception]) -> None:
-        """Queue on ``pipe`` the acknowledgement of a partition's done entries and the errors
-        of its failed ones."""
-        stream, errors = self._streams[partition], self._errors[partition]
+    def _settlement(self, partition: int | None, entries: list[Entry], failed: Mapping[str, Exception]) -> Call:
+        """The ``_SETTLE`` call of a partition's entries of a batch."""
         why = {e.id: f"{type(failed[e.key]).__name__}: {failed[e.key]}" for e in entries if e.key in failed}
-        done = [e.id for e in entries if e.key not in failed]
-        if why:
-            pipe.hset(errors, mapping=why)
-        if done:
-            pipe.xack(stream, self._group, *done)
-            pipe.xdel(stream, *done)
-            pipe.hdel(errors, *done)
+        done = " ".join(e.id for e in entries if e.key not in failed)
+        return [self._streams[partition], self._errors[partition]], [self._group, done, json.dumps(why) if why else ""]

@@ -1,5 +1,6 @@
-"""A real 3-master Redis Cluster for tests, started here on free ports (below 55535: each
-node's cluster bus listens on its port + 10000) and stopped afterwards."""
+"""A real 3-master Redis Cluster, started here on free ports (below 55535: each node's cluster
+bus listens on its port + 10000) and stopped afterwards: for the tests, and for
+``bench/ingest.py``, which imports it from the project's root."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import redis
 
@@ -40,6 +42,9 @@ def _free_port() -> int:
 
 @dataclass
 class Cluster:
+    """Used as a context manager: started on entry, every node stopped on exit, also when
+    the start fails half way (the caller removes ``directory``)."""
+
     binary: str
     directory: Path
     ports: list[int] = field(default_factory=list)
@@ -70,7 +75,7 @@ class Cluster:
                         raise
                     time.sleep(0.05)
         for client, (first, last) in zip(clients, _SLOTS, strict=True):
-            client.cluster("ADDSLOTSRANGE", first, last)
+            client.cluster("ADDSLOTS", *range(first, last + 1))  # ADDSLOTSRANGE is Redis 7 only
         for port in self.ports[1:]:
             clients[0].cluster("MEET", "127.0.0.1", port)
         while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients) or not all(
@@ -91,6 +96,19 @@ class Cluster:
             slot = int(client.cluster("KEYSLOT", key))
         index = next(i for i, (first, last) in enumerate(_SLOTS) if first <= slot <= last)
         return self.ports[index]
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
 
     def stop(self) -> None:
         for process in self.processes:

@@ -161,14 +161,18 @@ class VoximplantApi:
         )
 
     async def _call_history(self, form: dict[str, str]) -> web.Response:
+        """Sessions started in the span, by custom data or id; a session's ``calls`` (what the
+        test put there: the calls it made) only ``with_calls``."""
         since = datetime.datetime.strptime(form["from_date"], API_DATETIME)
         until = datetime.datetime.strptime(form["to_date"], API_DATETIME)
         wanted = form.get("call_session_history_custom_data")
+        session_id = form.get("call_session_history_id")
         found = [
-            session
+            {key: value for key, value in session.items() if key != "calls" or form.get("with_calls") == "True"}
             for session in self.sessions
             if since <= datetime.datetime.strptime(session["start_date"], API_DATETIME) <= until
             and wanted in (None, session["custom_data"])
+            and session_id in (None, str(session["call_session_history_id"]))
         ][: int(form.get("count", 20))]
         return web.json_response({"result": found, "count": len(found), "timezone": "Etc/GMT"})
 

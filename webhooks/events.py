@@ -15,6 +15,8 @@ from config.vocabulary import EventKind
 # What Twilio puts in From when a caller withholds the number (a number that does not exist).
 _WITHHELD_NUMBERS = {"+266696687": "anonymous", "+86282452253": "unavailable"}
 _IDENTITY_SCHEMES = ("client", "sip")
+# One encoder for every event: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 
 def withheld(identity: str) -> str | None:
@@ -74,7 +76,7 @@ class Event:
 
     def to_json(self) -> str:
         # vars(), not asdict(): no deep copy on the webhook hot path (extra is flat str->str).
-        return json.dumps(vars(self), separators=(",", ":"), sort_keys=True)
+        return _ENCODE(vars(self))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:

@@ -16,10 +16,11 @@ from config.vocabulary import EventKind
 from gateway.api import params
 from gateway.api.routing import Endpoint, Param, Scope
 from gateway.appkeys import STORE
-from gateway.errors import Invalid, NotFound, UnknownReference
+from gateway.errors import ApiError, Invalid, NotFound, UnknownReference
 from gateway.ingest import accept
 from gateway.keys import EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM
 from gateway.store import Store
+from gateway.store.dead_letters import AmbiguousDeadLetter, DeadLetter
 from gateway.store.items import now_iso
 from webhooks.events import Event
 
@@ -133,18 +134,32 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 
 async def retry_dead_letter(request: web.Request) -> web.Response:
     # Events only: a job that failed every try is finished (status failed); place a new one.
-    stream, dead_id = EVENTS_STREAM, params.stream_id(request)
-    entry_id = await request.app[STORE].dead_letters.retry(stream, dead_id)
+    name = params.dead_id(request)
+    entry_id = await request.app[STORE].dead_letters.retry(await _dead_letter(request, EVENTS_STREAM, name))
     if entry_id is None:
-        raise NotFound(f"dead letter {dead_id}")
-    return web.json_response({"dead_id": dead_id, "stream": stream, "id": entry_id, "status": "requeued"}, status=202)
+        raise NotFound(f"dead letter {name}")  # gone since it was found
+    return web.json_response(
+        {"dead_id": name, "stream": EVENTS_STREAM, "id": entry_id, "status": "requeued"}, status=202
+    )
 
 
 async def discard_dead_letter(request: web.Request) -> web.Response:
-    stream, dead_id = _dead_stream(request), params.stream_id(request)
-    if not await request.app[STORE].dead_letters.discard(stream, dead_id):
-        raise NotFound(f"dead letter {dead_id}")
+    name = params.dead_id(request)
+    if not await request.app[STORE].dead_letters.discard(await _dead_letter(request, _dead_stream(request), name)):
+        raise NotFound(f"dead letter {name}")  # gone since it was found
     return web.Response(status=204)
+
+
+async def _dead_letter(request: web.Request, stream: str, name: str) -> DeadLetter:
+    """The dead letter of ``stream`` that ``name`` names: 404 when there is none, 409 when it
+    is an entry id several partitions hold."""
+    try:
+        letter = await request.app[STORE].dead_letters.find(stream, name)
+    except AmbiguousDeadLetter as exc:
+        raise ApiError(409, "ambiguous", f"{exc}: name one by its dead_id", "id") from None
+    if letter is None:
+        raise NotFound(f"dead letter {name}")
+    return letter
 
 
 _ADMIN, _API = Scope.ADMIN, Scope.API
@@ -153,6 +168,11 @@ _STREAM = Param(
     "events (default), jobs or outbox (the fan-out of events to subscriptions)",
     schema={"type": "string", "enum": [EVENTS_STREAM, JOBS_STREAM, OUTBOX_STREAM]},
 )
+_DEAD_ID = {
+    **params.DEAD_ID_SCHEMA,
+    "description": "a dead_id from GET /v1/dead-letters (<entry id>.<partition>), or the entry id alone "
+    "when one partition holds it",
+}
 ENDPOINTS_AUTOMATION = [
     Endpoint(
         "POST",
@@ -215,7 +235,8 @@ ENDPOINTS_AUTOMATION = [
         "GET",
         "/v1/dead-letters",
         list_dead_letters,
-        "Stream entries that failed every delivery, with their last error",
+        "Stream entries that failed every delivery, with their last error, newest first; each one's "
+        "dead_id is <entry id>.<partition> (_id: its entry id, which other partitions may share)",
         _ADMIN,
         query=(_STREAM,),
         tag="automation",
@@ -224,21 +245,22 @@ ENDPOINTS_AUTOMATION = [
         "POST",
         "/v1/dead-letters/{id}/retry",
         retry_dead_letter,
-        "Process an event's dead letter again: back on the events stream as a new entry",
+        "Process an event's dead letter again: back on the events stream as a new entry "
+        "(409 when a plain entry id names dead letters of several partitions)",
         _ADMIN,
         status=202,
         tag="automation",
-        path_params={"id": params.STREAM_ID_SCHEMA},
+        path_params={"id": _DEAD_ID},
     ),
     Endpoint(
         "DELETE",
         "/v1/dead-letters/{id}",
         discard_dead_letter,
-        "Discard a dead letter",
+        "Discard a dead letter (409 when a plain entry id names dead letters of several partitions)",
         _ADMIN,
         status=204,
         query=(_STREAM,),
         tag="automation",
-        path_params={"id": params.STREAM_ID_SCHEMA},
+        path_params={"id": _DEAD_ID},
     ),
 ]

@@ -53,6 +53,8 @@ DIAL_TIMEOUT_SECONDS = 20
 STATUS_PATH = "/webhooks/twilio/voice/status"
 
 Parser = Callable[[Mapping[str, str], str, float, CallLine], list[Event]]
+# A Twilio webhook's fields, and what its signature covers (see _twilio_fields).
+Form = tuple[dict[str, str], list[tuple[str, str]] | str]
 Hook = Callable[[web.Request], Awaitable[web.Response]]
 
 PUBLIC_URL_HINT = "if the provider posts to another URL (a proxy, a tunnel), set CALLGATE_PUBLIC_URL to its base"
@@ -81,7 +83,7 @@ def _visible_refusals(kind: ProviderKind) -> Callable[[Hook], Hook]:
     return wrap
 
 
-async def _twilio_fields(request: web.Request) -> tuple[dict[str, str], list[tuple[str, str]] | str]:
+async def _twilio_fields(request: web.Request) -> Form:
     """The webhook's fields, and what its signature covers: the form pairs (repeated names
     kept), or for a JSON body the raw text, which Twilio binds by ``bodySHA256`` in the URL."""
     try:
@@ -124,14 +126,14 @@ def _check_twilio_signature(
         raise Refused(403, "bad_signature", message, provider=name, line=line)
 
 
-async def _twilio_line(request: web.Request) -> tuple[Mapping[str, str], str, Line]:
-    """The form, and the line (number and record) it is for, once its signature checks out.
+async def _twilio_line(request: web.Request, form: Form) -> tuple[Mapping[str, str], str, Line]:
+    """The form's fields, and the line (number and record) it is for, once its signature checks out.
 
     The line is the call's or message's ``To`` or ``From``; failing both, the ``line`` query
     parameter of the URL Twilio posted to (it is signed with the rest): a status callback of
     an agent's softphone leg, from ``client:``/``sip:`` to the customer, names its line so.
     """
-    fields, signed = await _twilio_fields(request)
+    fields, signed = form
     store = request.app[STORE]
     numbers = [normalize(fields[name]) for name in ("To", "From") if fields.get(name)]
     named = request.query.get("line")
@@ -161,8 +163,8 @@ def _single(parse: Callable[[Mapping[str, str], str, float], Event]) -> Parser:
     return lambda form, provider, now, line: [parse(form, provider, now)]
 
 
-async def _twilio_events(request: web.Request, parse: Parser) -> tuple[list[Event], Line]:
-    fields, number, line = await _twilio_line(request)
+async def _twilio_events(request: web.Request, parse: Parser, form: Form) -> tuple[list[Event], Line]:
+    fields, number, line = await _twilio_line(request, form)
     try:
         events = parse(fields, line.provider, time.time(), CallLine(number, frozenset(line.forward_to)))
     except MalformedWebhook as exc:
@@ -185,7 +187,7 @@ def _twiml(body: str) -> web.Response:
 async def twilio_voice(request: web.Request) -> web.Response:
     """An inbound call: record it, then ring the line's agents with a Dial whose action
     reports how it ended (that report is what makes a call missed)."""
-    (event,), line = await _twilio_events(request, _single(parse_voice))
+    (event,), line = await _twilio_events(request, _single(parse_voice), await _twilio_fields(request))
     agents = line.forward_to if line.voice else []
     if not agents:
         # Nobody can answer this call: it is missed now, not when a status arrives later.
@@ -217,11 +219,11 @@ def _job_call_status(request: web.Request) -> Parser:
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_voice_status(request: web.Request) -> web.Response:
-    fields, _ = await _twilio_fields(request)
-    if is_amd(fields):
+    form = await _twilio_fields(request)
+    if is_amd(form[0]):
         # An AsyncAmdStatusCallback pointed at the status URL: it names no line.
-        return await _twilio_amd(request)
-    await _twilio_events(request, _job_call_status(request))
+        return await _twilio_amd(request, form)
+    await _twilio_events(request, _job_call_status(request), form)
     return _twiml(empty_twiml())
 
 
@@ -249,8 +251,8 @@ async def _twilio_account(request: web.Request, fields: Mapping[str, str], signe
     raise refusals[0]
 
 
-async def _twilio_amd(request: web.Request) -> web.Response:
-    fields, signed = await _twilio_fields(request)
+async def _twilio_amd(request: web.Request, form: Form) -> web.Response:
+    fields, signed = form
     name = await _twilio_account(request, fields, signed)
     try:
         result = parse_amd(fields)
@@ -267,12 +269,12 @@ async def _twilio_amd(request: web.Request) -> web.Response:
 async def twilio_voice_amd(request: web.Request) -> web.Response:
     """Answering-machine detection (``AsyncAmdStatusCallback``): only CallSid, AccountSid,
     AnsweredBy and MachineDetectionDuration, so the account, not a line, names the provider."""
-    return await _twilio_amd(request)
+    return await _twilio_amd(request, await _twilio_fields(request))
 
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms(request: web.Request) -> web.Response:
-    await _twilio_events(request, _single(parse_sms))
+    await _twilio_events(request, _single(parse_sms), await _twilio_fields(request))
     return _twiml(empty_twiml())
 
 
@@ -290,7 +292,7 @@ def _job_sms_status(request: web.Request) -> Parser:
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms_status(request: web.Request) -> web.Response:
-    await _twilio_events(request, _job_sms_status(request))
+    await _twilio_events(request, _job_sms_status(request), await _twilio_fields(request))
     return _twiml(empty_twiml())
 
 
@@ -367,13 +369,10 @@ async def _voximplant_robocall(request: web.Request, name: str, provider: Provid
     except MalformedWebhook as exc:
         raise Refused(400, "malformed_webhook", exc.message, provider=name, field=exc.field) from None
     session = post if isinstance(post, str) else post.ref
-    jobs = request.app[STORE].jobs
-    key = f"{job}-{dial}"
-    script = await jobs.script(key)
+    script, holder = await request.app[STORE].jobs.claim_dial(f"{job}-{dial}", session)
     if script is None:
         message = f"dial {dial} of job {job} has no call to place here (unknown, or older than 2 days)"
         raise Refused(409, "not_the_call", message, provider=name)
-    holder = await jobs.record_call(key, session)
     if holder != session:
         message = f"session {session} is not the call of dial {dial} of job {job}: session {holder} is"
         raise Refused(409, "not_the_call", message, provider=name)

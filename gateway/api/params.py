@@ -15,8 +15,9 @@ PHONE: Schema = PHONE_SCHEMA
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ITEM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-# Both parts of a stream entry id are 64-bit: 19 digits always fit.
-STREAM_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}$")
+# A dead letter's id: its stream entry id (both parts 64-bit: 19 digits always fit), then
+# ``.`` and its partition, which a client may leave out when one partition holds the id.
+DEAD_ID = re.compile(r"^[0-9]{1,19}-[0-9]{1,19}(\.[0-9]{1,4})?$")
 # Visible ASCII only: a header value becomes part of a Redis key and of logs.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -30,7 +31,7 @@ def pattern_schema(regex: re.Pattern[str]) -> Schema:
 
 NAME_SCHEMA = pattern_schema(NAME)
 ITEM_ID_SCHEMA = pattern_schema(_ITEM_ID)
-STREAM_ID_SCHEMA = pattern_schema(STREAM_ID)
+DEAD_ID_SCHEMA = pattern_schema(DEAD_ID)
 TIME_SCHEMA: Schema = {"type": "string", "format": "date-time"}
 POSITION_SCHEMA: Schema = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
 
@@ -56,10 +57,10 @@ def item_id_value(value: str, key: str) -> str:
     return value
 
 
-def stream_id(request: web.Request, key: str = "id") -> str:
+def dead_id(request: web.Request, key: str = "id") -> str:
     value = request.match_info[key]
-    if not STREAM_ID.match(value):
-        raise Invalid(key, f"{key}: a stream entry id (e.g. 1700000000000-0)")
+    if not DEAD_ID.match(value):
+        raise Invalid(key, f"{key}: a dead_id (e.g. 1700000000000-0.3) or a stream entry id (e.g. 1700000000000-0)")
     return value
 
 

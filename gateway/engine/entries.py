@@ -6,6 +6,9 @@ worker takes it, queues each rule's job under the idempotency key (entry id, rul
 through the same path as the CRM's own requests, writes each rule's outcome on the item's
 timeline once, and only then drops the entry. A crash anywhere in between runs the entry
 again later and nothing twice; a later entry into the stage has a new id and runs again.
+An entry is taken at most ``max_deliveries`` times: on its last attempt a rule that fails
+is recorded ``failed`` with the error while the others still run, and an entry whose last
+attempt fails anyway (or never finished) is given up with what can still be recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.25
 # Entries taken per partition and poll.
 BATCH = 50
+# The longest error a ``failed`` outcome quotes.
+_REASON_MAX = 500
+# The API error of an idempotency key met again with another body.
+_CONFLICT = "idempotency_conflict"
 
 
 def rule_key(entry: StageEntry, index: int) -> str:
@@ -46,8 +53,10 @@ class StageEntryRunner:
         self._settings = settings
         self._renderer = renderer
         self._metrics = metrics
-        # A worker that died holding entries loses them after this long, as with stream entries.
+        # As with stream entries: a worker that died holding entries loses them after this
+        # long, and an entry is taken this many times at most.
         self._lease = float(settings.claim_idle_seconds)
+        self._attempts = settings.max_deliveries
 
     async def run(self) -> None:
         while True:
@@ -59,42 +68,119 @@ class StageEntryRunner:
                 self._metrics.health.lost(exc)
                 busy = False
             except Exception:
-                # An entry that failed stays leased and is tried again when its lease ends.
-                log.exception("stage rules failed; going on")
+                log.exception("stage entries failed; going on")
                 busy = False
             if not busy:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def run_due(self, now: float) -> bool:
-        """Run the rules of the due entries; True when there may be more."""
-        entries = await self._store.stage_entries.take(now, now + self._lease, BATCH)
-        for entry in entries:
-            await self.apply(entry)
-        return len(entries) >= BATCH
+        """Run the rules of the due entries; True when a partition may have more."""
+        taken = await self._store.stage_entries.take(now, now + self._lease, BATCH)
+        for entries in taken:
+            for entry in entries:
+                await self._attempt(entry)
+        # Only a partition that filled its batch may have more: the others gave all they had.
+        return any(len(entries) >= BATCH for entries in taken)
 
-    async def apply(self, entry: StageEntry) -> None:
-        """Queue the entry's rules and put their outcomes on the timeline, then drop it."""
+    async def _attempt(self, entry: StageEntry) -> None:
+        """One attempt at the entry; one that fails stays leased and is taken again when its
+        lease ends, up to its last attempt."""
+        if entry.attempt > self._attempts:
+            # Its last attempt never finished: the worker died in it, maybe because of it.
+            await self._give_up(entry, "the worker running them stopped")
+            return
+        last = entry.attempt >= self._attempts
+        try:
+            await self.apply(entry, last=last)
+        except UNAVAILABLE:
+            raise
+        except Exception as exc:
+            if last:
+                await self._give_up(entry, _error(exc), exc)
+                return
+            log.exception(
+                "stage rules of entry %s (item %s) failed on attempt %d of %d; tried again later",
+                *(entry.entry_id, entry.item_id, entry.attempt, self._attempts),
+            )
+
+    async def apply(self, entry: StageEntry, *, last: bool = False) -> None:
+        """Queue the entry's rules and put their outcomes on the timeline, then drop it. On
+        the ``last`` attempt a rule that fails is recorded ``failed`` and the others still run."""
+        failed = False
         stored = await self._store.stage_rules.get(rules_name(entry.pipeline, entry.stage))
         if stored is not None and await self._store.items.get(entry.item_id) is not None:
             outcomes = []
             for index, rule in enumerate(stored.root):
-                outcome = await self._run(entry, index, rule)
-                self._metrics.stage_rules.labels(rule.kind, outcome["status"]).inc()
-                added = timeline_entry("stage_rule.ran", outcome)
-                outcomes.append((entry.item_id, rule_key(entry, index), added))
+                try:
+                    outcome = await self._run(entry, index, rule)
+                except UNAVAILABLE:
+                    raise
+                except Exception as exc:
+                    if not last:
+                        raise
+                    failed = True
+                    self._warn(entry, f"rule {index}: {_error(exc)}", exc)
+                    outcome = self._failed(entry, index, rule, _error(exc))
+                outcomes.append(outcome)
             # One step for all of them; a crash before it runs the rules again, and their
             # jobs' idempotency keys give back the jobs already queued.
-            await self._store.items.record_many(outcomes)
+            await self._record(entry, outcomes)
+        await self._store.stage_entries.done(entry)
+        if failed:
+            self._metrics.stage_entries_given_up.inc()
+
+    async def _give_up(self, entry: StageEntry, error: str, exc: Exception | None = None) -> None:
+        """Drop an entry whose last attempt failed or never finished, recording as ``failed``
+        each rule that has no outcome yet and made no job, if the rules and the item can
+        still be read."""
+        self._metrics.stage_entries_given_up.inc()
+        self._warn(entry, error, exc)
+        try:
+            stored = await self._store.stage_rules.get(rules_name(entry.pipeline, entry.stage))
+            if stored is not None and await self._store.items.get(entry.item_id) is not None:
+                outcomes = []
+                for index, rule in enumerate(stored.root):
+                    job_id = await self._own_job(rule_key(entry, index))
+                    given_up = self._failed(entry, index, rule, error)
+                    outcomes.append(given_up if job_id is None else _queued(given_up, job_id))
+                await self._record(entry, outcomes)
+        except UNAVAILABLE:
+            raise
+        except Exception:
+            log.exception(
+                "stage rules of entry %s (item %s): their outcomes are not recorded", *(entry.entry_id, entry.item_id)
+            )
         await self._store.stage_entries.done(entry)
 
+    def _warn(self, entry: StageEntry, error: str, exc: Exception | None) -> None:
+        log.warning(
+            "stage rules of entry %s (item %s, %s/%s) given up after %d attempts: %s",
+            *(entry.entry_id, entry.item_id, entry.pipeline, entry.stage, self._attempts, error),
+            exc_info=exc,
+        )
+
+    def _failed(self, entry: StageEntry, index: int, rule: SmsRule | RobocallRule, error: str) -> dict[str, Any]:
+        reason = f"could not run in {self._attempts} attempts: {error}"
+        return {**_outcome(entry, index, rule), "status": "failed", "job_id": None, "reason": reason}
+
+    async def _record(self, entry: StageEntry, outcomes: list[dict[str, Any]]) -> None:
+        """Each rule's outcome on the timeline, once per (entry, rule), in one step."""
+        for outcome in outcomes:
+            self._metrics.stage_rules.labels(outcome["kind"], outcome["status"]).inc()
+        await self._store.items.record_many(
+            [(entry.item_id, rule_key(entry, o["rule"]), timeline_entry("stage_rule.ran", o)) for o in outcomes]
+        )
+
+    async def _own_job(self, key: str) -> str | None:
+        """The id of the job a rule's key made on an earlier run of its entry, if made."""
+        existing = await self._store.jobs.existing(key)
+        if existing is None:
+            return None
+        job = await self._store.jobs.get(existing[0])
+        return None if job is None else job.id
+
     async def _run(self, entry: StageEntry, index: int, rule: SmsRule | RobocallRule) -> dict[str, Any]:
-        outcome: dict[str, Any] = {
-            "entry_id": entry.entry_id,
-            "pipeline": entry.pipeline,
-            "stage": entry.stage,
-            "rule": index,
-            "kind": rule.kind,
-        }
+        outcome = _outcome(entry, index, rule)
         key = rule_key(entry, index)
         try:
             if isinstance(rule, SmsRule):
@@ -104,8 +190,34 @@ class StageEntryRunner:
                 call = rule.request(entry.item_id)
                 queued = await queue_robocall(self._store, self._settings, self._renderer, call, key=key)
         except ApiError as exc:
+            if exc.code == _CONFLICT:
+                # The key is this entry's rule's alone: an earlier run made its job, then
+                # the rule was edited before that run recorded it (it crashed). That job
+                # is the outcome; the edit applies to later entries.
+                job_id = await self._own_job(key)
+                if job_id is not None:
+                    return _queued(outcome, job_id)
             # What the CRM's own request would have been refused for (a template field the
             # item lacks, a line gone): the rule is skipped, the others still run.
             log.info("stage rule skipped item=%s entry=%s rule=%d: %s", entry.item_id, entry.entry_id, index, exc)
             return {**outcome, "status": "skipped", "job_id": None, "reason": exc.message}
-        return {**outcome, "status": "queued", "job_id": queued.job_id, "reason": None}
+        return _queued(outcome, queued.job_id)
+
+
+def _outcome(entry: StageEntry, index: int, rule: SmsRule | RobocallRule) -> dict[str, Any]:
+    """What every outcome of the rule at ``index`` for ``entry`` says."""
+    return {
+        "entry_id": entry.entry_id,
+        "pipeline": entry.pipeline,
+        "stage": entry.stage,
+        "rule": index,
+        "kind": rule.kind,
+    }
+
+
+def _queued(outcome: dict[str, Any], job_id: str) -> dict[str, Any]:
+    return {**outcome, "status": "queued", "job_id": job_id, "reason": None}
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_REASON_MAX]

@@ -68,6 +68,19 @@ class PlacementError(Exception):
         self.opted_out = opted_out
 
 
+@dataclass(frozen=True)
+class CallEnd:
+    """How a placed call ended, by the provider's own records: ``status`` in a status
+    callback's words (completed, no-answer, busy, failed), the call's ``duration`` in
+    seconds, and the SIP ``code`` it failed with. ``unplaced`` says why the session ended
+    without dialling at all (the call then failed for that reason)."""
+
+    status: str
+    duration: int = 0
+    code: str = ""
+    unplaced: str = ""
+
+
 class CallProvider(Protocol):
     async def place(self, call: OutboundCall) -> str:
         """Place the call; its provider reference (Twilio CallSid, ...). Raises PlacementError."""
@@ -91,4 +104,21 @@ class SmsProvider(Protocol):
 
     async def find_sms(self, sms: OutboundSms) -> str | None:
         """The reference of a message already sent for ``sms.key``, if the provider has one."""
+        ...
+
+
+@runtime_checkable
+class CallChecker(Protocol):
+    """A provider whose calls' progress may never reach the gateway (Voximplant: the shipped
+    scenario posts it, and a scenario that cannot reach us is silent). A call still ``sent``
+    ``check_after`` seconds after it was placed is looked up in the provider's records (and
+    again every ``check_after``), and failed when they show no end of it ``give_up_after``
+    seconds after its dial began."""
+
+    check_after: float
+    give_up_after: float
+
+    async def call_end(self, call: OutboundCall, ref: str) -> CallEnd | None:
+        """How call ``ref`` (placed for ``call``) ended; None while the provider's records
+        show no end of it (not there yet, or still under way). Raises PlacementError."""
         ...

@@ -18,6 +18,11 @@ session of the dial is refused its script and ends without dialling. A dial whos
 outcome a crash left unknown is reconciled from that claim, else from ``GetCallHistory``
 filtered by the session's custom data, which is the same string on every try of a dial.
 
+A dial whose scenario never reports (it cannot reach the gateway) would stay ``sent``: it is
+looked up in ``GetCallHistory`` by its session, with its calls, CHECK_AFTER_SECONDS after it
+was placed (and as often again while the session has not ended), and settled from what the
+history says; with no end there GIVE_UP_AFTER_SECONDS after the dial began, it fails.
+
 A message is ``SendSmsMessage`` from the line (a number of the account with SMS enabled);
 Voximplant reports no delivery for it, so the job ends ``sent``. Its text is stored
 (``store_body``) so that a send whose outcome a crash left unknown is recognised in
@@ -43,7 +48,7 @@ import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from voximplant.apiclient import VoximplantAPI, VoximplantException
 
-from gateway.providers import OutboundCall, OutboundSms, PlacementError
+from gateway.providers import CallEnd, OutboundCall, OutboundSms, PlacementError
 from gateway.store import Store
 from voice.spoken import voxengine_say
 from webhooks.signatures import robocall_secret
@@ -65,6 +70,12 @@ CLOCK_SLACK_SECONDS = 60.0
 API_TIME = "%Y-%m-%d %H:%M:%S"
 # The management API's answer when more than 200 of the account's requests are under way.
 TOO_MANY_REQUESTS = 429
+# VoxEngine gives up ringing after 60 s (Failed 408); a scenario that reached the gateway has
+# reported ringing or the end by then, so a dial still ``sent`` is looked up this long after.
+CHECK_AFTER_SECONDS = 120.0
+# Longer than any robocall lasts (ringing, an MP3 of at most 10 MB, robocall.js's retries of
+# its reports): a dial the call history shows no end of by then is failed.
+GIVE_UP_AFTER_SECONDS = 3600.0
 
 
 def _failure(exc: Exception, method: str, *, listing: bool) -> PlacementError:
@@ -91,7 +102,36 @@ def _digits(number: str) -> str:
     return number.removeprefix("+")
 
 
+def _failed_status(code: int) -> str:
+    """A failed call's status by its SIP code, as robocall.js's failedStatus reports it."""
+    if code in (486, 600):
+        return "busy"
+    if code in (408, 480, 487, 603):
+        return "no-answer"
+    return "failed"
+
+
+def _call_end(session: Mapping[str, Any]) -> CallEnd | None:
+    """How a session of the call history ended: None while it has no finish_reason (under way)."""
+    finish = session.get("finish_reason")
+    if not finish:
+        return None
+    dialled = [call for call in session.get("calls") or [] if not call.get("incoming")]
+    if not dialled:
+        return CallEnd("failed", unplaced=f"robocall.js never dialled: its session ended ({finish}) without a call")
+    call = dialled[-1]
+    duration = int(call.get("duration") or 0)
+    if call.get("successful"):
+        return CallEnd("completed", duration=duration)
+    code = (call.get("end_reason") or {}).get("code")
+    sip = int(str(code)) if str(code).isdigit() else 0
+    return CallEnd(_failed_status(sip), duration=duration, code=str(sip) if sip else "")
+
+
 class Voximplant:
+    check_after = CHECK_AFTER_SECONDS
+    give_up_after = GIVE_UP_AFTER_SECONDS
+
     def __init__(self, name: str, credentials: Mapping[str, str], store: Store, base_url: str) -> None:
         self._name = name
         self._credentials = credentials
@@ -190,6 +230,21 @@ class Voximplant:
         if not sessions:
             return None
         return await self._store.jobs.record_call(call.key, str(sessions[0]["call_session_history_id"]))
+
+    async def call_end(self, call: OutboundCall, ref: str) -> CallEnd | None:
+        """How session ``ref`` ended, by ``GetCallHistory`` with its calls (robocall.js's
+        reports never reached the gateway): its call's success and duration, or SIP code."""
+        api = self._client()
+        since, until = _api_time(call.since - CLOCK_SLACK_SECONDS), _api_time(time.time() + CLOCK_SLACK_SECONDS)
+        history = await self._request(
+            "GetCallHistory",
+            lambda: api.get_call_history(
+                from_date=since, to_date=until, call_session_history_id=ref, with_calls=True, count=1
+            ),
+            listing=True,
+        )
+        sessions = history.get("result") or []
+        return _call_end(sessions[0]) if sessions else None
 
     async def send_sms(self, sms: OutboundSms) -> str:
         api = self._client()

@@ -18,6 +18,7 @@ from gateway.stage_rules import StageRules
 from gateway.store.backlog import Backlogs
 from gateway.store.calls import Calls
 from gateway.store.caps import Caps
+from gateway.store.connection import Transactions
 from gateway.store.consent import ConsentLedger
 from gateway.store.conversations import Conversations
 from gateway.store.dead_letters import DeadLetters
@@ -38,6 +39,8 @@ from gateway.store.usage import UsageStore
 class Store:
     # The client is for the stream consumers (gateway.streams); handlers use the aggregates.
     redis: Redis
+    # MULTI/EXEC steps of the aggregates, on the node of their slot on a cluster.
+    transactions: Transactions
     keys: Keys
     providers: Records[Provider]
     lines: Records[Line]
@@ -67,26 +70,32 @@ class Store:
         """A store on ``redis``; stores of one process share ``snapshots`` of admin records."""
         keys = Keys(settings.key_prefix, settings.partitions)
         outbox = Outbox(redis, keys, settings.dead_letters_max)
-        stage_entries = StageEntries(redis, keys)
+        transactions = Transactions(redis)
+        stage_entries = StageEntries(redis, transactions, keys)
         return cls(
             redis=redis,
+            transactions=transactions,
             keys=keys,
             providers=Records(redis, keys.providers, Provider, snapshots),
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
-            items=Items(redis, keys, outbox, stage_entries, settings.timeline_max, settings.lead_ttl_seconds),
+            items=Items(
+                redis, transactions, keys, outbox, stage_entries, settings.timeline_max, settings.lead_ttl_seconds
+            ),
             inbox=Inbox(redis, keys, settings.dedup_ttl_seconds, settings.feed_max),
-            calls=Calls(redis, keys),
+            calls=Calls(redis, transactions, keys),
             timers=Timers(redis, keys),
             triggers=Records(redis, keys.triggers, Trigger, snapshots),
             dead_letters=DeadLetters(redis, keys),
             feed=Feed(redis, keys, settings.feed_max),
-            jobs=Jobs(redis, keys, settings.timeline_max, settings.dedup_ttl_seconds, settings.dead_letters_max),
+            jobs=Jobs(
+                redis, transactions, keys, settings.timeline_max, settings.dedup_ttl_seconds, settings.dead_letters_max
+            ),
             limits=Limits(redis, keys),
             backlogs=Backlogs(redis, keys),
             consent=ConsentLedger(redis, keys),
-            conversations=Conversations(redis, keys),
-            invites=Invites(redis, keys),
+            conversations=Conversations(redis, transactions, keys),
+            invites=Invites(redis, transactions, keys),
             caps=Caps(redis, keys),
             subscriptions=Records(redis, keys.subscriptions, Subscription, snapshots),
             outbox=outbox,
@@ -94,6 +103,11 @@ class Store:
             stage_rules=Records(redis, keys.stage_rules, StageRules, snapshots),
             stage_entries=stage_entries,
         )
+
+    async def aclose(self) -> None:
+        """Close the clients the store made of its own (those of a cluster's nodes); the
+        caller closes the one it gave."""
+        await self.transactions.aclose()
 
     async def ping(self) -> None:
         """Raise one of ``connection.UNAVAILABLE`` unless Redis answers."""

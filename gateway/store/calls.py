@@ -8,17 +8,18 @@ from redis.asyncio import Redis
 
 from config.vocabulary import CALL_PROGRESS
 from gateway.keys import Keys
-from gateway.store.scripts import Call, raise_first, run_many
+from gateway.store.connection import Transactions
+from gateway.store.scripts import Call, Looped
 from webhooks.events import Event
 
 # Returns the rank the call had and whether a job placed it; the status only moves forward.
 _PROGRESS = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
-if tonumber(ARGV[1]) >= current then
-  redis.call('HSET', KEYS[1], 'rank', ARGV[1], 'status', ARGV[2])
+local current = tonumber(redis.call('HGET', K[1], 'rank') or '0')
+if tonumber(A[1]) >= current then
+  redis.call('HSET', K[1], 'rank', A[1], 'status', A[2])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {current, redis.call('HEXISTS', KEYS[1], 'job')}
+redis.call('EXPIRE', K[1], A[3])
+return {current, redis.call('HEXISTS', K[1], 'job')}
 """
 
 _CALL_TTL = 2 * 24 * 3600
@@ -27,13 +28,15 @@ RESPONDED_TTL = 31 * 24 * 3600
 
 
 class Calls:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, transactions: Transactions, keys: Keys) -> None:
         self._redis = redis
+        self._transactions = transactions
         self._keys = keys
-        self._progress = redis.register_script(_PROGRESS)
+        self._progress = Looped(redis, _PROGRESS)
 
     async def progress(self, events: Sequence[Event]) -> list[tuple[bool, bool]]:
-        """Record how far each call got, in one round trip. Returns, per event, whether it
+        """Record how far each call got, in one command (one per call on Redis Cluster, where
+        each call is its own slot). Returns, per event, whether it
         is not behind what we already saw, and whether callgate placed the call (a job's)."""
         if not events:
             return []
@@ -44,7 +47,7 @@ class Calls:
             )
             for event in events
         ]
-        replies = raise_first(await run_many(self._redis, self._progress, calls))
+        replies = await self._progress(calls)
         return [
             (CALL_PROGRESS[event.kind] >= int(previous), bool(placed))
             for event, (previous, placed) in zip(events, replies, strict=True)
@@ -58,7 +61,7 @@ class Calls:
         if detection_ms is not None:
             fields["machine_detection_ms"] = detection_ms
         key = self._keys.call(provider, call_sid)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transactions.pipeline(key) as pipe:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
             pipe.expire(key, _CALL_TTL)
             await pipe.execute()

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, TypeAlias, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AskError, MovedError, OutOfMemoryError, ResponseError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
 
 # What "Redis is not answering" looks like; the HTTP layer turns it into a 503 so a provider
 # retries (or uses its fallback URL) instead of getting a 200 for an event we did not store.
@@ -98,3 +103,83 @@ class RedisHealth:
         if self._down_since is not None:
             self._log.info("redis is back after %.1f s", time.monotonic() - self._down_since)
             self._down_since = None
+
+
+# Times a step starts over on a node that no longer owns its slot, each after reading the
+# slot map again; a slot still moving after that fails the step (a 500) rather than wait.
+_MOVED_ATTEMPTS = 3
+# Connections of a node's client: a burst of steps waits for one of them (at most this
+# many seconds, then the step fails like an outage) instead of opening a connection each,
+# whose connects time out together while the event loop is busy with the burst.
+_NODE_CONNECTIONS = 16
+_NODE_CONNECTION_WAIT = 1.0
+
+
+class Transactions:
+    """MULTI/EXEC steps (WATCH ones too) on keys of one hash slot.
+
+    redis-py's cluster client runs each command of its transaction pipeline (queued ones
+    too, and the reads after WATCH) in a thread of its own with an event loop of its own:
+    it blocks ours and, under concurrency, fails on locks bound to the other loop. On a cluster a step runs instead on a plain
+    client of the node that owns the slot (one per node, made when first needed, closed by
+    ``aclose``). A node that no longer owns it (resharding, failover) answers MOVED or ASK
+    to the WATCH, a read or a queued write, so EXEC writes nothing; the slot map is read
+    again and the step starts over.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._nodes: dict[str, Redis] = {}
+
+    async def run(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
+        """Run ``body`` in WATCH/MULTI on ``watch`` until no concurrent writer interferes.
+
+        ``body`` reads after WATCH (immediate mode), then calls ``pipe.multi()`` and queues
+        writes; EXEC fails if a watched key changed, and we start over with fresh reads.
+        """
+        attempt = 1
+        while True:
+            try:
+                async with (await self._client(watch[0])).pipeline(transaction=True) as pipe:
+                    while True:
+                        try:
+                            await pipe.watch(*watch)
+                            result = await body(pipe)
+                            await pipe.execute()
+                            return result
+                        except WatchError:
+                            continue
+            except (MovedError, AskError):
+                if attempt == _MOVED_ATTEMPTS or not isinstance(self._redis, RedisCluster):
+                    raise
+                attempt += 1
+                await self._redis.nodes_manager.initialize()
+
+    @asynccontextmanager
+    async def pipeline(self, key: str) -> AsyncIterator[Pipeline]:
+        """A MULTI/EXEC pipeline for keys in ``key``'s slot, without WATCH: a node that no
+        longer owns the slot refuses its commands (MOVED), and EXEC raises that."""
+        async with (await self._client(key)).pipeline(transaction=True) as pipe:
+            yield pipe
+
+    async def _client(self, key: str) -> Redis:
+        cluster = self._redis
+        if not isinstance(cluster, RedisCluster):
+            return self._redis
+        await cluster.initialize()  # the slot map, unless this client has it already
+        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+        client = self._nodes.get(node.name)
+        if client is None:
+            pool = BlockingConnectionPool(
+                connection_class=node.connection_class,
+                max_connections=_NODE_CONNECTIONS,
+                timeout=_NODE_CONNECTION_WAIT,
+                **node.connection_kwargs,
+            )
+            client = self._nodes[node.name] = Redis.from_pool(pool)
+        return client
+
+    async def aclose(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for client in nodes:
+            await client.aclose()

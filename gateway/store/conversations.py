@@ -7,6 +7,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.store.connection import Transactions
 
 # Opens a conversation unless one is open; either way it stays open ``idle`` seconds more.
 # 1 when this message opened it (also when the same message is processed again after a
@@ -26,8 +27,9 @@ return opened
 
 
 class Conversations:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, transactions: Transactions, keys: Keys) -> None:
         self._redis: Any = redis  # decoded replies (str)
+        self._transactions = transactions
         self._keys = keys
         self._touch = redis.register_script(_TOUCH)
 
@@ -39,7 +41,7 @@ class Conversations:
     async def close(self, customer: str) -> str | None:
         """End the customer's conversation; the line it was on, or None when none was open."""
         key = self._keys.conversation(customer)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transactions.pipeline(key) as pipe:
             pipe.hget(key, "line")
             pipe.delete(key)
             line, _ = await pipe.execute()

@@ -1,6 +1,13 @@
-"""Dead letters: stream entries that failed every delivery, kept with their last error."""
+"""Dead letters: stream entries that failed every delivery, kept with their last error.
+
+A partitioned stream keeps its dead letters per partition, each numbered by its own stream:
+two partitions may hold the same id, so a dead letter is named ``<entry id>.<partition>``
+(as the events feed's cursor is), or by its entry id alone when one partition holds it.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -25,6 +32,25 @@ return id
 """
 
 
+class AmbiguousDeadLetter(Exception):
+    """A dead letter named by its entry id alone, which several partitions hold."""
+
+    def __init__(self, name: str, candidates: list[str]) -> None:
+        super().__init__(f"{name} is the entry id of dead letters {', '.join(candidates)}")
+        self.candidates = candidates
+
+
+def dead_id(entry_id: str, partition: int | None) -> str:
+    return entry_id if partition is None else f"{entry_id}.{partition}"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    stream: str
+    partition: int | None
+    entry_id: str  # in the partition's dead-letter stream
+
+
 class DeadLetters:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         # Typed loosely: redis-py types replies as unions over both decode modes.
@@ -34,26 +60,44 @@ class DeadLetters:
 
     async def newest(self, stream: str, count: int = 100) -> list[dict[str, str]]:
         """The newest dead-lettered entries of all the stream's partitions, newest first,
-        each with ``_id`` and ``_error``."""
+        each with its ``dead_id``, ``_id`` (its id in the stream) and ``_error``."""
+        partitions = self._keys.partitions_of(stream)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for partition in self._keys.partitions_of(stream):
+            for partition in partitions:
                 pipe.xrevrange(self._keys.dead(stream, partition), count=count)
-            found = [entry for entries in await pipe.execute() for entry in entries]
-        found.sort(key=lambda entry: tuple(int(part) for part in entry[0].split("-")), reverse=True)
-        return [{"dead_id": entry_id, **fields} for entry_id, fields in found[:count]]
+            replies = await pipe.execute()
+        found = [
+            (entry_id, p, fields)
+            for p, entries in zip(partitions, replies, strict=True)
+            for entry_id, fields in entries
+        ]
+        found.sort(key=lambda entry: (*map(int, entry[0].split("-")), entry[1] or 0), reverse=True)
+        return [{"dead_id": dead_id(entry_id, p), **fields} for entry_id, p, fields in found[:count]]
 
-    async def retry(self, stream: str, dead_id: str) -> str | None:
+    async def find(self, stream: str, name: str) -> DeadLetter | None:
+        """The dead letter ``name`` names (its ``dead_id``, or an entry id one partition holds);
+        None when there is none. Raises ``AmbiguousDeadLetter`` for an entry id several
+        partitions hold."""
+        partitions = self._keys.partitions_of(stream)
+        entry_id, dot, qualifier = name.partition(".")
+        if dot:
+            named = int(qualifier)
+            return DeadLetter(stream, named, entry_id) if named in partitions else None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition in partitions:
+                pipe.xrange(self._keys.dead(stream, partition), min=entry_id, max=entry_id)
+            replies = await pipe.execute()
+        holders = [partition for partition, found in zip(partitions, replies, strict=True) if found]
+        if len(holders) > 1:
+            raise AmbiguousDeadLetter(name, [dead_id(entry_id, partition) for partition in holders])
+        return DeadLetter(stream, holders[0], entry_id) if holders else None
+
+    async def retry(self, letter: DeadLetter) -> str | None:
         """Put a dead letter back on its stream (its partition); the new entry's id, None
-        when there is none."""
-        for partition in self._keys.partitions_of(stream):
-            keys = [self._keys.dead(stream, partition), self._keys.stream(stream, partition)]
-            entry_id = await self._retry(keys=keys, args=[dead_id])
-            if entry_id:
-                return str(entry_id)
-        return None
+        when it is gone."""
+        keys = [self._keys.dead(letter.stream, letter.partition), self._keys.stream(letter.stream, letter.partition)]
+        entry_id = await self._retry(keys=keys, args=[letter.entry_id])
+        return str(entry_id) if entry_id else None
 
-    async def discard(self, stream: str, dead_id: str) -> bool:
-        for partition in self._keys.partitions_of(stream):
-            if await self._redis.xdel(self._keys.dead(stream, partition), dead_id):
-                return True
-        return False
+    async def discard(self, letter: DeadLetter) -> bool:
+        return bool(await self._redis.xdel(self._keys.dead(letter.stream, letter.partition), letter.entry_id))

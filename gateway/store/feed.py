@@ -17,13 +17,17 @@ from redis.asyncio import Redis
 from gateway.keys import Keys
 from gateway.store.connection import DecodedRedis
 from gateway.store.items import now_iso
-from webhooks.events import Event
 
 # Read this many entries per round trip while filtering, so a rare filter value costs a few
 # scans of the (capped) feed instead of one round trip per entry.
 _CHUNK = 500
 
 REFUSED = "webhook.refused"
+
+# The entry of an accepted provider event (or website callback request), which the inbox
+# builds in Lua from the event's JSON: ``kind`` and ``at``, these of the event's fields that
+# are not empty, in this order, then ``withheld`` when its customer is not a phone number.
+EVENT_FEED_FIELDS = ("provider", "line", "customer", "ref", "status", "text", "direction")
 
 
 @dataclass(frozen=True)
@@ -51,18 +55,6 @@ def entry_fields(
 ) -> dict[str, str]:
     fields = {"kind": kind, "at": now_iso(at), "provider": provider, "line": line, "customer": customer, **details}
     return {k: v for k, v in fields.items() if v}
-
-
-def event_fields(event: Event) -> dict[str, str]:
-    """The feed entry of an accepted provider event (or website callback request)."""
-    details = {
-        "ref": event.ref,
-        "status": event.status,
-        "text": event.text,
-        "direction": event.direction,
-        "withheld": event.withheld or "",
-    }
-    return entry_fields(event.kind.value, event.provider, event.line, event.customer, event.at, details)
 
 
 def _order(entry_id: str, partition: int) -> tuple[int, int, int]:

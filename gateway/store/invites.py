@@ -8,20 +8,22 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.keys import Keys
+from gateway.store.connection import Transactions
 
 # How long an invite's link keeps working (and counting clicks).
 INVITE_TTL = 30 * 24 * 3600
 
 
 class Invites:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, transactions: Transactions, keys: Keys) -> None:
         self._redis: Any = redis  # decoded replies (str)
+        self._transactions = transactions
         self._keys = keys
 
     async def put(self, token: str, invite: Mapping[str, str]) -> None:
         key = self._keys.invite(token)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=dict(invite))
+        async with self._transactions.pipeline(key) as pipe:
+            pipe.hset(key, mapping=dict(invite))  # type: ignore[arg-type]  # redis-py's mapping type is invariant
             pipe.expire(key, INVITE_TTL)
             await pipe.execute()
 

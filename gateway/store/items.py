@@ -15,23 +15,21 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import WatchError
 
 from config.cards import Card
 from config.triggers import may_move
 from gateway.keys import OUTBOX_STREAM, Keys
+from gateway.store.connection import Transactions
 from gateway.store.entries import StageEntries, StageEntry, new_entry_id
 from gateway.store.outbox import Outbox, publish_lua
-from gateway.store.scripts import Call, raise_first, run_many
-
-T = TypeVar("T")
+from gateway.store.scripts import Call, Looped
 
 
 def now_iso(at: float | None = None) -> str:
@@ -114,14 +112,14 @@ def marker_of_move(move: Move) -> str:
 # and its outbox record with it (the CRM hears of it exactly when the item shows it).
 _RECORD_ONCE = (
     """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[5]) - 1)
+if redis.call('ZSCORE', K[1], A[1]) then return 0 end
+redis.call('RPUSH', K[2], A[3])
+redis.call('LTRIM', K[2], -tonumber(A[4]), -1)
+redis.call('INCR', K[3])
+redis.call('ZADD', K[1], A[2], A[1])
+redis.call('ZREMRANGEBYRANK', K[1], 0, -tonumber(A[5]) - 1)
 """
-    + publish_lua("KEYS[4]", "KEYS[5]", "ARGV[6]", "ARGV[3]")
+    + publish_lua("K[4]", "K[5]", "A[6]", "A[3]")
     + """
 return 1
 """
@@ -130,7 +128,6 @@ return 1
 
 # The phone numbers a change of a card drops and adds.
 _Numbers = tuple[frozenset[str], frozenset[str]]
-_UNCHANGED: _Numbers = (frozenset(), frozenset())
 
 
 def _numbers_changed(old: Item | None, new: Item | None) -> _Numbers:
@@ -194,7 +191,14 @@ class Move:
 
 class Items:
     def __init__(
-        self, redis: Redis, keys: Keys, outbox: Outbox, entries: StageEntries, timeline_max: int, lead_ttl: int = 0
+        self,
+        redis: Redis,
+        transactions: Transactions,
+        keys: Keys,
+        outbox: Outbox,
+        entries: StageEntries,
+        timeline_max: int,
+        lead_ttl: int = 0,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -203,24 +207,11 @@ class Items:
         self._timeline_max = timeline_max
         self._markers_max = timeline_max * MARKERS_PER_ENTRY
         self._lead_ttl = lead_ttl
-        self._record_once = redis.register_script(_RECORD_ONCE)
+        self._transactions = transactions
+        self._record_once = Looped(redis, _RECORD_ONCE)
+        self._members = Looped(redis, "return redis.call('SMEMBERS', K[1])")
+        self._card = Looped(redis, "return redis.call('GET', K[1])")
         self._timeline_page = redis.register_script(_TIMELINE_PAGE)
-
-    async def _watched(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
-        """Run ``body`` in WATCH/MULTI on ``watch`` until no concurrent writer interferes.
-
-        ``body`` reads after WATCH (immediate mode), then calls ``pipe.multi()`` and queues
-        writes; EXEC fails if a watched key changed, and we start over with fresh reads.
-        """
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(*watch)
-                    result = await body(pipe)
-                    await pipe.execute()
-                    return result
-                except WatchError:
-                    continue
 
     def _mark(self, pipe: Pipeline, item_id: str, marker: str) -> None:
         """Queue an effect marker; the set keeps the newest ``MARKERS_PER_ENTRY * timeline_max``."""
@@ -297,7 +288,7 @@ class Items:
             return item, old is None, _numbers_changed(old, item)
 
         await self._index(item_id, card.numbers())
-        item, new, change = await self._watched([key], body)
+        item, new, change = await self._transactions.run([key], body)
         await self._reindex(item_id, change)
         return item, new
 
@@ -323,7 +314,7 @@ class Items:
             return item, _numbers_changed(None, item)
 
         await self._index(item_id, card.numbers())
-        item, change = await self._watched([key], body)
+        item, change = await self._transactions.run([key], body)
         await self._reindex(item_id, change)
         return item
 
@@ -332,7 +323,8 @@ class Items:
         return (await self.record_many([(item_id, identity, entry)]))[0]
 
     async def record_many(self, records: Sequence[tuple[str, str, str]]) -> list[bool]:
-        """``record`` for each (item id, identity, entry), in one round trip."""
+        """``record`` for each (item id, identity, entry), in one command (one per partition
+        on Redis Cluster)."""
         if not records:
             return []
         now = time.time()
@@ -349,7 +341,7 @@ class Items:
             )
             for item_id, identity, entry in records
         ]
-        return [bool(added) for added in raise_first(await run_many(self._redis, self._record_once, calls))]
+        return [bool(added) for added in await self._record_once(calls)]
 
     async def move(self, move: Move) -> tuple[Item, bool] | None:
         """Apply a trigger's move once per (event, trigger, item).
@@ -388,7 +380,7 @@ class Items:
             self._enter(pipe, moved, change)
             return moved, True
 
-        return await self._watched([key, effects], body)
+        return await self._transactions.run([key, effects], body)
 
     def _remove(self, pipe: Pipeline, item: Item) -> _Numbers:
         """Queue the removal of ``item`` and of everything keyed by it; the phone index
@@ -415,7 +407,7 @@ class Items:
             pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             return self._remove(pipe, Item.from_json(raw)) if raw else None
 
-        change = await self._watched([key], body)
+        change = await self._transactions.run([key], body)
         if change is None:
             return False
         await self._reindex(item_id, change)
@@ -444,7 +436,7 @@ class Items:
                 return None
             return self._remove(pipe, Item.from_json(raw))
 
-        change = await self._watched([key, leads], body)
+        change = await self._transactions.run([key, leads], body)
         if change is None:
             return False
         await self._reindex(item_id, change)
@@ -506,15 +498,11 @@ class Items:
         return [item for item, _ in found], None
 
     async def _cards(self, ids: Sequence[str]) -> list[Item | None]:
-        """The cards of ``ids`` in one round trip (None for a card that is gone).
-
-        One GET per card, not MGET: each card may live on another Redis Cluster shard."""
+        """The cards of ``ids`` in one command (one per partition on Redis Cluster); None for
+        a card that is gone."""
         if not ids:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for item_id in ids:
-                pipe.get(self._keys.item(item_id))
-            raws = await pipe.execute()
+        raws = await self._card([([self._keys.item(item_id)], ()) for item_id in ids])
         return [parse_item(raw) if raw else None for raw in raws]
 
     async def in_stages(self, pipeline: str, stages: Iterable[str], most: int = 5) -> dict[str, list[str]]:
@@ -545,14 +533,13 @@ class Items:
         return (await self.by_phones([e164]))[e164]
 
     async def by_phones(self, numbers: Iterable[str]) -> dict[str, list[Item]]:
-        """The items holding each number, in two round trips however many numbers."""
+        """The items holding each number, in two commands however many numbers (two per
+        partition on Redis Cluster)."""
         wanted = sorted(set(numbers))
         if not wanted:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for number in wanted:
-                pipe.smembers(self._keys.phone(number))
-            members: list[list[str]] = [sorted(map(str, ids)) for ids in await pipe.execute()]
+        replies = await self._members([([self._keys.phone(number)], ()) for number in wanted])
+        members: list[list[str]] = [sorted(map(str, ids)) for ids in replies]
         ids = sorted({item_id for found in members for item_id in found})
         cards = {item.id: item for item in await self._cards(ids) if item is not None}
         # The index may still name a card that dropped the number (see the module's doc).

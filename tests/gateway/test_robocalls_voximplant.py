@@ -6,20 +6,32 @@ its script, and failures retry or fail as they should."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
+from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.appkeys import STORE
+from gateway.jobs import JobRunner
+from gateway.providers import PlacementError
+from gateway.providers.registry import Providers
+from gateway.providers.voximplant import CHECK_AFTER_SECONDS, GIVE_UP_AFTER_SECONDS
+from gateway.speech import Speech
+from gateway.store import Store
+from gateway.store.embedded import EmbeddedRedis
+from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, Client, ClientFactory
 from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall
 from tests.support import PUBLIC_URL, eventually, item, voximplant_post
 from tests.voximplant_api import RULE_ID, VoximplantApi
+from voice.render import renderer_for
 from webhooks.signatures import robocall_secret
 
 LINE = "+34910000001"
@@ -144,6 +156,31 @@ async def test_a_failed_call_ends_the_job_with_the_sip_code_and_refusals_change_
     assert done["reason"] == "the call ended busy (SIP 486)"
 
 
+async def test_a_session_claims_its_dial_in_one_round_trip(
+    private_redis: EmbeddedRedis, make_settings: Callable[..., Settings]
+) -> None:
+    redis = Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        jobs = Store.open(redis, make_settings(), Snapshots()).jobs
+        await jobs.save_script("J1-1", '{"to": "+34600111222"}')
+
+        async def claim(key: str, session: str) -> tuple[str | None, str]:
+            before = int((await redis.info("stats"))["total_reads_processed"])
+            claimed = await jobs.claim_dial(key, session)
+            used = int((await redis.info("stats"))["total_reads_processed"]) - before
+            assert used <= 3, used  # one pipeline (however the server splits its reads) and INFO
+            return claimed
+
+        assert await claim("J1-1", "801") == ('{"to": "+34600111222"}', "801")
+        assert await claim("J1-1", "802") == ('{"to": "+34600111222"}', "801")  # the first session is the call
+        assert await jobs.recorded_call("J1-1") == "801"
+        # A dial with no script stays unclaimed: a later placement of it records its own session.
+        assert await claim("J1-2", "803") == (None, "803")
+        assert await jobs.recorded_call("J1-2") is None
+    finally:
+        await redis.aclose()
+
+
 async def test_a_5xx_is_retried_and_the_rule_started_once(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
@@ -155,6 +192,37 @@ async def test_a_5xx_is_retried_and_the_rule_started_once(
     # Each retry first asks the call history whether the failed try started a session.
     assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory"] * 2 + ["StartScenarios"]
     assert len(vox.sessions) == 1 and sent["provider_ref"] == str(vox.sessions[0]["call_session_history_id"])
+
+
+async def test_a_reconciled_dial_the_rate_limit_defers_asks_the_call_history_once(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    vox.script = [503]
+    # No workers: the test runs the job, each run as the due set would start it.
+    client = await aiohttp_client(create_app(vox_settings, workers=False))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    store = client.app[STORE]
+    providers = Providers(store, vox_settings.base_url)
+    runner = JobRunner(store, providers, vox_settings, Speech(renderer_for(vox_settings), 1))
+    try:
+        await runner.run(job_id)  # StartScenarios answers 503: the retry must reconcile first
+        assert (await job(client, job_id))["status"] == "queued"
+        held = await store.limits.reserve({"calls:vox": 0.001}, 5)  # the provider's next slot is far off
+        assert held.granted
+        for _ in range(3):
+            await runner.run(job_id)
+            assert (await job(client, job_id))["status"] == "sending"
+        assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory"]
+
+        await store.redis.delete(store.keys.limit("calls:vox"))  # the slot comes
+        await runner.run(job_id)
+        sent = await job(client, job_id)
+        assert sent["status"] == "sent" and sent["provider_ref"] == str(vox.sessions[0]["call_session_history_id"])
+        assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory", "StartScenarios"]
+    finally:
+        await providers.close()
 
 
 async def test_a_429_holds_off_every_call_through_the_provider(
@@ -237,3 +305,144 @@ async def test_a_url_naming_no_job_and_dial_is_a_400(
     resp = await voximplant_post(client, f"/webhooks/voximplant/vox?{query}", {"event": "robocall.start"}, "x")
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "malformed_webhook"
+
+
+class Checking:
+    """A runner of the test's own (the app has no workers) whose clock the test moves on."""
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self.shift = 0.0
+        store = client.app[STORE]
+        self.providers = Providers(store, settings.base_url)
+        speech = Speech(renderer_for(settings), 1)
+        self.runner = JobRunner(store, self.providers, settings, speech, clock=lambda: time.time() + self.shift)
+
+
+def dialled(successful: bool, duration: int = 0, code: int | None = None) -> dict[str, Any]:
+    """A call of a session as GetCallHistory lists it with_calls."""
+    call: dict[str, Any] = {"call_id": 5500001, "incoming": False, "successful": successful, "duration": duration}
+    if code is not None:
+        call["end_reason"] = {"code": code, "description": "from the emulator"}
+    return call
+
+
+@pytest.mark.parametrize(
+    ("calls", "attempts", "statuses", "reason", "duration"),
+    [
+        ([dialled(True, 17)], 1, ["completed"], None, 17),
+        ([dialled(False, code=486)], 1, ["busy"], "the call ended busy (SIP 486)", None),
+        # No answer with attempts left: redialled as a reported no-answer would be.
+        ([dialled(False, code=408)], 2, ["no_answer", "queued"], "attempt 1 of 2 ended no_answer; next in 600 s", None),
+        ([], 1, ["failed"], "robocall.js never dialled: its session ended (Normal termination) without a call", None),
+    ],
+)
+async def test_a_dial_that_never_reports_is_settled_once_from_the_call_history(
+    aiohttp_client: ClientFactory,
+    vox_settings: Settings,
+    vox: VoximplantApi,
+    mp3: str,
+    calls: list[dict[str, Any]],
+    attempts: int,
+    statuses: list[str],
+    reason: str | None,
+    duration: int | None,
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings, workers=False))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3, attempts=attempts))
+    job_id = accepted["id"]
+    checking = Checking(client, vox_settings)
+    try:
+        await checking.runner.run(job_id)
+        session = (await job(client, job_id))["provider_ref"]
+        await checking.runner.run(job_id)  # a repeat of its entry before the check is due asks nothing
+        assert [r["cmd"] for r in vox.requests] == ["StartScenarios"]
+
+        vox.sessions[0].update(finish_reason="Normal termination", calls=calls)
+        checking.shift = CHECK_AFTER_SECONDS + 1
+        # Several processes check at once: the job moves once.
+        await asyncio.gather(checking.runner.run(job_id), checking.runner.run(job_id))
+        done = await job(client, job_id)
+        assert (done["status"], done["reason"], done.get("duration")) == (statuses[-1], reason, duration)
+        timeline = (await item(client, "D1"))["timeline"]
+        assert job_statuses(timeline, job_id) == ["queued", "sending", "sent", *statuses]
+        looked_up = [r for r in vox.requests if r["cmd"] == "GetCallHistory"]
+        assert looked_up and all(
+            (r["call_session_history_id"], r["with_calls"]) == (session, "True") for r in looked_up
+        )
+        assert len(vox.sessions) == 1
+    finally:
+        await checking.providers.close()
+
+
+@pytest.mark.parametrize("lost", ["records unreadable", "provider removed"])
+async def test_a_dial_whose_end_cannot_be_known_is_failed_not_left_sent(
+    aiohttp_client: ClientFactory,
+    vox_settings: Settings,
+    vox: VoximplantApi,
+    mp3: str,
+    monkeypatch: pytest.MonkeyPatch,
+    lost: str,
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings, workers=False))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    checking = Checking(client, vox_settings)
+    try:
+        await checking.runner.run(job_id)
+        session = (await job(client, job_id))["provider_ref"]
+        if lost == "provider removed":
+            # A provider still named by a line cannot be deleted (409): the line goes first.
+            assert (await client.delete(f"/v1/lines/{LINE}", headers=ADMIN)).status == 204
+            assert (await client.delete("/v1/providers/vox", headers=ADMIN)).status == 204
+            expected = f"provider vox is no longer configured, so call {session} cannot be looked up"
+        else:
+            provider = await checking.providers.get("vox")
+
+            async def unreadable(*_: object) -> None:
+                raise PlacementError("GetCallHistory: 401 Authorization failed", transient=False)
+
+            monkeypatch.setattr(provider, "call_end", unreadable)
+            expected = (
+                f"no report of call {session} came, and the provider's records could not be read "
+                f"(GetCallHistory: 401 Authorization failed) {GIVE_UP_AFTER_SECONDS:.0f} s after the dial began"
+            )
+        checking.shift = GIVE_UP_AFTER_SECONDS + 1
+        await checking.runner.run(job_id)
+        failed = await job(client, job_id)
+        assert (failed["status"], failed["reason"]) == ("failed", expected)
+    finally:
+        await checking.providers.close()
+
+
+async def test_a_dial_the_call_history_shows_no_end_of_is_looked_up_again_then_failed(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings, workers=False))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    checking = Checking(client, vox_settings)
+    try:
+        await checking.runner.run(job_id)
+        session = (await job(client, job_id))["provider_ref"]
+        checking.shift = CHECK_AFTER_SECONDS + 1
+        await checking.runner.run(job_id)  # the session is under way (no finish_reason yet)
+        assert (await job(client, job_id))["status"] == "sent"
+        # Looked up again later: the next check is due.
+        store = client.app[STORE]
+        due = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+        assert due is not None and due > time.time() + 2 * CHECK_AFTER_SECONDS
+        vox.sessions.clear()  # and then the history has nothing at all of it
+        checking.shift = GIVE_UP_AFTER_SECONDS + 1
+        await checking.runner.run(job_id)
+        failed = await job(client, job_id)
+        assert failed["status"] == "failed"
+        assert failed["reason"] == (
+            f"no report of call {session} came, and the provider's records show no end of it "
+            f"{GIVE_UP_AFTER_SECONDS:.0f} s after the dial began"
+        )
+        assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory", "GetCallHistory"]
+    finally:
+        await checking.providers.close()

@@ -1,15 +1,18 @@
-"""Scripts run many at a time: concurrent calls share one round trip, and a Redis that lost
-its scripts (restarted, SCRIPT FLUSH) gets them again without a failed call."""
+"""Scripts run many at a time: concurrent calls share one round trip, a looped script's
+calls share one command, and a Redis that lost its scripts (restarted, SCRIPT FLUSH) gets
+them again without a failed call."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from gateway.store.embedded import EmbeddedRedis
-from gateway.store.scripts import Batched, run_many
+from gateway.store.scripts import Batched, Looped, run_many
 
 _ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
 
@@ -42,5 +45,34 @@ async def test_a_lost_script_is_loaded_again(private_redis: EmbeddedRedis) -> No
         replies: list[Any] = await run_many(redis, script, [(["n"], ["b"]), (["n"], ["c"])])
         assert replies == ["b", "c"]
         assert await redis.get("n") == "3"  # each call ran once
+    finally:
+        await redis.aclose()
+
+
+async def test_looped_calls_go_in_one_command_and_reply_in_order(private_redis: EmbeddedRedis) -> None:
+    redis = Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        looped = Looped(redis, "redis.call('INCR', K[1]) return {A[1], redis.call('GET', K[2])}")
+        await redis.set("x", "here")
+        await looped([(["n0", "x"], ["warm"])])  # loads the script
+        await redis.config_resetstat()
+        calls = [([f"n{i % 3}", "x" if i % 2 else "gone"], [str(i)]) for i in range(600)]
+        replies = await looped(calls)
+        commands = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+        assert replies == [[str(i), "here" if i % 2 else None] for i in range(600)]
+        assert [await redis.get(f"n{i}") for i in range(3)] == ["201", "200", "200"]
+        assert commands == 3  # 600 calls, at most 256 per command
+        assert await looped([]) == []
+    finally:
+        await redis.aclose()
+
+
+async def test_a_failing_looped_call_raises(private_redis: EmbeddedRedis) -> None:
+    redis = Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        looped = Looped(redis, "return redis.call('INCRBY', K[1], A[1])")
+        with pytest.raises(ResponseError):
+            await looped([(["n"], ["1"]), (["n"], ["not a number"])])
+        assert await redis.get("n") == "1"  # scripts do not roll back: the call before it ran
     finally:
         await redis.aclose()

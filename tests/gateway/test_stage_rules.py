@@ -5,20 +5,29 @@ each rule's outcome on the timeline, a rule the item cannot fill skipped with th
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from gateway.api.queueing import Queued
+from gateway.api.sms import queue_sms
 from gateway.app import create_app
 from gateway.appkeys import RENDERER, SETTINGS, STORE
+from gateway.engine import entries as stage_entries
 from gateway.engine.entries import StageEntryRunner
 from gateway.metrics import Metrics
+from gateway.store import Store
+from gateway.store.entries import StageEntry, new_entry_id
+from sms.request import SmsRequest
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_crash import workers
 from tests.gateway.test_robocalls import final, put_card
@@ -128,6 +137,12 @@ async def test_a_rule_the_item_cannot_fill_is_skipped_with_the_reason_and_the_ot
     assert job["kind"] == "robocall" and job["status"] == "queued"  # delayed an hour
 
 
+async def take_one(store: Store, now: float) -> StageEntry:
+    """The one due entry, leased for a second."""
+    [entry] = [entry for entries in await store.stage_entries.take(now, now + 1, 10) for entry in entries]
+    return entry
+
+
 async def test_an_entry_run_twice_queues_each_rule_once(aiohttp_client: ClientFactory, settings: Settings) -> None:
     """A worker that dies after queueing the jobs but before dropping the entry: the next
     run finds each rule's job by its key and writes each outcome once."""
@@ -138,7 +153,7 @@ async def test_an_entry_run_twice_queues_each_rule_once(aiohttp_client: ClientFa
     store = app[STORE]
     runner = StageEntryRunner(store, app[SETTINGS], app[RENDERER], Metrics())
     now = time.time()
-    [entry] = await store.stage_entries.take(now, now + 3600, 10)
+    entry = await take_one(store, now)
     await runner.apply(entry)
     await runner.apply(entry)
     timeline = (await item(client, "D1"))["timeline"]
@@ -147,6 +162,153 @@ async def test_an_entry_run_twice_queues_each_rule_once(aiohttp_client: ClientFa
     jobs = (await (await client.get("/v1/jobs?item_id=D1", headers=API)).json())["jobs"]
     assert sorted(j["id"] for j in jobs) == sorted(o["job_id"] for o in outcomes)
     await eventually(lambda: none_waiting(client))
+
+
+Runner = tuple[Client, StageEntryRunner, Metrics]
+
+
+async def runner_of(aiohttp_client: ClientFactory, settings: Settings, rules: list[dict[str, Any]]) -> Runner:
+    """An app without workers, set up with ``rules`` and D1 entered into CALL_BACK, and a
+    runner of its entries that the test drives (with its metrics)."""
+    client = await aiohttp_client(create_app(settings, workers=False))
+    await setup(client, rules)
+    await set_stage(client, "CALL_BACK")
+    app, metrics = client.app, Metrics()
+    return client, StageEntryRunner(app[STORE], app[SETTINGS], app[RENDERER], metrics), metrics
+
+
+def failing_second(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Queueing the SMS ``Second`` fails every time (an unexpected error, not a refusal);
+    the texts of the SMS the runner tries to queue, in order."""
+    tried: list[str] = []
+
+    async def queue(store: Store, body: SmsRequest, template: str, **kwargs: Any) -> Queued:
+        tried.append(template)
+        if template == "Second":
+            raise RuntimeError("the provider table is corrupt")
+        return await queue_sms(store, body, template, **kwargs)
+
+    monkeypatch.setattr(stage_entries, "queue_sms", queue)
+    return tried
+
+
+async def job_ids(client: Client) -> list[str]:
+    return [j["id"] for j in (await (await client.get("/v1/jobs?item_id=D1", headers=API)).json())["jobs"]]
+
+
+async def test_a_rule_that_fails_every_attempt_is_recorded_failed_after_the_last(
+    aiohttp_client: ClientFactory,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, runner, metrics = await runner_of(
+        aiohttp_client, make_settings(max_deliveries=3), [SORRY, {"text": "Second"}]
+    )
+    store = client.app[STORE]
+    tried = failing_second(monkeypatch)
+    now = time.time()
+    for attempt in (1, 2):
+        # A failure leaves the entry leased; it is taken again once the lease (1 s) ends.
+        await runner.run_due(now + 10 * attempt)
+        assert await store.stage_entries.waiting() == 1
+        assert tried == [SORRY["text"], "Second"] * attempt
+    assert entries((await item(client, "D1"))["timeline"], "stage_rule.ran") == []
+
+    with caplog.at_level(logging.WARNING, logger=stage_entries.__name__):
+        await runner.run_due(now + 30)  # the last attempt
+    first, second = entries((await item(client, "D1"))["timeline"], "stage_rule.ran")
+    assert first["status"] == "queued" and await job_ids(client) == [first["job_id"]]
+    assert (second["rule"], second["status"], second["job_id"]) == (1, "failed", None)
+    assert "3 attempts" in second["reason"] and "the provider table is corrupt" in second["reason"]
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "given up" in warning.getMessage() and first["entry_id"] in warning.getMessage()
+    assert await store.stage_entries.waiting() == 0
+    await runner.run_due(now + 40)
+    assert len(tried) == 6  # three attempts, then none
+    assert metrics.registry.get_sample_value("callgate_stage_entries_given_up_total") == 1
+    assert metrics.registry.get_sample_value("callgate_stage_rules_total", {"kind": "sms", "outcome": "failed"}) == 1
+
+
+async def test_an_entry_whose_last_attempt_never_finished_is_given_up_naming_the_jobs_made(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, runner, metrics = await runner_of(
+        aiohttp_client, make_settings(max_deliveries=2), [SORRY, {"text": "Second"}]
+    )
+    store = client.app[STORE]
+    tried = failing_second(monkeypatch)
+    now = time.time()
+    # The first attempt queues rule 0's job, then fails; the second one's worker dies.
+    entry = await take_one(store, now)
+    with pytest.raises(RuntimeError):
+        await runner.apply(entry)
+    await store.stage_entries.take(now + 10, now + 11, 10)
+    [job_id] = await job_ids(client)
+
+    await runner.run_due(now + 20)
+    assert len(tried) == 2  # not run again
+    first, second = entries((await item(client, "D1"))["timeline"], "stage_rule.ran")
+    assert (first["status"], first["job_id"]) == ("queued", job_id)
+    assert second["status"] == "failed" and "the worker running them stopped" in second["reason"]
+    assert await store.stage_entries.waiting() == 0 and await job_ids(client) == [job_id]
+    assert metrics.registry.get_sample_value("callgate_stage_entries_given_up_total") == 1
+
+
+async def test_a_rule_edited_after_its_job_was_queued_and_before_it_was_recorded_records_that_job(
+    aiohttp_client: ClientFactory, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, runner, _ = await runner_of(aiohttp_client, settings, [SORRY])
+    store = client.app[STORE]
+    now = time.time()
+    entry = await take_one(store, now)
+
+    async def crash(records: Any) -> list[bool]:
+        raise RuntimeError("the worker dies here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store.items, "record_many", crash)
+        with pytest.raises(RuntimeError):
+            await runner.apply(entry)
+    [job_id] = await job_ids(client)
+    resp = await client.put("/v1/stage-rules/sales/CALL_BACK", json=[{"text": "Edited"}], headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+
+    await runner.apply(entry)
+    [outcome] = entries((await item(client, "D1"))["timeline"], "stage_rule.ran")
+    assert (outcome["status"], outcome["job_id"], outcome["reason"]) == ("queued", job_id, None)
+    assert await job_ids(client) == [job_id]
+    assert await store.stage_entries.waiting() == 0
+
+
+async def test_the_runner_goes_again_at_once_only_when_a_partition_filled_its_batch(
+    aiohttp_client: ClientFactory, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stage_entries, "BATCH", 2)
+    client = await aiohttp_client(create_app(settings, workers=False))
+    store = client.app[STORE]
+    runner = StageEntryRunner(store, settings, client.app[RENDERER], Metrics())
+    ids = [f"X{n}" for n in range(1000)]
+    spread = [next(i for i in ids if store.keys.partition_of(i) == p) for p in (1, 2, 3)]
+    same = [i for i in ids if store.keys.partition_of(i) == 0][:3]
+
+    async def enter(item_ids: list[str]) -> None:
+        # Entries of items that do not exist: each attempt just drops its entry.
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for item_id in item_ids:
+                store.stage_entries.enter(pipe, StageEntry(item_id, new_entry_id(), "sales", "NEW"))
+            await pipe.execute()
+
+    # Three entries, more than a batch, but one per partition: all taken, nothing left.
+    await enter(spread)
+    assert await runner.run_due(time.time()) is False
+    assert await store.stage_entries.waiting() == 0
+    # Three in one partition: a full batch taken there, one left.
+    await enter(same)
+    assert await runner.run_due(time.time()) is True
+    assert await store.stage_entries.waiting() == 1
+    assert await runner.run_due(time.time()) is False
+    assert await store.stage_entries.waiting() == 0
 
 
 async def test_a_worker_killed_between_moves_and_jobs_sends_each_entry_once(

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from config.settings import Settings
@@ -347,6 +348,11 @@ async def group_exists(redis: Redis, stream: str, group: str) -> bool:
         return False
 
 
+async def redis_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 async def done(redis: Redis, keys: Keys, count: int, recorder: Recorder, name: str = "t") -> bool:
     """``count`` entries were processed and nothing is left in the stream."""
     return len(recorder.calls) >= count and await redis.xlen(keys.stream(name)) == 0
@@ -430,3 +436,129 @@ async def test_each_partition_is_read_by_one_consumer_at_a_time_in_order(redis: 
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+async def test_a_batch_longer_than_a_lease_keeps_its_partition(redis: Redis, prefix: str) -> None:
+    """A consumer renews its partitions' leases while it processes a batch, however long it
+    takes: the other consumer tries to take the partition meanwhile and cannot, so no entry
+    is processed twice or out of order."""
+    keys = Keys(prefix, partitions=2)
+    config = replace(CONFIG, partitions=(0, 1), exclusive=True)
+    seen: list[tuple[str, int]] = []
+
+    def recorder(name: str) -> Processor:
+        async def process(entry: Entry) -> None:
+            if name == "A" and not seen:
+                # Slow: until B renewed (and so tried to take the partition) three leases later.
+                started = await redis_ms(redis)
+
+                async def b_tried_long_after() -> bool:
+                    vouched = await redis.hget(keys.consumers("t"), "B")
+                    return int(vouched or 0) > started + 3 * config.claim_idle_ms
+
+                await eventually(b_tried_long_after)
+            seen.append((name, int(entry.fields["n"])))
+
+        return process
+
+    a, b = (StreamConsumer(redis, keys, config, name, one_by_one(recorder(name))) for name in ("A", "B"))
+    async with running(a, b):
+
+        async def shared() -> bool:
+            return len(a.reading) == len(b.reading) == 1
+
+        await eventually(shared)
+        partition = a.reading[0]
+        async with redis.pipeline(transaction=True) as pipe:  # one read takes them all
+            for n in range(5):
+                pipe.xadd(keys.stream("t", partition), {"n": str(n)})
+            await pipe.execute()
+
+        async def all_done() -> bool:
+            return len(seen) >= 5 and await drained(redis, keys.stream("t", partition), "t")
+
+        await eventually(all_done)
+    assert seen == [("A", n) for n in range(5)]
+
+
+async def test_a_partition_lost_mid_batch_is_left_to_its_new_reader(redis: Redis, prefix: str) -> None:
+    """Should a partition's lease go to another consumer while a batch of it is processed (its
+    renewals failed for longer than a lease), the new reader takes the entries over and the
+    old one settles none of them: it cannot acknowledge away one the new reader failed."""
+    keys = Keys(prefix, partitions=1)
+    config = replace(CONFIG, partitions=(0,), exclusive=True)
+    seen: list[tuple[str, int]] = []
+
+    async def process_a(entry: Entry) -> None:
+        if not seen:
+            taken_over = await redis_ms(redis)
+            await redis.set(keys.lease("t", 0), "B", px=10_000)  # as B would once A's lease lapsed
+
+            async def b_has_it_and_a_lease_passed() -> bool:
+                return ("B", 0) in seen and await redis_ms(redis) > taken_over + config.claim_idle_ms
+
+            await eventually(b_has_it_and_a_lease_passed)
+        seen.append(("A", int(entry.fields["n"])))
+
+    async def process_b(entry: Entry) -> None:
+        seen.append(("B", int(entry.fields["n"])))
+        if seen.count(("B", 0)) == 1 and entry.fields["n"] == "0":
+
+            async def a_done() -> bool:
+                return ("A", 2) in seen
+
+            await eventually(a_done)  # A is done with the batch, and settles it now if it does
+            raise RuntimeError("first try")
+
+    a = StreamConsumer(redis, keys, config, "A", one_by_one(process_a))
+    b = StreamConsumer(redis, keys, config, "B", one_by_one(process_b))
+    async with running(a):
+
+        async def a_reads() -> bool:
+            return a.reading == [0]
+
+        await eventually(a_reads)
+        async with running(b):
+            async with redis.pipeline(transaction=True) as pipe:
+                for n in range(3):
+                    pipe.xadd(keys.stream("t", 0), {"n": str(n)})
+                await pipe.execute()
+
+            async def retried() -> bool:
+                return seen.count(("B", 0)) == 2 and await drained(redis, keys.stream("t", 0), "t")
+
+            await eventually(retried)
+    assert [n for name, n in seen if name == "B"] == [0, 1, 2, 0]  # the failed one again, last
+    assert not await redis.exists(keys.errors("t", 0))
+
+
+async def test_a_batch_cut_short_by_redis_goes_before_newer_entries_of_its_partition(redis: Redis, prefix: str) -> None:
+    """Redis failing mid-batch restarts the consumer with the batch pending: it is taken up
+    again first, so its partition's entries keep their order."""
+    keys = Keys(prefix, partitions=1)
+    config = replace(CONFIG, partitions=(0,), exclusive=True)
+    seen: list[int] = []
+
+    async def process(entry: Entry) -> None:
+        seen.append(int(entry.fields["n"]))
+        if seen == [0]:
+            await redis.xadd(keys.stream("t", 0), {"n": "3"})  # arrives while Redis is away
+            raise RedisConnectionError("Redis went away")
+
+    consumer = StreamConsumer(redis, keys, config, "A", one_by_one(process))
+    async with running(consumer):
+
+        async def reads() -> bool:
+            return consumer.reading == [0]
+
+        await eventually(reads)
+        async with redis.pipeline(transaction=True) as pipe:
+            for n in range(3):
+                pipe.xadd(keys.stream("t", 0), {"n": str(n)})
+            await pipe.execute()
+
+        async def all_done() -> bool:
+            return 3 in seen and await drained(redis, keys.stream("t", 0), "t")
+
+        await eventually(all_done)
+    assert seen == [0, 0, 1, 2, 3]

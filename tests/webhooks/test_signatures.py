@@ -76,16 +76,35 @@ def test_twilio_query_string_is_signed() -> None:
     assert not verify_twilio("https://gw.example.com/webhooks/twilio/voice/status?job=J2", FORM, signature, TOKEN)
 
 
+class MultiDict(dict[str, list[str]]):
+    """Fields by name, as the SDK asks for a repeated one's values (``getall``)."""
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
 def test_twilio_repeated_fields_as_pairs() -> None:
     pairs = [("To", "+18005551212"), ("MediaUrl", "https://a"), ("MediaUrl", "https://b")]
-
-    class MultiDict(dict[str, list[str]]):
-        def getall(self, name: str) -> list[str]:
-            return self[name]
-
     signature = sign(URL, MultiDict({"To": ["+18005551212"], "MediaUrl": ["https://a", "https://b"]}))
     assert verify_twilio(URL, pairs, signature, TOKEN)
     assert not verify_twilio(URL, pairs[:2], signature, TOKEN)
+
+
+@pytest.mark.parametrize("algorithm", ["HMAC_SHA1", "HMAC_SHA256"])
+def test_twilio_own_hmac_signs_as_the_sdk(monkeypatch: pytest.MonkeyPatch, algorithm: str) -> None:
+    """verify_twilio computes the HMAC of the URL as sent itself (the SDK's validate is only its
+    fallback): it must give what the SDK gives, a repeated pair counted once, values sorted."""
+    pairs = [("To", "+18005551212"), ("MediaUrl", "https://b"), ("MediaUrl", "https://a"), ("MediaUrl", "https://a")]
+    pairs.append(("Body", "¿qué tal? 😀"))
+    fields = MultiDict({"To": ["+18005551212"], "MediaUrl": ["https://b", "https://a", "https://a"]})
+    fields["Body"] = ["¿qué tal? 😀"]
+    signature = RequestValidator(TOKEN).compute_signature(URL, fields, algorithm)
+    monkeypatch.setattr(RequestValidator, "validate", lambda *args, **kwargs: False)
+    assert verify_twilio(URL, pairs, signature, TOKEN, algorithm)
+    assert verify_twilio(
+        URL, dict(pairs), RequestValidator(TOKEN).compute_signature(URL, dict(pairs), algorithm), TOKEN, algorithm
+    )
+    assert not verify_twilio(URL, pairs[:-1], signature, TOKEN, algorithm)
 
 
 def test_twilio_empty_form() -> None:
