@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 # A benchmark run as a script imports this while its directory (this one) comes first on the
-# path; it leaves before the gateway is imported, so that "sms" is the sms package, not
-# bench/sms.py.
+# path; the project's root takes its place before the gateway is imported, so that "sms" is the
+# sms package, not bench/sms.py, and the tests' cluster starter (tests/cluster.py) imports.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from config.settings import Settings
 from gateway.store.embedded import EmbeddedRedis

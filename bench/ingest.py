@@ -67,14 +67,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-# Run as a script, this file's directory comes first on the path (bench/sms.py would shadow sms);
-# the project's root takes its place, for the cluster starter the tests use (tests/cluster.py).
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
 import aiohttp
 import redis as redis_py
 from aiohttp import web
+
+# Run as a script, this file's directory comes first on the path: benchkit comes from it and
+# puts the project's root in its place.
+from benchkit import ADMIN, ADMIN_TOKEN, API, API_TOKEN
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from redis.utils import HIREDIS_AVAILABLE
@@ -90,8 +89,6 @@ PUBLIC_URL = "https://bench.callgate.invalid"
 STATUS_PATH = "/webhooks/twilio/voice/status"
 ACCOUNT_SID = "AC" + "0" * 31 + "b"
 AUTH_TOKEN = "bench-twilio-auth-token-0123456789"
-ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
-API_TOKEN = "bench-api-token-0123456789abcdef01"
 LINE = "+34910000001"
 AGENT = "+34600000009"
 STAGES = ["NEW", "CALL_BACK", "CONTACTED", "WON"]
@@ -491,8 +488,6 @@ async def wait_healthy(name: str, proc: subprocess.Popen[bytes], base: str, log:
 
 async def configure_callgate(base: str, customers: Sequence[str]) -> None:
     """A pipeline, a Twilio provider, a line, one item per customer and a call.missed trigger."""
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    api = {"Authorization": f"Bearer {API_TOKEN}"}
     twilio = {"kind": "twilio", "credentials": {"account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN}}
     async with aiohttp.ClientSession(base_url=base, timeout=aiohttp.ClientTimeout(total=30)) as session:
 
@@ -501,18 +496,18 @@ async def configure_callgate(base: str, customers: Sequence[str]) -> None:
                 if resp.status not in (200, 201):
                     raise RuntimeError(f"{method} {path}: {resp.status} {await resp.text()}")
 
-        await call("PUT", "/v1/pipelines/sales", {"stages": STAGES}, admin)
-        await call("PUT", "/v1/providers/tw", twilio, admin)
-        await call("PUT", f"/v1/lines/{LINE}", {"provider": "tw", "forward_to": [AGENT]}, admin)
+        await call("PUT", "/v1/pipelines/sales", {"stages": STAGES}, ADMIN)
+        await call("PUT", "/v1/providers/tw", twilio, ADMIN)
+        await call("PUT", f"/v1/lines/{LINE}", {"provider": "tw", "forward_to": [AGENT]}, ADMIN)
         for start in range(0, len(customers), 50):
             await asyncio.gather(
                 *(
-                    call("PUT", f"/v1/items/bench-{i}", card(customer), api)
+                    call("PUT", f"/v1/items/bench-{i}", card(customer), API)
                     for i, customer in enumerate(customers[start : start + 50], start)
                 )
             )
         trigger = {"name": "missed", "event": "call.missed", "pipeline": "sales", "target_stage": "CALL_BACK"}
-        await call("POST", "/v1/triggers", trigger, admin)
+        await call("POST", "/v1/triggers", trigger, ADMIN)
 
 
 def card(customer: str) -> dict[str, Any]:
