@@ -157,8 +157,8 @@ class Keys:
         return f"{self._at(partition)}stage-entries"
 
     def stage_entry_attempts(self, partition: int) -> str:
-        """Hash: a member of ``stage_entries(partition)`` -> how many times a worker took it
-        (bounded by ``max_deliveries``); written by the take, dropped with the entry."""
+        """Hash: a member of ``stage_entries(partition)`` -> how many times a worker started it
+        (bounded by ``max_deliveries``); written as a worker starts it, dropped with the entry."""
         return f"{self._at(partition)}stage-entry-attempts"
 
     def stream(self, name: str, partition: int | None = None) -> str:

@@ -37,8 +37,13 @@ class Queued:
         return web.json_response({"id": self.job_id, "status": self.status.value}, status=202)
 
 
-def _conflict() -> ApiError:
-    return ApiError(409, "idempotency_conflict", f"this {IDEMPOTENCY_HEADER} was used with a different body")
+class IdempotencyConflict(ApiError):
+    """A key already used with another body (409). ``job_id`` is the job it made, None when
+    its first request has not made it (yet, or ever: that request died between the steps)."""
+
+    def __init__(self, job_id: str | None) -> None:
+        super().__init__(409, "idempotency_conflict", f"this {IDEMPOTENCY_HEADER} was used with a different body")
+        self.job_id = job_id
 
 
 class Queueing:
@@ -56,6 +61,11 @@ class Queueing:
         job = await self._store.jobs.get(job_id)
         return Queued(job_id, job.status if job is not None else JobStatus.QUEUED)
 
+    async def _conflict(self, job_id: str) -> IdempotencyConflict:
+        """The conflict with the job ``job_id`` the key was claimed for, named once it is made."""
+        job = await self._store.jobs.get(job_id)
+        return IdempotencyConflict(None if job is None else job.id)
+
     async def replayed(self) -> Queued | None:
         """The job of a key already used (409 with another body), or None."""
         if self.key is None:
@@ -65,7 +75,7 @@ class Queueing:
         if existing is None:
             return None
         if existing[1] != self.body_hash:
-            raise _conflict()
+            raise await self._conflict(existing[0])
         job = await jobs.get(existing[0])
         if job is None:
             return None  # its request died before making it: this one makes it (``queue``)
@@ -94,7 +104,7 @@ class Queueing:
             test=test,
         )
         if not outcome.same_body:
-            raise _conflict()
+            raise await self._conflict(outcome.job_id)
         if outcome.new:
             # A worker may already be sending it; the contract's answer to a new job is "queued".
             return Queued(outcome.job_id, JobStatus.QUEUED, fields)

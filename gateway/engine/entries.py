@@ -6,9 +6,10 @@ worker takes it, queues each rule's job under the idempotency key (entry id, rul
 through the same path as the CRM's own requests, writes each rule's outcome on the item's
 timeline once, and only then drops the entry. A crash anywhere in between runs the entry
 again later and nothing twice; a later entry into the stage has a new id and runs again.
-An entry is taken at most ``max_deliveries`` times: on its last attempt a rule that fails
-is recorded ``failed`` with the error while the others still run, and an entry whose last
-attempt fails anyway (or never finished) is given up with what can still be recorded.
+An entry is started at most ``max_deliveries`` times (an entry taken but never started is
+no attempt): on its last attempt a rule that fails is recorded ``failed`` with the error
+while the others still run, and an entry whose last attempt fails anyway (or never
+finished) is given up with what can still be recorded.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from config.settings import Settings
+from gateway.api.queueing import IdempotencyConflict
 from gateway.api.robocalls import queue_robocall
 from gateway.api.sms import queue_sms
 from gateway.errors import ApiError
@@ -38,8 +41,8 @@ POLL_SECONDS = 0.25
 BATCH = 50
 # The longest error a ``failed`` outcome quotes.
 _REASON_MAX = 500
-# The API error of an idempotency key met again with another body.
-_CONFLICT = "idempotency_conflict"
+
+Rule = SmsRule | RobocallRule
 
 
 def rule_key(entry: StageEntry, index: int) -> str:
@@ -85,11 +88,14 @@ class StageEntryRunner:
     async def _attempt(self, entry: StageEntry) -> None:
         """One attempt at the entry; one that fails stays leased and is taken again when its
         lease ends, up to its last attempt."""
-        if entry.attempt > self._attempts:
+        attempt = await self._store.stage_entries.start(entry)
+        if attempt == 0:
+            return  # another worker took it after this one's lease ended, and finished it
+        if attempt > self._attempts:
             # Its last attempt never finished: the worker died in it, maybe because of it.
             await self._give_up(entry, "the worker running them stopped")
             return
-        last = entry.attempt >= self._attempts
+        last = attempt == self._attempts
         try:
             await self.apply(entry, last=last)
         except UNAVAILABLE:
@@ -100,66 +106,70 @@ class StageEntryRunner:
                 return
             log.exception(
                 "stage rules of entry %s (item %s) failed on attempt %d of %d; tried again later",
-                *(entry.entry_id, entry.item_id, entry.attempt, self._attempts),
+                *(entry.entry_id, entry.item_id, attempt, self._attempts),
             )
 
     async def apply(self, entry: StageEntry, *, last: bool = False) -> None:
         """Queue the entry's rules and put their outcomes on the timeline, then drop it. On
         the ``last`` attempt a rule that fails is recorded ``failed`` and the others still run."""
+
+        async def outcome(index: int, rule: Rule) -> dict[str, Any]:
+            try:
+                return await self._run(entry, index, rule)
+            except UNAVAILABLE:
+                raise
+            except Exception as exc:
+                if not last:
+                    raise
+                return self._failed(entry, index, rule, _error(exc), exc)
+
+        await self._settle(entry, outcome)
+
+    async def _give_up(self, entry: StageEntry, error: str, exc: Exception | None = None) -> None:
+        """Drop an entry whose last attempt failed or never finished, without running its
+        rules again: each is recorded with the job an earlier attempt made, or ``failed``."""
+
+        async def outcome(index: int, rule: Rule) -> dict[str, Any]:
+            job_id = await self._made(rule_key(entry, index))
+            if job_id is None:
+                return self._failed(entry, index, rule, error, exc)
+            return _queued(_outcome(entry, index, rule), job_id)
+
+        try:
+            await self._settle(entry, outcome)
+        except UNAVAILABLE:
+            raise
+        except Exception:
+            # The rules or the item cannot be read: dropped all the same, or it would be
+            # taken again for ever.
+            self._metrics.stage_entries_given_up.inc()
+            log.exception(
+                "stage rules of entry %s (item %s) given up after %d attempts (%s); their outcomes are not recorded",
+                *(entry.entry_id, entry.item_id, self._attempts, error),
+            )
+            await self._store.stage_entries.done(entry)
+
+    async def _settle(self, entry: StageEntry, outcome: Callable[[int, Rule], Awaitable[dict[str, Any]]]) -> None:
+        """Each rule's ``outcome`` (by its index) on the timeline in one step, then drop the
+        entry; nothing to record when its rules or its item are gone. A crash before that
+        step runs the rules again, and their jobs' idempotency keys give back the jobs made."""
         failed = False
         stored = await self._store.stage_rules.get(rules_name(entry.pipeline, entry.stage))
         if stored is not None and await self._store.items.get(entry.item_id) is not None:
-            outcomes = []
-            for index, rule in enumerate(stored.root):
-                try:
-                    outcome = await self._run(entry, index, rule)
-                except UNAVAILABLE:
-                    raise
-                except Exception as exc:
-                    if not last:
-                        raise
-                    failed = True
-                    self._warn(entry, f"rule {index}: {_error(exc)}", exc)
-                    outcome = self._failed(entry, index, rule, _error(exc))
-                outcomes.append(outcome)
-            # One step for all of them; a crash before it runs the rules again, and their
-            # jobs' idempotency keys give back the jobs already queued.
+            outcomes = [await outcome(index, rule) for index, rule in enumerate(stored.root)]
             await self._record(entry, outcomes)
+            failed = any(o["status"] == "failed" for o in outcomes)
         await self._store.stage_entries.done(entry)
         if failed:
             self._metrics.stage_entries_given_up.inc()
 
-    async def _give_up(self, entry: StageEntry, error: str, exc: Exception | None = None) -> None:
-        """Drop an entry whose last attempt failed or never finished, recording as ``failed``
-        each rule that has no outcome yet and made no job, if the rules and the item can
-        still be read."""
-        self._metrics.stage_entries_given_up.inc()
-        self._warn(entry, error, exc)
-        try:
-            stored = await self._store.stage_rules.get(rules_name(entry.pipeline, entry.stage))
-            if stored is not None and await self._store.items.get(entry.item_id) is not None:
-                outcomes = []
-                for index, rule in enumerate(stored.root):
-                    job_id = await self._own_job(rule_key(entry, index))
-                    given_up = self._failed(entry, index, rule, error)
-                    outcomes.append(given_up if job_id is None else _queued(given_up, job_id))
-                await self._record(entry, outcomes)
-        except UNAVAILABLE:
-            raise
-        except Exception:
-            log.exception(
-                "stage rules of entry %s (item %s): their outcomes are not recorded", *(entry.entry_id, entry.item_id)
-            )
-        await self._store.stage_entries.done(entry)
-
-    def _warn(self, entry: StageEntry, error: str, exc: Exception | None) -> None:
+    def _failed(self, entry: StageEntry, index: int, rule: Rule, error: str, exc: Exception | None) -> dict[str, Any]:
+        """The outcome of a rule given up, with its WARNING."""
         log.warning(
-            "stage rules of entry %s (item %s, %s/%s) given up after %d attempts: %s",
-            *(entry.entry_id, entry.item_id, entry.pipeline, entry.stage, self._attempts, error),
+            "stage rule %d of entry %s (item %s, %s/%s) given up after %d attempts: %s",
+            *(index, entry.entry_id, entry.item_id, entry.pipeline, entry.stage, self._attempts, error),
             exc_info=exc,
         )
-
-    def _failed(self, entry: StageEntry, index: int, rule: SmsRule | RobocallRule, error: str) -> dict[str, Any]:
         reason = f"could not run in {self._attempts} attempts: {error}"
         return {**_outcome(entry, index, rule), "status": "failed", "job_id": None, "reason": reason}
 
@@ -171,15 +181,15 @@ class StageEntryRunner:
             [(entry.item_id, rule_key(entry, o["rule"]), timeline_entry("stage_rule.ran", o)) for o in outcomes]
         )
 
-    async def _own_job(self, key: str) -> str | None:
-        """The id of the job a rule's key made on an earlier run of its entry, if made."""
+    async def _made(self, key: str) -> str | None:
+        """The id of the job a rule's key made on an earlier attempt at its entry, if made."""
         existing = await self._store.jobs.existing(key)
         if existing is None:
             return None
         job = await self._store.jobs.get(existing[0])
         return None if job is None else job.id
 
-    async def _run(self, entry: StageEntry, index: int, rule: SmsRule | RobocallRule) -> dict[str, Any]:
+    async def _run(self, entry: StageEntry, index: int, rule: Rule) -> dict[str, Any]:
         outcome = _outcome(entry, index, rule)
         key = rule_key(entry, index)
         try:
@@ -190,13 +200,11 @@ class StageEntryRunner:
                 call = rule.request(entry.item_id)
                 queued = await queue_robocall(self._store, self._settings, self._renderer, call, key=key)
         except ApiError as exc:
-            if exc.code == _CONFLICT:
-                # The key is this entry's rule's alone: an earlier run made its job, then
-                # the rule was edited before that run recorded it (it crashed). That job
+            if isinstance(exc, IdempotencyConflict) and exc.job_id is not None:
+                # The key is this entry's rule's alone: an earlier attempt made its job, then
+                # the rule was edited before that attempt recorded it (it crashed). That job
                 # is the outcome; the edit applies to later entries.
-                job_id = await self._own_job(key)
-                if job_id is not None:
-                    return _queued(outcome, job_id)
+                return _queued(outcome, exc.job_id)
             # What the CRM's own request would have been refused for (a template field the
             # item lacks, a line gone): the rule is skipped, the others still run.
             log.info("stage rule skipped item=%s entry=%s rule=%d: %s", entry.item_id, entry.entry_id, index, exc)
@@ -204,7 +212,7 @@ class StageEntryRunner:
         return _queued(outcome, queued.job_id)
 
 
-def _outcome(entry: StageEntry, index: int, rule: SmsRule | RobocallRule) -> dict[str, Any]:
+def _outcome(entry: StageEntry, index: int, rule: Rule) -> dict[str, Any]:
     """What every outcome of the rule at ``index`` for ``entry`` says."""
     return {
         "entry_id": entry.entry_id,

@@ -4,8 +4,12 @@ after the move cannot lose them) and removed once every rule's outcome is on the
 
 A worker takes due entries with a lease (their score moves to the lease's end); one that
 dies holding them loses them when the lease ends, and another takes them again. Running an
-entry's rules twice is harmless: each rule's job is keyed by (entry id, rule index). Each
-take counts an attempt, so an entry that keeps failing can be given up.
+entry's rules twice is harmless: each rule's job is keyed by (entry id, rule index).
+
+An attempt is counted when a worker starts an entry, not when it takes it: a worker takes a
+whole batch under one lease, and entries it never reached (it died, or the lease ended
+first) have not been tried. Counted before the entry runs, an attempt that kills its
+worker still counts, so an entry that does so every time can be given up.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,17 +26,22 @@ from gateway.keys import Keys
 from gateway.store.connection import Transactions
 from gateway.store.scripts import Call, raise_first, run_many
 
-# Due entries of one partition, leased until ARGV[2] and their attempts counted in the same
-# step: {member, attempt, member, attempt, ...}.
+# Due entries of one partition, leased until ARGV[2].
 _TAKE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local taken = {}
 for _, member in ipairs(due) do
   redis.call('ZADD', KEYS[1], ARGV[2], member)
-  table.insert(taken, member)
-  table.insert(taken, redis.call('HINCRBY', KEYS[2], member, 1))
 end
-return taken
+return due
+"""
+
+# The entry's attempts, this one counted; 0 when it is gone (a worker that took it after this
+# one's lease ended finished it), without counting: a count would outlive the entry.
+_START = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 """
 
 
@@ -46,8 +55,6 @@ class StageEntry:
     entry_id: str
     pipeline: str
     stage: str
-    # How many times a worker took it, this time included (0: not taken); not its identity.
-    attempt: int = field(default=0, compare=False)
 
     @property
     def member(self) -> str:
@@ -55,9 +62,9 @@ class StageEntry:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_member(cls, raw: str, attempt: int = 0) -> StageEntry:
+    def from_member(cls, raw: str) -> StageEntry:
         data = json.loads(raw)
-        return cls(data["item"], data["entry"], data["pipeline"], data["stage"], attempt)
+        return cls(data["item"], data["entry"], data["pipeline"], data["stage"])
 
 
 class StageEntries:
@@ -66,6 +73,7 @@ class StageEntries:
         self._transactions = transactions
         self._keys = keys
         self._take = redis.register_script(_TAKE)
+        self._start: Any = redis.register_script(_START)
 
     def _key(self, item_id: str) -> str:
         return self._keys.stage_entries(self._keys.partition_of(item_id))
@@ -76,19 +84,20 @@ class StageEntries:
 
     async def take(self, now: float, lease_until: float, count: int) -> list[list[StageEntry]]:
         """Up to ``count`` due entries of each partition (one list per partition), leased
-        until ``lease_until``, each with its attempt."""
+        until ``lease_until``."""
         calls: list[Call] = [
-            (
-                [self._keys.stage_entries(partition), self._keys.stage_entry_attempts(partition)],
-                [repr(now), repr(lease_until), count],
-            )
+            ([self._keys.stage_entries(partition)], [repr(now), repr(lease_until), count])
             for partition in range(self._keys.partitions)
         ]
         replies = raise_first(await run_many(self._redis, self._take, calls))
-        return [
-            [StageEntry.from_member(str(reply[i]), int(reply[i + 1])) for i in range(0, len(reply), 2)]
-            for reply in replies
-        ]
+        return [[StageEntry.from_member(str(member)) for member in reply] for reply in replies]
+
+    async def start(self, entry: StageEntry) -> int:
+        """Count an attempt at a taken entry, as a worker starts it: how many there have been,
+        this one included; 0 when the entry is already done."""
+        partition = self._keys.partition_of(entry.item_id)
+        keys = [self._keys.stage_entries(partition), self._keys.stage_entry_attempts(partition)]
+        return int(await self._start(keys=keys, args=[entry.member]))
 
     async def done(self, entry: StageEntry) -> None:
         """Drop the entry with its attempts, in one step."""

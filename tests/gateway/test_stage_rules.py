@@ -177,15 +177,19 @@ async def runner_of(aiohttp_client: ClientFactory, settings: Settings, rules: li
     return client, StageEntryRunner(app[STORE], app[SETTINGS], app[RENDERER], metrics), metrics
 
 
-def failing_second(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Queueing the SMS ``Second`` fails every time (an unexpected error, not a refusal);
-    the texts of the SMS the runner tries to queue, in order."""
+class Killed(BaseException):
+    """The worker's process dies here: nothing of the runner catches it."""
+
+
+def failing_second(monkeypatch: pytest.MonkeyPatch, error: type[BaseException] = RuntimeError) -> list[str]:
+    """Queueing the SMS ``Second`` fails every time with ``error`` (by default an unexpected
+    error, not a refusal); the texts of the SMS the runner tries to queue, in order."""
     tried: list[str] = []
 
     async def queue(store: Store, body: SmsRequest, template: str, **kwargs: Any) -> Queued:
         tried.append(template)
         if template == "Second":
-            raise RuntimeError("the provider table is corrupt")
+            raise error("the provider table is corrupt")
         return await queue_sms(store, body, template, **kwargs)
 
     monkeypatch.setattr(stage_entries, "queue_sms", queue)
@@ -230,29 +234,67 @@ async def test_a_rule_that_fails_every_attempt_is_recorded_failed_after_the_last
     assert metrics.registry.get_sample_value("callgate_stage_rules_total", {"kind": "sms", "outcome": "failed"}) == 1
 
 
-async def test_an_entry_whose_last_attempt_never_finished_is_given_up_naming_the_jobs_made(
-    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+async def test_an_entry_that_kills_its_worker_every_time_is_given_up_after_the_last_naming_the_jobs_made(
+    aiohttp_client: ClientFactory,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     client, runner, metrics = await runner_of(
         aiohttp_client, make_settings(max_deliveries=2), [SORRY, {"text": "Second"}]
     )
     store = client.app[STORE]
-    tried = failing_second(monkeypatch)
+    tried = failing_second(monkeypatch, Killed)
     now = time.time()
-    # The first attempt queues rule 0's job, then fails; the second one's worker dies.
-    entry = await take_one(store, now)
-    with pytest.raises(RuntimeError):
-        await runner.apply(entry)
-    await store.stage_entries.take(now + 10, now + 11, 10)
+    # Each attempt queues rule 0's job (the first makes it, the second finds it), then its
+    # worker dies in rule 1 without a word.
+    for attempt in (1, 2):
+        with pytest.raises(Killed):
+            await runner.run_due(now + 10 * attempt)
+        assert tried == [SORRY["text"], "Second"] * attempt
     [job_id] = await job_ids(client)
 
-    await runner.run_due(now + 20)
-    assert len(tried) == 2  # not run again
+    with caplog.at_level(logging.WARNING, logger=stage_entries.__name__):
+        await runner.run_due(now + 30)
+    assert len(tried) == 4  # not run again
     first, second = entries((await item(client, "D1"))["timeline"], "stage_rule.ran")
     assert (first["status"], first["job_id"]) == ("queued", job_id)
     assert second["status"] == "failed" and "the worker running them stopped" in second["reason"]
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "given up after 2 attempts" in warning.getMessage() and first["entry_id"] in warning.getMessage()
     assert await store.stage_entries.waiting() == 0 and await job_ids(client) == [job_id]
     assert metrics.registry.get_sample_value("callgate_stage_entries_given_up_total") == 1
+
+
+async def test_entries_taken_and_never_started_are_no_attempts(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """Workers that take a batch and die (or see their lease end) before reaching its entries
+    burn none of their attempts: the entries all run afterwards, none given up."""
+    client, runner, metrics = await runner_of(aiohttp_client, make_settings(max_deliveries=2), [SORRY])
+    store = client.app[STORE]
+    items = ["D1", *(f"K{n}" for n in range(5))]
+    for n, item_id in enumerate(items[1:]):
+        await put_card(client, item_id, [{"type": "MOBILE", "value": f"+3460011{n:04d}"}])
+        await set_stage(client, "CALL_BACK", item_id)
+    now = time.time()
+    for abandoned in (1, 2, 3):
+        taken = [
+            entry for entries in await store.stage_entries.take(now + 10 * abandoned, now + 11, 50) for entry in entries
+        ]
+        assert sorted(entry.item_id for entry in taken) == sorted(items)
+
+    assert await runner.run_due(now + 40) is False
+    for item_id in items:
+        [outcome] = await ran(client, 1, item_id)
+        assert outcome["status"] == "queued" and outcome["entry_id"] in {entry.entry_id for entry in taken}
+    assert await store.stage_entries.waiting() == 0
+    assert metrics.registry.get_sample_value("callgate_stage_entries_given_up_total") == 0
+    # A worker that reaches an entry another one finished after its lease ended skips it,
+    # and leaves no count behind.
+    assert await store.stage_entries.start(taken[0]) == 0
+    for partition in range(store.keys.partitions):
+        assert await store.redis.exists(store.keys.stage_entry_attempts(partition)) == 0
 
 
 async def test_a_rule_edited_after_its_job_was_queued_and_before_it_was_recorded_records_that_job(
@@ -279,6 +321,22 @@ async def test_a_rule_edited_after_its_job_was_queued_and_before_it_was_recorded
     assert (outcome["status"], outcome["job_id"], outcome["reason"]) == ("queued", job_id, None)
     assert await job_ids(client) == [job_id]
     assert await store.stage_entries.waiting() == 0
+
+
+async def test_a_rule_whose_key_an_earlier_attempt_claimed_for_another_body_and_never_made_a_job_is_skipped(
+    aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    client, runner, _ = await runner_of(aiohttp_client, settings, [SORRY])
+    store = client.app[STORE]
+    entry = await take_one(store, time.time())
+    # That attempt died between claiming the key (with the rule as it was) and making the job.
+    await store.jobs.claim(stage_entries.rule_key(entry, 0), store.jobs.new_id(entry.item_id), "an edited rule")
+
+    await runner.apply(entry)
+    [outcome] = entries((await item(client, "D1"))["timeline"], "stage_rule.ran")
+    assert (outcome["status"], outcome["job_id"]) == ("skipped", None)
+    assert outcome["reason"] == "this Idempotency-Key was used with a different body"
+    assert await job_ids(client) == []
 
 
 async def test_the_runner_goes_again_at_once_only_when_a_partition_filled_its_batch(
