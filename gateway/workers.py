@@ -92,8 +92,9 @@ def consumers(
         dead_max=settings.dead_letters_max,
         partitions=store.keys.partitions_of(stream),
         batch=batch,
-        # A customer's events, all in one partition, are processed in order by one process.
-        exclusive=stream == EVENTS_STREAM,
+        # A customer's events, all in one partition, are processed in order by one process; so
+        # are an item's outbox entries, which queue its deliveries to the CRM in that order.
+        exclusive=stream in (EVENTS_STREAM, OUTBOX_STREAM),
     )
     outcomes = metrics.stream_entries
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
-from gateway.keys import Keys
+from gateway.keys import OUTBOX_STREAM, Keys
 from gateway.store.backlog import Backlogs
 from gateway.store.dead_letters import DeadLetters
 from gateway.store.inbox import EVENTS_STREAM
@@ -27,6 +27,7 @@ from tests.conftest import ADMIN_TOKEN, API_TOKEN, ClientFactory
 from tests.support import add_item, add_trigger, call_form, configure, eventually, twilio_post
 
 STATUS_PATH = "/webhooks/twilio/voice/status"
+LEASED = (EVENTS_STREAM, OUTBOX_STREAM)  # read by one process at a time, partition by partition
 
 
 async def test_worker_killed_mid_batch_loses_and_doubles_nothing(
@@ -104,11 +105,12 @@ async def test_workers_and_server_share_the_work_without_double_effects(
     await assert_exactly_once(redis, keys, n)
 
 
-async def test_a_server_and_a_worker_split_the_event_partitions_and_hand_them_over_on_stop(
+async def test_a_server_and_a_worker_split_the_partitions_and_hand_them_over_on_stop(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], redis: Redis, tmp_path: Path
 ) -> None:
     """Leases as long as the default: the split and a stopped process's hand-over take a
-    renewal or two, not a lease."""
+    renewal or two, not a lease. The outbox stream is leased as the events stream is, so an
+    item's deliveries to the CRM queue in order however many processes run."""
     settings = make_settings(claim_idle_seconds=30)
     keys = Keys(settings.key_prefix)
     await aiohttp_client(create_app(settings))  # serve, with its workers
@@ -122,8 +124,11 @@ async def test_a_server_and_a_worker_split_the_event_partitions_and_hand_them_ov
         half = keys.partitions // 2
 
         async def split() -> bool:
-            held = await lease_holders(redis, keys)
-            return {name: len(partitions) for name, partitions in held.items()} == {server: half, worker_name: half}
+            for stream in LEASED:
+                held = await lease_holders(redis, keys, stream)
+                if {name: len(partitions) for name, partitions in held.items()} != {server: half, worker_name: half}:
+                    return False
+            return True
 
         await eventually(split)
         held = await lease_holders(redis, keys)
@@ -139,7 +144,8 @@ async def test_a_server_and_a_worker_split_the_event_partitions_and_hand_them_ov
         worker.stop()
 
         async def server_holds_all() -> bool:
-            return await lease_holders(redis, keys) == {server: list(range(keys.partitions))}
+            everything = {server: list(range(keys.partitions))}
+            return all([await lease_holders(redis, keys, stream) == everything for stream in LEASED])
 
         await eventually(server_holds_all)
 
@@ -208,11 +214,11 @@ async def assert_exactly_once(redis: Redis, keys: Keys, n: int) -> None:
     assert await DeadLetters(redis, keys).newest(EVENTS_STREAM) == []
 
 
-async def lease_holders(redis: Redis, keys: Keys) -> dict[str, list[int]]:
-    """The events partitions each consumer holds the lease of."""
+async def lease_holders(redis: Redis, keys: Keys, stream: str = EVENTS_STREAM) -> dict[str, list[int]]:
+    """The partitions of ``stream`` each consumer holds the lease of."""
     async with redis.pipeline(transaction=False) as pipe:
         for partition in range(keys.partitions):
-            pipe.get(keys.lease(EVENTS_STREAM, partition))
+            pipe.get(keys.lease(stream, partition))
         holders = await pipe.execute()
     held: dict[str, list[int]] = {}
     for partition, holder in enumerate(holders):
