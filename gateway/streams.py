@@ -146,6 +146,43 @@ return removed
 """
 
 
+# Moves the hopeless entries ARGV[5..] of a stream (KEYS[1], group ARGV[1]) to its dead
+# letters (KEYS[3], capped exactly at ARGV[4]: rare enough to trim exactly) with their last
+# error (KEYS[2]), acknowledged and deleted, in one step: never in both, never in neither.
+# Consumers of other processes may find the same hopeless entry at once; claiming it for
+# consumer ARGV[2] idle ARGV[3] ms or more lets only one of them take it, so it is
+# dead-lettered once. Returns each dead-lettered entry's id and error, in turn.
+_DEAD_LETTER = """
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 5))
+local out, ids = {}, {}
+for _, entry in ipairs(claimed) do
+  local id, fields = entry[1], entry[2] or {}
+  local why = redis.call('HGET', KEYS[2], id) or 'delivered too often without success'
+  local letter = {}
+  for i = 1, #fields, 2 do
+    if fields[i] ~= '_id' and fields[i] ~= '_error' then
+      table.insert(letter, fields[i])
+      table.insert(letter, fields[i + 1])
+    end
+  end
+  table.insert(letter, '_id')
+  table.insert(letter, id)
+  table.insert(letter, '_error')
+  table.insert(letter, why)
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(letter))
+  table.insert(ids, id)
+  table.insert(out, id)
+  table.insert(out, why)
+end
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+  redis.call('HDEL', KEYS[2], unpack(ids))
+end
+return out
+"""
+
+
 # The lease of a partition (KEYS[1]) for consumer ARGV[1], by mode ARGV[3]: 'take' it unless
 # another holds it, 'keep' it only while the caller holds it still (an expired lease is not
 # kept: another may have held it in between), each for ARGV[2] ms more, 1 when done; 'drop'
@@ -196,8 +233,9 @@ class Leases:
 
     A lease is held from its take until it is dropped or found lapsed: a lapsed one is never
     renewed but lost, since another consumer may have held it in between. ``keep`` renews the
-    leases while a batch is processed, however long it takes, and ``lost`` tells the batch's
-    partitions that did not stay held throughout.
+    leases while a batch is processed, however long it takes; the batch is settled in Redis
+    only where its lease is this consumer's still (``guard``), so a consumer that stalled past
+    its lease settles nothing of the partition's new reader, whatever its clock says.
     """
 
     def __init__(self, redis: Redis, keys: Keys, config: StreamConfig, name: str) -> None:
@@ -206,9 +244,6 @@ class Leases:
         self._label = config.name
         self._ttl = config.claim_idle_ms
         self._every = max(min(config.claim_idle_ms / 3000, _REBALANCE_SECONDS), 0.05)
-        # A lease with less than this left is renewed before its batch is settled: time
-        # enough for the settling to be done before it could lapse.
-        self._margin = config.claim_idle_ms / 3000
         self._next = 0.0
         self._partitions = config.partitions
         self._keys = {p: keys.lease(config.name, p) for p in config.partitions}
@@ -217,9 +252,6 @@ class Leases:
         start = zlib.crc32(name.encode()) % len(config.partitions)
         self._order = config.partitions[start:] + config.partitions[:start]
         self.owned: list[int | None] = []
-        # Per partition held, when its lease lapses at the earliest (time.monotonic): the
-        # Redis expiry counts from when the renewal ran, which is after it was sent.
-        self._until: dict[int | None, float] = {}
         self._lease = redis.register_script(_LEASE)
         self._count = redis.register_script(_READERS)
 
@@ -239,7 +271,6 @@ class Leases:
         # them back would cost a call each and race the consumers still short of theirs.
         free = [p for p in self._order if p not in self.owned] if len(self.owned) < share else []
         kept = self.owned[:share]
-        sent = time.monotonic()
         calls = [self._call(p, "keep") for p in kept] + [self._call(p, "take") for p in free]
         held = raise_first(await run_many(self._redis, self._lease, calls))
         got = [p for p, ok in zip(kept + free, held, strict=True) if ok]
@@ -247,9 +278,8 @@ class Leases:
         if extra:
             raise_first(await run_many(self._redis, self._lease, [self._call(p, "drop") for p in extra]))
         taken = [p for p in keep if p not in self.owned]
-        self._lose([p for p in kept if p not in got])
+        self.lose([p for p in kept if p not in got])
         self.owned = sorted(keep, key=self._order.index)
-        self._until = {p: sent + self._ttl / 1000 for p in keep}
         # Only once renewed: after a failure the next try is due at once.
         self._next = time.monotonic() + self._every
         return taken
@@ -265,27 +295,22 @@ class Leases:
             try:
                 await self._hold()
             except Exception as exc:
-                # Lapsed or not, ``lost`` tells before the batch is settled.
+                # Should the lease lapse meanwhile, the batch's settling finds it not ours.
                 log.warning("stream=%s consumer=%s could not renew its leases: %r", self._label, self._name, exc)
 
-    async def lost(self, partitions: set[int | None]) -> set[int | None]:
-        """Those of ``partitions`` whose lease lapsed or went to another since this consumer
-        took it; the others stay held long enough to settle their entries."""
-        now = time.monotonic()
-        if any(self._until.get(p, now) - self._margin <= now for p in partitions):
-            await self._hold()
-        return {p for p in partitions if p not in self.owned}
+    def guard(self, partition: int | None) -> tuple[str, str]:
+        """The lease key of ``partition`` and the name its holder has there: what a step in
+        Redis compares to tell whether this consumer holds the partition."""
+        return self._keys[partition], self._name
 
     async def _hold(self) -> None:
         owned = list(self.owned)
-        sent = time.monotonic()
         held = raise_first(await run_many(self._redis, self._lease, [self._call(p, "keep") for p in owned]))
-        for p, ok in zip(owned, held, strict=True):
-            if ok and p in self._until:
-                self._until[p] = max(self._until[p], sent + self._ttl / 1000)
-        self._lose([p for p, ok in zip(owned, held, strict=True) if not ok])
+        self.lose([p for p, ok in zip(owned, held, strict=True) if not ok])
 
-    def _lose(self, partitions: list[int | None]) -> None:
+    def lose(self, partitions: list[int | None]) -> None:
+        """Stop reading ``partitions``: their leases lapsed or went to another consumer."""
+        partitions = [p for p in partitions if p in self.owned]
         if not partitions:
             return
         log.warning(
@@ -295,14 +320,11 @@ class Leases:
             ", ".join(map(str, partitions)),
         )
         self.owned = [p for p in self.owned if p not in partitions]
-        for p in partitions:
-            self._until.pop(p, None)
 
     async def release(self) -> None:
         """Give every lease back and leave the live consumers (a process stopping), so the
         others take its partitions over at their next renewal."""
         owned, self.owned = self.owned, []
-        self._until = {}
         await run_many(self._redis, self._lease, [self._call(p, "drop") for p in owned])
         await self._redis.hdel(self._readers, self._name)
 
@@ -339,6 +361,7 @@ class Claims:
         self.backlog = False
         self._adopt = False
         self._prune = redis.register_script(_PRUNE)
+        self._bury = redis.register_script(_DEAD_LETTER)
 
     def due(self) -> bool:
         return self.backlog or self._adopt or time.monotonic() >= self._next
@@ -364,8 +387,8 @@ class Claims:
             self.backlog = len(pending) >= self._config.batch
             hopeless = [p["message_id"] for p in pending if p["times_delivered"] >= self._config.max_deliveries]
             retry = [p["message_id"] for p in pending if p["times_delivered"] < self._config.max_deliveries]
-            for entry_id in hopeless:
-                await self._dead_letter(consumer, entry_id)
+            if hopeless:
+                await self._dead_letter(consumer, hopeless)
             if time.monotonic() >= self._next_prune:
                 await self._prune_dead()
             if not retry:
@@ -389,29 +412,13 @@ class Claims:
         if removed:
             log.info("stream=%s removed dead consumers that owned nothing: %s", self._label, ", ".join(removed))
 
-    async def _dead_letter(self, consumer: str, entry_id: str) -> None:
-        # Consumers of other processes may find the same hopeless entry at once; the XCLAIM's
-        # idle filter lets only one of them take it, so it is dead-lettered once.
-        claimed = await self._redis.xclaim(
-            self._stream, self._group, consumer, min_idle_time=self._config.claim_idle_ms, message_ids=[entry_id]
-        )
-        if not claimed:
-            return
-        fields = dict(claimed[0][1] or {})
-        error = await self._redis.hget(self._errors, entry_id) or "delivered too often without success"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(
-                self._dead,
-                {**fields, "_id": entry_id, "_error": error[:2000]},
-                maxlen=self._config.dead_max,
-                approximate=False,  # rare enough to trim exactly
-            )
-            pipe.xack(self._stream, self._group, entry_id)
-            pipe.xdel(self._stream, entry_id)
-            pipe.hdel(self._errors, entry_id)
-            await pipe.execute()
-        log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, error)
-        self._on_outcome("dead")
+    async def _dead_letter(self, consumer: str, entry_ids: list[str]) -> None:
+        keys = [self._stream, self._errors, self._dead]
+        args: list[str | int] = [self._group, consumer, self._config.claim_idle_ms, self._config.dead_max, *entry_ids]
+        dead = await self._bury(keys=keys, args=args)
+        for entry_id, error in zip(dead[::2], dead[1::2], strict=True):
+            log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, error)
+            self._on_outcome("dead")
 
 
 # Restart delays after consecutive failures: quick for a blip, at most this for an outage.
@@ -421,10 +428,22 @@ _BACKOFF_MAX = 2.0
 _LOG_EVERY = 30
 
 
+# A failure is kept this long at most (and so shown in its dead letter): an exception's
+# message may carry a whole response body.
+_WHY_MOST = 2000
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_WHY_MOST]
+
+
 # Settles a partition's entries of a batch: acknowledges and deletes the done ones
 # (A[2], their ids separated by spaces) and forgets their errors; keeps why the failed ones
-# failed (A[3], JSON id -> error, or '').
+# failed (A[3], JSON id -> error, or ''). Of an exclusive stream (K[3], the partition's
+# lease, and A[4], the consumer), only while the consumer holds the lease: 1 when settled,
+# 0 when left to the lease's holder.
 _SETTLE = """
+if K[3] and redis.call('GET', K[3]) ~= A[4] then return 0 end
 local done = {}
 for id in string.gmatch(A[2], '%S+') do done[#done + 1] = id end
 if A[3] ~= '' then
@@ -435,7 +454,7 @@ if #done > 0 then
   redis.call('XDEL', K[1], unpack(done))
   redis.call('HDEL', K[2], unpack(done))
 end
-return #done
+return 1
 """
 
 
@@ -563,25 +582,6 @@ class StreamConsumer:
             done.set()
             await asyncio.wait([keeper])
 
-    async def _held(self, entries: list[Entry]) -> list[Entry]:
-        """The entries of a processed batch that this consumer may settle: not those of a
-        partition whose lease it lost meanwhile (its loop stalled longer than a lease). That
-        partition's new reader takes them, so settling them here could acknowledge one it is
-        processing, or record a failure of an entry it got done."""
-        if self._leases is None:
-            return entries
-        lost = await self._leases.lost({entry.partition for entry in entries})
-        if not lost:
-            return entries
-        gone = [entry for entry in entries if entry.partition in lost]
-        log.warning(
-            "stream=%s consumer=%s leaves %d processed entries unsettled to the partitions' new readers",
-            self._config.name,
-            self.name,
-            len(gone),
-        )
-        return [entry for entry in entries if entry.partition not in lost]
-
     def _resumed(self) -> None:
         if self._health is not None:
             self._health.back()
@@ -663,24 +663,48 @@ class StreamConsumer:
     async def process(self, entries: list[Entry]) -> None:
         """Run the batch; acknowledge what succeeded and keep why the rest failed, in one
         command (one per partition on Redis Cluster). A failed entry stays pending: a claim
-        retries it later."""
+        retries it later.
+
+        Of an exclusive stream, a partition's entries are settled only while this consumer
+        holds its lease, checked in the settling command itself: one whose lease went to
+        another meanwhile (this consumer stalled longer than a lease) is left to that new
+        reader, which takes its entries over; settling them here could acknowledge one it is
+        processing, or record a failure of an entry it got done."""
         if not entries:
             return
         failed = await self._process(entries)
-        entries = await self._held(entries)
         by_partition: dict[int | None, list[Entry]] = {}
         for entry in entries:
             by_partition.setdefault(entry.partition, []).append(entry)
-            if entry.key in failed:
+        settled = await self._settle([self._settlement(p, part, failed) for p, part in by_partition.items()])
+        lost = [p for p, ok in zip(by_partition, settled, strict=True) if not ok]
+        for entry in entries:
+            if entry.partition in lost:
+                self._on_outcome("unsettled")
+            elif entry.key in failed:
                 label = self._config.label(entry.partition)
                 log.error("stream=%s entry=%s failed", label, entry.id, exc_info=failed[entry.key])
                 self._on_outcome("failed")
             else:
                 self._on_outcome("done")
-        await self._settle([self._settlement(p, part, failed) for p, part in by_partition.items()])
+        if lost and self._leases is not None:
+            log.warning(
+                "stream=%s consumer=%s leaves %d processed entries unsettled to the new readers of partition(s) %s",
+                self._config.name,
+                self.name,
+                sum(len(by_partition[p]) for p in lost),
+                ", ".join(map(str, lost)),
+            )
+            self._leases.lose(lost)
 
     def _settlement(self, partition: int | None, entries: list[Entry], failed: Mapping[str, Exception]) -> Call:
         """The ``_SETTLE`` call of a partition's entries of a batch."""
-        why = {e.id: f"{type(failed[e.key]).__name__}: {failed[e.key]}" for e in entries if e.key in failed}
+        why = {e.id: _why(failed[e.key]) for e in entries if e.key in failed}
         done = " ".join(e.id for e in entries if e.key not in failed)
-        return [self._streams[partition], self._errors[partition]], [self._group, done, json.dumps(why) if why else ""]
+        keys = [self._streams[partition], self._errors[partition]]
+        args = [self._group, done, json.dumps(why) if why else ""]
+        if self._leases is not None:
+            lease, holder = self._leases.guard(partition)
+            keys.append(lease)
+            args.append(holder)
+        return keys, args

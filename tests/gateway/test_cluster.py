@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -22,12 +22,14 @@ from gateway.appkeys import REDIS_CLUSTER
 from gateway.keys import Keys
 from gateway.store.connection import Transactions, cluster_enabled
 from gateway.store.scripts import Looped
+from gateway.streams import StreamConfig, StreamConsumer, one_by_one
 from tests.cluster import Cluster, redis_server
 from tests.conftest import API, Client, ClientFactory
 from tests.gateway import test_crash
 from tests.gateway.test_outbox import Receiver, subscribe, until
 from tests.gateway.test_robocalls import final, job_statuses, put_card, setup
 from tests.gateway.test_sms import send
+from tests.gateway.test_streams import Recorder, drained, running
 from tests.support import (
     STAGES,
     add_item,
@@ -61,6 +63,23 @@ def cluster_settings(cluster: Cluster, settings: Settings, prefix: str) -> Setti
     owner = cluster.owner(Keys(prefix).item("D1"))
     other = next(port for port in cluster.ports if port != owner)
     return Settings(**{**vars(settings), "redis_url": cluster.url(other)})
+
+
+@pytest.fixture
+def redis_threads(monkeypatch: pytest.MonkeyPatch) -> list[threading.Thread]:
+    """The threads redis-py starts from here on: its cluster transaction pipeline runs each
+    read after WATCH, and each queued command, in a thread of its own (blocking the event
+    loop; under load it fails on locks bound to the other loop)."""
+    started: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def noted(thread: threading.Thread) -> None:
+        if getattr(getattr(thread, "_target", None), "__module__", "").startswith("redis"):
+            started.append(thread)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", noted)
+    return started
 
 
 @pytest.fixture
@@ -251,26 +270,14 @@ async def test_webhooks_move_items_and_leads_expire_with_their_keys_spread(
 
 
 async def test_concurrent_changes_of_the_same_items_through_a_node_that_does_not_own_them(
-    aiohttp_client: ClientFactory, cluster_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: ClientFactory, cluster_settings: Settings, redis_threads: list[threading.Thread]
 ) -> None:
     """Many PUTs of the same items at once, with trigger moves among them, through a node
     that does not own D1: every one is answered 2xx, and each item's timeline is one
     unbroken chain of stage changes that ends in its card's stage, where the listings put it.
-
-    redis-py's cluster transaction pipeline runs each read after WATCH in a thread of its
-    own (blocking the event loop; under load it fails on locks bound to the other loop):
-    no redis-py thread may start."""
+    No redis-py thread may start (``redis_threads``)."""
     n, rounds = 12, 6
     client = await aiohttp_client(create_app(cluster_settings))
-    redis_threads: list[threading.Thread] = []
-    start = threading.Thread.start
-
-    def noted(thread: threading.Thread) -> None:
-        if getattr(getattr(thread, "_target", None), "__module__", "").startswith("redis"):
-            redis_threads.append(thread)
-        start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", noted)
     await test_crash.setup_items(client, n)  # K0.. in NEW; a missed call moves one to CALL_BACK
     stages = ["CONTACTED", "WON", "NEW"]
     puts = [
@@ -398,3 +405,44 @@ async def test_looped_calls_go_one_command_per_slot(cluster: Cluster, cluster_re
         expected.append(totals[key])
     assert replies == expected
     assert [int(await cluster_redis.get(key) or 0) for key in totals] == list(totals.values())
+
+
+async def test_hopeless_entries_are_dead_lettered_on_a_cluster_without_a_transaction(
+    cluster: Cluster, cluster_redis: Redis, prefix: str, redis_threads: list[threading.Thread]
+) -> None:
+    """Each partition's hopeless entries go to its dead letters in one script on the shard
+    owning the partition, with their last error: no MULTI, and no redis-py thread
+    (``redis_threads``)."""
+    keys = Keys(prefix, partitions=3)  # a partition on each shard
+    config = StreamConfig(name="t", claim_idle_ms=50, max_deliveries=2, block_ms=100, partitions=(0, 1, 2))
+    failing = Recorder(fail=True)
+    outcomes: list[str] = []
+    consumer = StreamConsumer(cluster_redis, keys, config, "C0", one_by_one(failing), outcomes.append)
+    await consumer.ensure_group()
+    added = {p: [await cluster_redis.xadd(keys.stream("t", p), {"n": f"{p}.{k}"}) for k in range(2)] for p in range(3)}
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            node.config_resetstat()
+
+    async def all_dead() -> bool:
+        for p in range(3):
+            if await cluster_redis.xlen(keys.dead("t", p)) < 2 or not await drained(
+                cluster_redis, keys.stream("t", p), "t"
+            ):
+                return False
+        return True
+
+    async with running(consumer):
+        await eventually(all_dead)
+    for p in range(3):
+        letters: Any = await cluster_redis.xrange(keys.dead("t", p))
+        assert [fields["_id"] for _, fields in letters] == added[p]
+        assert [fields["_error"] for _, fields in letters] == [f"RuntimeError: boom {p}.{k}" for k in range(2)]
+        assert [fields["n"] for _, fields in letters] == [f"{p}.{k}" for k in range(2)]
+        assert not await cluster_redis.exists(keys.errors("t", p))
+    assert outcomes.count("dead") == 6
+    assert len(failing.calls) == 6 * config.max_deliveries
+    for port in cluster.ports:
+        with cluster.client(port) as node:
+            assert "cmdstat_exec" not in node.info("commandstats"), port
+    assert redis_threads == []

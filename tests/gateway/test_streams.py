@@ -532,6 +532,65 @@ async def test_a_partition_lost_mid_batch_is_left_to_its_new_reader(redis: Redis
     assert not await redis.exists(keys.errors("t", 0))
 
 
+async def test_a_consumer_whose_lease_went_to_another_before_it_settles_settles_nothing(
+    redis: Redis, prefix: str
+) -> None:
+    """The lease is checked where a batch is settled, in Redis: a consumer whose partition
+    went to another after its last renewal (it stalled past its lease, unseen by its own
+    clock) settles none of the batch; the new reader takes the entries over, and each one's
+    effect is applied once."""
+    keys = Keys(prefix, partitions=1)
+    config = replace(CONFIG, partitions=(0,), exclusive=True)
+    stream = keys.stream("t", 0)
+    effects = IdempotentEffect(redis, prefix)
+    seen: list[tuple[str, str]] = []
+    outcomes: dict[str, list[str]] = {"A": [], "B": []}
+
+    def processor(name: str) -> Processor:
+        async def process(entry: Entry) -> None:
+            seen.append((name, entry.id))
+            await effects(entry)
+            if name == "A" and entry.fields["n"] == "2":
+                # The batch's last entry: A stalls here past its lease and B takes the partition.
+                await redis.set(keys.lease("t", 0), "B", px=60_000)
+
+        return process
+
+    a, b = (
+        StreamConsumer(redis, keys, config, name, one_by_one(processor(name)), outcomes[name].append)
+        for name in ("A", "B")
+    )
+    async with running(a):
+
+        async def a_reads() -> bool:
+            return a.reading == [0]
+
+        await eventually(a_reads)
+        async with redis.pipeline(transaction=True) as pipe:  # one read takes them all
+            for n in range(3):
+                pipe.xadd(stream, {"n": str(n)})
+            ids = await pipe.execute()
+
+        async def a_gave_up() -> bool:
+            return len(outcomes["A"]) == 3 and a.reading == []
+
+        await eventually(a_gave_up)
+        assert outcomes["A"] == ["unsettled"] * 3
+        assert seen == [("A", entry_id) for entry_id in ids]
+        pending = await redis.xpending_range(stream, "t", min="-", max="+", count=10)
+        assert [(p["message_id"], p["consumer"]) for p in pending] == [(entry_id, "A") for entry_id in ids]
+
+        async with running(b):
+
+            async def b_done() -> bool:
+                return len(outcomes["B"]) == 3 and await drained(redis, stream, "t")
+
+            await eventually(b_done)
+    assert outcomes["B"] == ["done"] * 3
+    assert seen[3:] == [("B", entry_id) for entry_id in ids]  # all again, in order
+    assert await effects.applied() == Counter(ids)  # once each, though processed twice
+
+
 async def test_a_batch_cut_short_by_redis_goes_before_newer_entries_of_its_partition(redis: Redis, prefix: str) -> None:
     """Redis failing mid-batch restarts the consumer with the batch pending: it is taken up
     again first, so its partition's entries keep their order."""
