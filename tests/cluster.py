@@ -5,9 +5,12 @@ bus listens on its port + 10000) and stopped afterwards: for the tests, and for
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -92,10 +95,69 @@ class Cluster:
 
     def owner(self, key: str) -> int:
         """The port of the node owning ``key``'s slot."""
+        return self.slot_owner(self.slot(key))
+
+    def slot(self, key: str) -> int:
         with self.client(self.ports[0]) as client:
-            slot = int(client.cluster("KEYSLOT", key))
-        index = next(i for i, (first, last) in enumerate(_SLOTS) if first <= slot <= last)
-        return self.ports[index]
+            return int(client.cluster("KEYSLOT", key))
+
+    def slot_owner(self, slot: int) -> int:
+        with self.client(self.ports[0]) as client:
+            ranges = client.cluster("SLOTS")
+        return next(int(primary[1]) for first, last, primary, *_ in ranges if first <= slot <= last)
+
+    def node_id(self, port: int) -> str:
+        with self.client(port) as client:
+            return str(client.cluster("MYID"))
+
+    def start_migration(self, slot: int, target: int) -> int:
+        """Mark ``slot`` as moving from its owner to the node at ``target``; the owner's port.
+        Its keys stay where they are until ``move_keys``."""
+        source = self.slot_owner(slot)
+        with self.client(target) as client:
+            client.cluster("SETSLOT", slot, "IMPORTING", self.node_id(source))
+        with self.client(source) as client:
+            client.cluster("SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source
+
+    def move_keys(self, slot: int, source: int, target: int) -> None:
+        with self.client(source) as client:
+            while keys := client.cluster("GETKEYSINSLOT", slot, 100):
+                client.migrate("127.0.0.1", target, keys, 0, 5000)
+
+    def end_migration(self, slot: int, target: int) -> None:
+        """Give ``slot`` to the node at ``target``, telling every node (the target first, as
+        the cluster's manual says), so any of them answers with the new owner at once."""
+        owner = self.node_id(target)
+        for port in sorted(self.ports, key=lambda port: port != target):
+            with self.client(port) as client:
+                client.cluster("SETSLOT", slot, "NODE", owner)
+
+    def migrate(self, slot: int, target: int) -> int:
+        """Move ``slot`` with its keys to the node at ``target``; the port it was at."""
+        source = self.start_migration(slot, target)
+        self.move_keys(slot, source, target)
+        self.end_migration(slot, target)
+        return source
+
+    def settle(self, slot: int, home: int, away: int) -> None:
+        """``slot`` back on the node at ``home`` with its keys, after a test gave it to the
+        node at ``away``, or began to: a migration cut short is finished first (a key may be
+        on either node, and only the importing one takes it)."""
+        if self.slot_owner(slot) == home:
+            self.migrate(slot, away)
+        self.migrate(slot, home)
+
+    @contextmanager
+    def frozen(self, port: int) -> Iterator[None]:
+        """The node at ``port`` stopped (SIGSTOP) while in the block: it accepts connections but
+        answers nothing, as a node gone mid-failover does until its clients time out."""
+        process = self.processes[self.ports.index(port)]
+        process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> Cluster:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from config.vocabulary import CALL_PROGRESS
 from gateway.keys import Keys
@@ -61,10 +62,12 @@ class Calls:
         if detection_ms is not None:
             fields["machine_detection_ms"] = detection_ms
         key = self._keys.call(provider, call_sid)
-        async with self._transactions.pipeline(key) as pipe:
+
+        def queue(pipe: Pipeline) -> None:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
             pipe.expire(key, _CALL_TTL)
-            await pipe.execute()
+
+        await self._transactions.multi(key, queue)
 
     async def answered_by(self, provider: str, call_sid: str) -> str | None:
         value = await self._redis.hget(self._keys.call(provider, call_sid), "answered_by")

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AskError, MovedError, OutOfMemoryError, ResponseError, WatchError
+from redis.cluster import get_node_name
+from redis.exceptions import AskError, MovedError, OutOfMemoryError, RedisError, ResponseError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -105,9 +110,10 @@ class RedisHealth:
             self._down_since = None
 
 
-# Times a step starts over on a node that no longer owns its slot, each after reading the
-# slot map again; a slot still moving after that fails the step (a 500) rather than wait.
-_MOVED_ATTEMPTS = 3
+# Times a step is sent to a node: after ASK, once more on the node the slot is moving to;
+# after MOVED, again after reading the slot map. A slot still moving after that fails the
+# step (a 500) rather than wait.
+_ATTEMPTS = 3
 # Connections of a node's client: a burst of steps waits for one of them (at most this
 # many seconds, then the step fails like an outage) instead of opening a connection each,
 # whose connects time out together while the event loop is busy with the burst.
@@ -115,21 +121,67 @@ _NODE_CONNECTIONS = 16
 _NODE_CONNECTION_WAIT = 1.0
 
 
+class _NodePipeline(Pipeline):
+    """A pipeline on one node. ``asking`` when an ASK named the node: it is importing the
+    slot and serves the slot's commands only right after ASKING, which lasts one command,
+    or until EXEC when the next is MULTI."""
+
+    asking = False
+
+    async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.asking:
+            await super().immediate_execute_command("ASKING")  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        return await super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    async def _execute_transaction(self, connection: Connection, commands: Any, raise_on_error: bool) -> Any:
+        # Here rather than in execute: after the scripts' checks, and again on its retry.
+        if self.asking:
+            await connection.send_command("ASKING")
+            await connection.read_response()
+        return await super()._execute_transaction(connection, commands, raise_on_error)
+
+
+@dataclass
+class _Node:
+    """A node's client and how many steps use it: one dropped after a failure is closed when
+    its last step ends, not under steps that may still finish on it."""
+
+    client: Redis
+    users: int = 0
+    dropped: bool = False
+
+
+def _node_failed(exc: BaseException) -> bool:
+    """Whether an UNAVAILABLE error says the node is gone or stuck, not that its client's
+    connections were all busy (BlockingConnectionPool raises that from asyncio's timeout)."""
+    return not isinstance(exc.__cause__, asyncio.TimeoutError)
+
+
 class Transactions:
     """MULTI/EXEC steps (WATCH ones too) on keys of one hash slot.
 
     redis-py's cluster client runs each command of its transaction pipeline (queued ones
     too, and the reads after WATCH) in a thread of its own with an event loop of its own:
-    it blocks ours and, under concurrency, fails on locks bound to the other loop. On a cluster a step runs instead on a plain
-    client of the node that owns the slot (one per node, made when first needed, closed by
-    ``aclose``). A node that no longer owns it (resharding, failover) answers MOVED or ASK
-    to the WATCH, a read or a queued write, so EXEC writes nothing; the slot map is read
-    again and the step starts over.
+    it blocks ours and, under concurrency, fails on locks bound to the other loop. On a
+    cluster a step runs instead on a plain client of the node that owns the slot (one per
+    node, made when first needed, closed by ``aclose``), and follows the cluster when the
+    slot moves:
+
+    - ASK (the slot is migrating, the key already gone to the importing node): the step
+      runs once more there, each command after ASKING; the slot map is not read again, as
+      the slot is still the old node's until the migration ends.
+    - MOVED (the node no longer owns the slot): the slot map is read again and the step
+      starts over. Steps refused together read it once: one that chose its node before
+      the last read only starts over.
+    - A node that does not answer (failover, restart): its client is dropped and the slot
+      map read again before the error goes up, so the next step finds the slot's owner.
     """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._nodes: dict[str, Redis] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._map_reads = 0
+        self._reading_map = asyncio.Lock()
 
     async def run(self, watch: list[str], body: Callable[[Pipeline], Awaitable[T]]) -> T:
         """Run ``body`` in WATCH/MULTI on ``watch`` until no concurrent writer interferes.
@@ -137,49 +189,110 @@ class Transactions:
         ``body`` reads after WATCH (immediate mode), then calls ``pipe.multi()`` and queues
         writes; EXEC fails if a watched key changed, and we start over with fresh reads.
         """
-        attempt = 1
-        while True:
-            try:
-                async with (await self._client(watch[0])).pipeline(transaction=True) as pipe:
-                    while True:
-                        try:
-                            await pipe.watch(*watch)
-                            result = await body(pipe)
-                            await pipe.execute()
-                            return result
-                        except WatchError:
-                            continue
-            except (MovedError, AskError):
-                if attempt == _MOVED_ATTEMPTS or not isinstance(self._redis, RedisCluster):
-                    raise
-                attempt += 1
-                await self._redis.nodes_manager.initialize()
 
-    @asynccontextmanager
-    async def pipeline(self, key: str) -> AsyncIterator[Pipeline]:
-        """A MULTI/EXEC pipeline for keys in ``key``'s slot, without WATCH: a node that no
-        longer owns the slot refuses its commands (MOVED), and EXEC raises that."""
-        async with (await self._client(key)).pipeline(transaction=True) as pipe:
-            yield pipe
+        async def watched(pipe: Pipeline) -> T:
+            while True:
+                try:
+                    await pipe.watch(*watch)
+                    result = await body(pipe)
+                    await pipe.execute()
+                    return result
+                except WatchError:
+                    continue
 
-    async def _client(self, key: str) -> Redis:
+        return await self._on_owner(watch[0], watched)
+
+    async def multi(self, key: str, queue: Callable[[Pipeline], object]) -> list[Any]:
+        """The replies of the commands ``queue`` puts on a pipeline for keys in ``key``'s
+        slot, run in one MULTI/EXEC."""
+
+        async def queued(pipe: Pipeline) -> list[Any]:
+            queue(pipe)
+            return await pipe.execute()
+
+        return await self._on_owner(key, queued)
+
+    async def _on_owner(self, key: str, step: Callable[[Pipeline], Awaitable[T]]) -> T:
         cluster = self._redis
         if not isinstance(cluster, RedisCluster):
-            return self._redis
+            async with cluster.pipeline(transaction=True) as pipe:
+                return await step(pipe)
         await cluster.initialize()  # the slot map, unless this client has it already
-        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
-        client = self._nodes.get(node.name)
-        if client is None:
+        slot = cluster.keyslot(key)
+        asked: str | None = None  # the node an ASK named
+        attempt = 1
+        while True:
+            map_reads = self._map_reads
+            owner = cluster.nodes_manager.get_node_from_slot(slot)
+            address = asked or owner.name
+            node = self._node(address, owner)
+            node.users += 1
+            try:
+                pipe = _NodePipeline(node.client.connection_pool, node.client.response_callbacks, True, None)
+                pipe.asking = asked is not None
+                async with pipe:
+                    return await step(pipe)
+            except MovedError:
+                if attempt == _ATTEMPTS:
+                    raise
+                asked = None
+                await self._read_map(map_reads)
+            except AskError as exc:
+                if asked is not None or attempt == _ATTEMPTS:
+                    raise
+                asked = get_node_name(exc.host, exc.port)
+            except UNAVAILABLE as exc:
+                if _node_failed(exc):
+                    self._drop(address, node)
+                    # The step's error goes up either way; a map no node can give now is
+                    # read after a later step fails on the old owner again.
+                    with suppress(RedisError):
+                        await self._read_map(map_reads)
+                raise
+            finally:
+                await self._release(node)
+            attempt += 1
+
+    def _node(self, address: str, like: ClusterNode) -> _Node:
+        """The client of the node at ``address``, made with the settings of ``like`` (a
+        node the slot map knows; an ASK may name one it does not)."""
+        node = self._nodes.get(address)
+        if node is None:
+            host, port = address.rsplit(":", 1)
             pool = BlockingConnectionPool(
-                connection_class=node.connection_class,
+                connection_class=like.connection_class,
                 max_connections=_NODE_CONNECTIONS,
                 timeout=_NODE_CONNECTION_WAIT,
-                **node.connection_kwargs,
+                **{**like.connection_kwargs, "host": host, "port": int(port)},
             )
-            client = self._nodes[node.name] = Redis.from_pool(pool)
-        return client
+            node = self._nodes[address] = _Node(Redis.from_pool(pool))
+        return node
+
+    def _drop(self, address: str, node: _Node) -> None:
+        # Unless a step that failed on it too has dropped it already, and another has made
+        # a client for the node (back after a restart) since.
+        if self._nodes.get(address) is node:
+            del self._nodes[address]
+        node.dropped = True
+
+    async def _release(self, node: _Node) -> None:
+        node.users -= 1
+        if node.dropped and not node.users:
+            # Its node failed: a close that fails too changes nothing for the step.
+            with suppress(*UNAVAILABLE):
+                await node.client.aclose()
+
+    async def _read_map(self, seen: int) -> None:
+        """Read the slot map again, unless it was read since ``seen`` reads."""
+        cluster = cast(RedisCluster, self._redis)
+        async with self._reading_map:
+            if self._map_reads == seen:
+                await cluster.nodes_manager.initialize()
+                self._map_reads += 1
 
     async def aclose(self) -> None:
         nodes, self._nodes = list(self._nodes.values()), {}
-        for client in nodes:
-            await client.aclose()
+        for node in nodes:
+            node.dropped = True  # those still in use are closed by their last step
+            if not node.users:
+                await node.client.aclose()

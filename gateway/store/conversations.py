@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from gateway.keys import Keys
 from gateway.store.connection import Transactions
@@ -41,8 +42,10 @@ class Conversations:
     async def close(self, customer: str) -> str | None:
         """End the customer's conversation; the line it was on, or None when none was open."""
         key = self._keys.conversation(customer)
-        async with self._transactions.pipeline(key) as pipe:
+
+        def queue(pipe: Pipeline) -> None:
             pipe.hget(key, "line")
             pipe.delete(key)
-            line, _ = await pipe.execute()
+
+        line, _ = await self._transactions.multi(key, queue)
         return None if line is None else str(line)

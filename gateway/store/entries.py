@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from gateway.keys import Keys
 from gateway.store.connection import Transactions
@@ -102,10 +103,13 @@ class StageEntries:
     async def done(self, entry: StageEntry) -> None:
         """Drop the entry with its attempts, in one step."""
         partition = self._keys.partition_of(entry.item_id)
-        async with self._transactions.pipeline(self._keys.stage_entries(partition)) as pipe:
-            pipe.zrem(self._keys.stage_entries(partition), entry.member)
+        entries = self._keys.stage_entries(partition)
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.zrem(entries, entry.member)
             pipe.hdel(self._keys.stage_entry_attempts(partition), entry.member)
-            await pipe.execute()
+
+        await self._transactions.multi(entries, queue)
 
     async def waiting(self) -> int:
         """How many entries wait, leased or not."""

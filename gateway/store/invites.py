@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from gateway.keys import Keys
 from gateway.store.connection import Transactions
@@ -22,10 +23,12 @@ class Invites:
 
     async def put(self, token: str, invite: Mapping[str, str]) -> None:
         key = self._keys.invite(token)
-        async with self._transactions.pipeline(key) as pipe:
+
+        def queue(pipe: Pipeline) -> None:
             pipe.hset(key, mapping=dict(invite))  # type: ignore[arg-type]  # redis-py's mapping type is invariant
             pipe.expire(key, INVITE_TTL)
-            await pipe.execute()
+
+        await self._transactions.multi(key, queue)
 
     async def get(self, token: str) -> dict[str, str] | None:
         found: dict[str, str] = await self._redis.hgetall(self._keys.invite(token))

@@ -11,6 +11,7 @@ from enum import IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from config.jobs import RANK, JobStatus
 from config.usage import Usage, money
@@ -271,18 +272,23 @@ class Jobs:
     async def defer(self, job_id: str, due: float, **fields: str) -> None:
         """Leave the job where it is until ``due`` (quiet hours, a busy rate limit, a call's
         next check), with ``fields`` (its reason, ...) set in the same step."""
-        async with self._transactions.pipeline(self._keys.job(job_id)) as pipe:
-            pipe.hset(self._keys.job(job_id), mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
+        key = self._keys.job(job_id)
+
+        def queue(pipe: Pipeline) -> None:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
             pipe.zadd(self._keys.jobs_due(self._keys.partition_of(job_id)), {job_id: due})
-            await pipe.execute()
+
+        await self._transactions.multi(key, queue)
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
         """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""
         key = self._keys.call(provider, ref)
-        async with self._transactions.pipeline(key) as pipe:
+
+        def queue(pipe: Pipeline) -> None:
             pipe.hset(key, "job", job_id)
             pipe.expire(key, _CALL_TTL)
-            await pipe.execute()
+
+        await self._transactions.multi(key, queue)
 
     async def fire_due(self, now: float) -> int:
         """Move the jobs due by ``now`` into their partition's jobs stream; how many."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -15,12 +15,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import NodesManager
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.appkeys import REDIS_CLUSTER
 from gateway.keys import Keys
-from gateway.store.connection import Transactions, cluster_enabled
+from gateway.store import connection
+from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect
 from gateway.store.scripts import Looped
 from gateway.streams import StreamConfig, StreamConsumer, one_by_one
 from tests.cluster import Cluster, redis_server
@@ -331,6 +334,34 @@ async def test_concurrent_changes_of_the_same_items_through_a_node_that_does_not
         assert stage == data["stage"] == listed[f"K{i}"]
 
 
+def _setting(key: str, value: str) -> Callable[[Pipeline], Awaitable[str | None]]:
+    """A WATCH step that sets ``key`` to ``value``; what it read before."""
+
+    async def body(pipe: Pipeline) -> str | None:
+        before = await pipe.get(key)
+        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        pipe.set(key, value)
+        return None if before is None else str(before)
+
+    return body
+
+
+def _map_reads(client: Redis, monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """One entry per reading of ``client``'s slot map from now on."""
+    nodes = cast(RedisCluster, client).nodes_manager
+    read = NodesManager.initialize
+    reads: list[None] = []
+
+    async def counted(self: NodesManager, *args: Any, **kwargs: Any) -> None:
+        if self is nodes:
+            reads.append(None)
+        await read(self, *args, **kwargs)
+
+    # The class's: a NodesManager has slots, not an attribute to set.
+    monkeypatch.setattr(NodesManager, "initialize", counted)
+    return reads
+
+
 async def test_a_step_sent_by_a_stale_slot_map_is_refused_and_retried_on_the_owner(
     cluster_redis: Redis, prefix: str
 ) -> None:
@@ -341,20 +372,150 @@ async def test_a_step_sent_by_a_stale_slot_map_is_refused_and_retried_on_the_own
     owner = cluster.nodes_manager.slots_cache[slot][0]
     # The slot map as it was before a resharding moved the slot to its owner.
     cluster.nodes_manager.slots_cache[slot] = [next(n for n in cluster.get_primaries() if n.name != owner.name)]
-
-    async def body(pipe: Pipeline) -> object:
-        before = await pipe.get(key)
-        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        pipe.set(key, "written")
-        return before
-
     transactions = Transactions(cluster_redis)
     try:
-        assert await transactions.run([key], body) is None
+        assert await transactions.run([key], _setting(key, "written")) is None
     finally:
         await transactions.aclose()
     assert await cluster_redis.get(key) == "written"
     assert cluster.nodes_manager.slots_cache[slot][0].name == owner.name
+
+
+@pytest.fixture
+async def moving(cluster: Cluster, cluster_redis: Redis, prefix: str) -> AsyncIterator[tuple[str, int, int, int]]:
+    """A key of this test, its slot, the slot's owner and another node to move it to; the
+    slot is back on its owner after the test (before its keys are deleted)."""
+    key = prefix + "moving"
+    slot = cluster.slot(key)
+    owner = cluster.slot_owner(slot)
+    away = next(port for port in cluster.ports if port != owner)
+    yield key, slot, owner, away
+    cluster.settle(slot, owner, away)
+
+
+def _asking_get(cluster: Cluster, port: int, key: str) -> object:
+    """``key`` on the node at ``port``, which is importing its slot."""
+    with cluster.client(port) as node, node.pipeline(transaction=False) as pipe:
+        pipe.execute_command("ASKING")
+        pipe.get(key)
+        return pipe.execute()[1]
+
+
+async def test_a_step_follows_its_slot_through_a_migration(
+    cluster: Cluster,
+    cluster_redis: Redis,
+    moving: tuple[str, int, int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, slot, source, target = moving
+    await cast(RedisCluster, cluster_redis).initialize()
+    reads = _map_reads(cluster_redis, monkeypatch)
+    transactions = Transactions(cluster_redis)
+    try:
+        assert await transactions.run([key], _setting(key, "before")) is None
+        cluster.start_migration(slot, target)
+        cluster.move_keys(slot, source, target)
+        # Mid-migration the source answers ASK (the key is gone from it): the steps run on
+        # the target, after ASKING (reads, WATCH and MULTI alike), and the map is not read.
+        assert await transactions.run([key], _setting(key, "asked")) == "before"
+        assert await transactions.multi(key, lambda pipe: pipe.append(key, "+")) == [len("asked+")]
+        assert _asking_get(cluster, target, key) == "asked+"
+        assert reads == []
+        # Once it ends the source answers MOVED: the map is read once, the step runs on the target.
+        cluster.end_migration(slot, target)
+        assert await transactions.run([key], _setting(key, "moved")) == "asked+"
+        assert len(reads) == 1
+    finally:
+        await transactions.aclose()
+    with cluster.client(target) as node:
+        assert node.get(key) == "moved"
+
+
+async def test_a_burst_of_steps_refused_after_a_migration_reads_the_slot_map_once(
+    cluster: Cluster,
+    cluster_redis: Redis,
+    moving: tuple[str, int, int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, slot, _, target = moving
+    n = 24
+
+    async def increment(pipe: Pipeline) -> None:
+        value = int(str(await pipe.get(key)))
+        pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        pipe.set(key, value + 1)
+
+    await cast(RedisCluster, cluster_redis).initialize()
+    transactions = Transactions(cluster_redis)
+    try:
+        await transactions.run([key], _setting(key, "0"))  # the source's client made
+        cluster.migrate(slot, target)
+        reads = _map_reads(cluster_redis, monkeypatch)
+        # Every step goes to the source and is refused (MOVED); one reads the map for all.
+        await asyncio.gather(*(transactions.run([key], increment) for _ in range(n)))
+    finally:
+        await transactions.aclose()
+    assert len(reads) == 1
+    with cluster.client(target) as node:
+        assert node.get(key) == str(n)
+
+
+async def test_a_node_that_stops_answering_fails_one_step_and_the_next_finds_the_slot_owner(
+    cluster: Cluster,
+    cluster_settings: Settings,
+    moving: tuple[str, int, int, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, slot, source, target = moving
+    redis = connect(str(cluster_settings.redis_url), cluster=True)  # the gateway's short timeouts
+    await cast(RedisCluster, redis).initialize()
+    transactions = Transactions(redis)
+    try:
+        await transactions.run([key], _setting(key, "before"))  # the source's client made
+        # As after a failover: the slot has a new owner, the old one does not answer.
+        cluster.migrate(slot, target)
+        reads = _map_reads(redis, monkeypatch)
+        with cluster.frozen(source):
+            with pytest.raises(UNAVAILABLE):
+                await transactions.run([key], _setting(key, "lost"))
+            assert len(reads) == 1  # before the error went up
+            assert await transactions.run([key], _setting(key, "after")) == "before"
+    finally:
+        await transactions.aclose()
+        await redis.aclose()
+    assert len(reads) == 1
+    with cluster.client(target) as node:
+        assert node.get(key) == "after"
+
+
+async def test_a_step_that_waits_too_long_for_a_connection_neither_drops_its_node_nor_reads_the_map(
+    cluster_redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = prefix + "busy"
+    monkeypatch.setattr(connection, "_NODE_CONNECTIONS", 1)
+    monkeypatch.setattr(connection, "_NODE_CONNECTION_WAIT", 0.05)
+    await cast(RedisCluster, cluster_redis).initialize()
+    reads = _map_reads(cluster_redis, monkeypatch)
+    transactions = Transactions(cluster_redis)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(pipe: Pipeline) -> None:
+        holding.set()
+        await release.wait()
+
+    try:
+        held = asyncio.create_task(transactions.run([key], hold))
+        await holding.wait()
+        with pytest.raises(RedisConnectionError, match="No connection available"):
+            await transactions.run([key], _setting(key, "refused"))
+        release.set()
+        await held
+        assert reads == []
+        assert await transactions.run([key], _setting(key, "written")) is None
+    finally:
+        release.set()
+        await transactions.aclose()
+    assert reads == []
 
 
 async def test_consumers_read_without_asking_the_cluster_for_the_keys_of_each_read(
