@@ -156,6 +156,45 @@ async def test_a_failed_call_ends_the_job_with_the_sip_code_and_refusals_change_
     assert done["reason"] == "the call ended busy (SIP 486)"
 
 
+@pytest.mark.parametrize(
+    ("event", "fields", "status", "redial"),
+    [
+        ("call.outgoing", {"status": "ringing"}, "ringing", False),
+        ("call.completed", {"status": "completed", "duration": 3}, "completed", False),
+        # The redial's own due survives the report that ended the dial.
+        ("call.completed", {"status": "no-answer"}, "queued", True),
+    ],
+)
+async def test_a_report_that_moves_the_job_past_sent_drops_its_sent_check(
+    aiohttp_client: ClientFactory,
+    vox_settings: Settings,
+    vox: VoximplantApi,
+    mp3: str,
+    event: str,
+    fields: dict[str, Any],
+    status: str,
+    redial: bool,
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3, attempts=2, retry_interval_seconds=900))
+    job_id = accepted["id"]
+    session = (await final(client, job_id, "sent"))["provider_ref"]
+    store = client.app[STORE]
+    due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
+    check = await store.redis.zscore(due_set, job_id)
+    assert check is not None and check < time.time() + CHECK_AFTER_SECONDS + 1
+
+    resp = await scenario_post(client, job_id, event, session, 1, **fields)
+    assert resp.status == 200, await resp.text()
+    await final(client, job_id, status)
+    due = await store.redis.zscore(due_set, job_id)
+    if redial:
+        assert due is not None and due > time.time() + 800
+    else:
+        assert due is None
+
+
 async def test_a_session_claims_its_dial_in_one_round_trip(
     private_redis: EmbeddedRedis, make_settings: Callable[..., Settings]
 ) -> None:
