@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 
 from config.cards import Card
@@ -210,7 +210,6 @@ class Items:
         self._transactions = transactions
         self._record_once = Looped(redis, _RECORD_ONCE)
         self._members = Looped(redis, "return redis.call('SMEMBERS', K[1])")
-        self._card = Looped(redis, "return redis.call('GET', K[1])")
         self._timeline_page = redis.register_script(_TIMELINE_PAGE)
 
     def _mark(self, pipe: Pipeline, item_id: str, marker: str) -> None:
@@ -498,11 +497,13 @@ class Items:
         return [item for item, _ in found], None
 
     async def _cards(self, ids: Sequence[str]) -> list[Item | None]:
-        """The cards of ``ids`` in one command (one per partition on Redis Cluster); None for
-        a card that is gone."""
+        """The cards of ``ids`` in one MGET (on Redis Cluster one per slot, pipelined to each
+        node); None for a card that is gone."""
         if not ids:
             return []
-        raws = await self._card([([self._keys.item(item_id)], ()) for item_id in ids])
+        keys = [self._keys.item(item_id) for item_id in ids]
+        redis = self._redis
+        raws = await (redis.mget_nonatomic(keys) if isinstance(redis, RedisCluster) else redis.mget(keys))
         return [parse_item(raw) if raw else None for raw in raws]
 
     async def in_stages(self, pipeline: str, stages: Iterable[str], most: int = 5) -> dict[str, list[str]]:
