@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -39,11 +40,23 @@ async def accept(request: web.Request, event: Event, token: str | None = None, f
 
     409 when ``fingerprint`` (see ``Inbox.accept``) differs from the one its identity holds.
     """
-    store = request.app[STORE]
-    arrival = await store.inbox.accept(event, token, fingerprint)
+    arrival = await request.app[STORE].inbox.accept(event, token, fingerprint)
     if arrival is Arrival.CONFLICT:
         raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body")
-    new = arrival is Arrival.NEW
+    return _counted(request, event, arrival is Arrival.NEW)
+
+
+async def accept_all(
+    request: web.Request, events: Sequence[Event], token: str | None = None, reported: int = -1
+) -> list[bool]:
+    """``accept`` for the events of one delivery, stored in their order in one round trip;
+    ``token`` names the delivery of ``events[reported]`` (see ``Inbox.accept_all``)."""
+    arrivals = await request.app[STORE].inbox.accept_all(events, token, reported)
+    return [_counted(request, event, arrival is Arrival.NEW) for event, arrival in zip(events, arrivals, strict=True)]
+
+
+def _counted(request: web.Request, event: Event, new: bool) -> bool:
+    """``new``, once the event's arrival is counted (and logged when new)."""
     metrics = request.app[METRICS]
     metrics.series(metrics.events, event.kind.value, "accepted" if new else "duplicate").inc()
     if new:

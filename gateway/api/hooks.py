@@ -22,7 +22,7 @@ from gateway.api import params
 from gateway.api.routing import Endpoint, Param
 from gateway.appkeys import SETTINGS, STORE
 from gateway.errors import UNDECODABLE, ApiError
-from gateway.ingest import Refused, accept, refuse
+from gateway.ingest import Refused, accept, accept_all, refuse
 from webhooks.errors import MalformedWebhook
 from webhooks.events import Event
 from webhooks.signatures import (
@@ -164,6 +164,7 @@ def _single(parse: Callable[[Mapping[str, str], str, float], Event]) -> Parser:
 
 
 async def _twilio_events(request: web.Request, parse: Parser, form: Form) -> tuple[list[Event], Line]:
+    """The webhook's events, once its signature checks out, and its line."""
     fields, number, line = await _twilio_line(request, form)
     try:
         events = parse(fields, line.provider, time.time(), CallLine(number, frozenset(line.forward_to)))
@@ -171,12 +172,17 @@ async def _twilio_events(request: web.Request, parse: Parser, form: Form) -> tup
         raise Refused(
             400, "malformed_webhook", exc.message, provider=line.provider, line=fields.get("To", ""), field=exc.field
         ) from None
-    # The idempotency token names this delivery: it goes with the event the delivery reports.
-    # A call.outgoing the same callback implies has its own once-per-call dedup instead.
-    token = params.header_token(request, "I-Twilio-Idempotency-Token")
-    for index, event in enumerate(events):
-        await accept(request, event, token if index == len(events) - 1 else None)
     return events, line
+
+
+async def _twilio_accept(request: web.Request, events: list[Event], reported: int = -1) -> None:
+    """Store the webhook's events, in their order, in one round trip.
+
+    The idempotency token names this delivery: it goes with the event the delivery reports,
+    ``events[reported]``. An event the same webhook implies (the call.outgoing before a
+    status, the call.missed after an inbound call nobody can answer) has its own dedup.
+    """
+    await accept_all(request, events, params.header_token(request, "I-Twilio-Idempotency-Token"), reported)
 
 
 def _twiml(body: str) -> web.Response:
@@ -189,10 +195,11 @@ async def twilio_voice(request: web.Request) -> web.Response:
     reports how it ended (that report is what makes a call missed)."""
     (event,), line = await _twilio_events(request, _single(parse_voice), await _twilio_fields(request))
     agents = line.forward_to if line.voice else []
+    events = [event]
     if not agents:
         # Nobody can answer this call: it is missed now, not when a status arrives later.
-        missed = replace(event, kind=EventKind.CALL_MISSED, status="no-agents", dedup=f"{event.dedup}:no-agents")
-        await accept(request, missed)
+        events.append(replace(event, kind=EventKind.CALL_MISSED, status="no-agents", dedup=f"{event.dedup}:no-agents"))
+    await _twilio_accept(request, events, reported=0)
     action = request.app[SETTINGS].base_url + STATUS_PATH
     return _twiml(dial_twiml(agents, action, DIAL_TIMEOUT_SECONDS))
 
@@ -223,7 +230,8 @@ async def twilio_voice_status(request: web.Request) -> web.Response:
     if is_amd(form[0]):
         # An AsyncAmdStatusCallback pointed at the status URL: it names no line.
         return await _twilio_amd(request, form)
-    await _twilio_events(request, _job_call_status(request), form)
+    events, _ = await _twilio_events(request, _job_call_status(request), form)
+    await _twilio_accept(request, events)
     return _twiml(empty_twiml())
 
 
@@ -274,7 +282,8 @@ async def twilio_voice_amd(request: web.Request) -> web.Response:
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms(request: web.Request) -> web.Response:
-    await _twilio_events(request, _single(parse_sms), await _twilio_fields(request))
+    events, _ = await _twilio_events(request, _single(parse_sms), await _twilio_fields(request))
+    await _twilio_accept(request, events)
     return _twiml(empty_twiml())
 
 
@@ -292,7 +301,8 @@ def _job_sms_status(request: web.Request) -> Parser:
 
 @_visible_refusals(ProviderKind.TWILIO)
 async def twilio_sms_status(request: web.Request) -> web.Response:
-    await _twilio_events(request, _job_sms_status(request), await _twilio_fields(request))
+    events, _ = await _twilio_events(request, _job_sms_status(request), await _twilio_fields(request))
+    await _twilio_accept(request, events)
     return _twiml(empty_twiml())
 
 
@@ -407,7 +417,7 @@ async def voximplant_callbacks(request: web.Request) -> web.Response:
                 f"callback_id) with provider {name}'s callback_salt and api_key"
             )
             raise Refused(403, "bad_signature", message, provider=name)
-    accepted = 0
+    events = []
     for callback in callbacks:
         if callback.sms is None:
             continue
@@ -431,9 +441,9 @@ async def voximplant_callbacks(request: web.Request) -> web.Response:
             refusal = Refused(403, "unknown_line", message, provider=name, line=event.line)
             await refuse(request, refusal, ProviderKind.VOXIMPLANT.value)
             continue
-        await accept(request, event)
-        accepted += 1
-    return web.json_response({"status": "accepted", "sms": accepted})
+        events.append(event)
+    await accept_all(request, events)
+    return web.json_response({"status": "accepted", "sms": len(events)})
 
 
 ENDPOINTS_HOOKS = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from enum import Enum
 
 from redis.asyncio import Redis
@@ -17,41 +19,59 @@ __all__ = ["EVENTS_STREAM", "Arrival", "Inbox"]
 
 # Dedup and store in one atomic step: a delivery is either stored (and its identity
 # remembered) or a duplicate; never remembered-but-lost, which would drop the retries too.
-# KEYS: the stream, the event's identity, the events feed, optionally its delivery token:
-# all of the partition of the event's customer, so in one slot on Redis Cluster.
-# The identity holds a fingerprint of the request (ARGV[3]; '' when any repeat is the same
+# One call takes a delivery's events of one partition and stores each new one in their
+# order, with nothing between them. As concurrent calls of their own they could land out of
+# order: Redis Cluster sends those on several connections, and one failing while a later
+# one lands would store its event after the later one on the provider's retry.
+# KEYS: the stream, the events feed, each event's identity, optionally the delivery token:
+# all of the events' partition, so in one slot on Redis Cluster.
+# ARGV[4]: how many events; ARGV[5] and ARGV[6]: the place among them of the event the
+# token goes with, and its identity; then each event's JSON, time and withheld reason (which
+# the JSON lacks).
+# An identity holds a fingerprint of the request (ARGV[2]; '' when any repeat is the same
 # request): another request under it is a conflict (-1). The token holds the identity it
 # came with and only recognises a retry of that event: it is not signed, so it cannot vouch
-# for another one. A new event is traced in the feed (capped at ARGV[5] entries) in the same
-# step: no round trip of its own on the webhook path. Its entry is built here from the event
-# (with its time as ARGV[6] and its withheld reason as ARGV[7], which the JSON lacks), not
-# sent as a dozen more arguments to encode (see EVENT_FEED_FIELDS).
+# for another one. A new event is traced in the feed (capped at ARGV[3] entries) in the same
+# step: no round trip of its own on the webhook path. Its entry is built here from the event,
+# not sent as a dozen more arguments to encode (see EVENT_FEED_FIELDS). Returns each event's
+# Arrival.
 _ACCEPT = """
-local held = redis.call('GET', KEYS[2])
-if held then
-  if held == ARGV[3] or ARGV[3] == '' then return 0 end
-  return -1
-end
-if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[4] then return 0 end
+local n = tonumber(ARGV[4])
+local token = KEYS[n + 3]
 -- Read before the first write: an event cjson cannot read fails the call with nothing stored.
-local event = cjson.decode(ARGV[2])
-redis.call('XADD', KEYS[1], '*', 'event', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[1])
-if KEYS[4] then redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[1]) end
-local entry = {'kind', event.kind, 'at', ARGV[6]}
-for _, name in ipairs({FEED_FIELDS}) do
-  local value = event[name]
-  if type(value) == 'string' and value ~= '' then
-    entry[#entry + 1] = name
-    entry[#entry + 1] = value
+local events = {}
+for i = 1, n do events[i] = cjson.decode(ARGV[4 + 3 * i]) end
+local reported = token and tonumber(ARGV[5])
+local out = {}
+for i = 1, n do
+  local identity, at, withheld = KEYS[2 + i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  local held = redis.call('GET', identity)
+  if held then
+    out[i] = (held == ARGV[2] or ARGV[2] == '') and 0 or -1
+  elseif i == reported and redis.call('GET', token) == ARGV[6] then
+    out[i] = 0
+  else
+    local event = events[i]
+    redis.call('XADD', KEYS[1], '*', 'event', ARGV[4 + 3 * i])
+    redis.call('SET', identity, ARGV[2], 'EX', ARGV[1])
+    if i == reported then redis.call('SET', token, ARGV[6], 'EX', ARGV[1]) end
+    local entry = {'kind', event.kind, 'at', at}
+    for _, name in ipairs({FEED_FIELDS}) do
+      local value = event[name]
+      if type(value) == 'string' and value ~= '' then
+        entry[#entry + 1] = name
+        entry[#entry + 1] = value
+      end
+    end
+    if withheld ~= '' then
+      entry[#entry + 1] = 'withheld'
+      entry[#entry + 1] = withheld
+    end
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', unpack(entry))
+    out[i] = 1
   end
 end
-if ARGV[7] ~= '' then
-  entry[#entry + 1] = 'withheld'
-  entry[#entry + 1] = ARGV[7]
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], '*', unpack(entry))
-return 1
+return out
 """.replace("FEED_FIELDS", ", ".join(f"'{name}'" for name in EVENT_FEED_FIELDS))
 
 
@@ -100,23 +120,50 @@ class Inbox:
             )
             if held is not None and held != fingerprint:
                 return Arrival.CONFLICT
-        # A retry of the event has the same customer, so it finds its identity and token here.
-        partition = self._keys.partition_of(event.customer)
+        (arrival,) = await self._store([event], token, fingerprint=fingerprint)
+        return arrival
+
+    async def accept_all(self, events: Sequence[Event], token: str | None = None, reported: int = -1) -> list[Arrival]:
+        """``accept`` for the events of one delivery, ``token`` naming the delivery of
+        ``events[reported]`` (the others are implied by it): those of a partition (a
+        customer's are) land in its stream in their order, in one step; the partitions'
+        steps run concurrently, in one round trip."""
+        if not events:
+            return []
+        reported %= len(events)
+        parts: dict[int, list[int]] = {}
+        for i, event in enumerate(events):
+            parts.setdefault(self._keys.partition_of(event.customer), []).append(i)
+        steps = []
+        for part in parts.values():
+            tokened = reported in part
+            place = part.index(reported) if tokened else 0
+            steps.append(self._store([events[i] for i in part], token if tokened else None, place))
+        arrivals = dict(
+            zip(
+                (i for part in parts.values() for i in part),
+                (arrival for step in await asyncio.gather(*steps) for arrival in step),
+                strict=True,
+            )
+        )
+        return [arrivals[i] for i in range(len(events))]
+
+    async def _store(
+        self, events: Sequence[Event], token: str | None, reported: int = 0, fingerprint: str = ""
+    ) -> list[Arrival]:
+        """One step storing ``events``, all of one partition, ``token`` naming the delivery
+        of ``events[reported]`` (see _ACCEPT)."""
+        # A retry of an event has the same customer, so it finds its identity and token here.
+        partition = self._keys.partition_of(events[0].customer)
         keys = [
             self._keys.stream(EVENTS_STREAM, partition),
-            self._keys.dedup(partition, event.dedup),
             self._keys.feed(partition),
+            *(self._keys.dedup(partition, event.dedup) for event in events),
         ]
         if token:
-            keys.append(self._keys.dedup(partition, f"token:{event.provider}:{token}"))
-        at, withheld = now_iso(event.at), event.withheld or ""
-        args: list[str | int] = [
-            self._dedup_ttl,
-            event.to_json(),
-            fingerprint,
-            event.dedup,
-            self._feed_max,
-            at,
-            withheld,
-        ]
-        return Arrival(int(await self._accept(keys, args)))
+            keys.append(self._keys.dedup(partition, f"token:{events[reported].provider}:{token}"))
+        args: list[str | int] = [self._dedup_ttl, fingerprint, self._feed_max, len(events)]
+        args += [reported + 1, events[reported].dedup]
+        for event in events:
+            args += [event.to_json(), now_iso(event.at), event.withheld or ""]
+        return [Arrival(int(reply)) for reply in await self._accept(keys, args)]

@@ -3,6 +3,7 @@ out-of-order callbacks, withheld callers, every SMS status, MMS media."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -59,6 +60,34 @@ async def test_outgoing_call_reported_only_by_completed(client: Client) -> None:
     outgoing = next(e for e in data["timeline"] if e["type"] == "call.outgoing")["data"]
     assert (outgoing["line"], outgoing["customer"], outgoing["status"]) == (LINE, CUSTOMER, "completed")
     assert outgoing["CallDuration"] == "42"
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "agents", "kinds"),
+    [
+        # The outgoing call the status implies, then the status the delivery reports.
+        (STATUS, status_form(OUTBOUND_SID, "completed", **OUTBOUND), [AGENT], ["call.outgoing", "call.completed"]),
+        # An inbound call nobody can answer, then its miss.
+        ("/webhooks/twilio/voice", call_form(), [], ["call.incoming", "call.missed"]),
+    ],
+)
+async def test_a_webhook_s_events_are_stored_once_in_their_order_however_often_it_comes(
+    client: Client, path: str, form: dict[str, str], agents: list[str], kinds: list[str]
+) -> None:
+    await configure(client, forward_to=agents)
+    await add_item(client)
+    token = {"I-Twilio-Idempotency-Token": "5b2e7c1d-0000-4000-8000-000000000002"}
+    # The delivery and a retry at once (their events share a round trip), then a later retry.
+    sent = await asyncio.gather(*(twilio_post(client, path, form, headers=token) for _ in range(2)))
+    assert [resp.status for resp in sent] == [200, 200]
+    assert (await twilio_post(client, path, form, headers=token)).status == 200
+    feed = await client.get("/v1/events", headers=ADMIN)
+    assert [event["kind"] for event in reversed((await feed.json())["events"])] == kinds
+    for kind in kinds:
+        assert await metric(client, "callgate_events_total", kind=kind, outcome="accepted") == 1
+        assert await metric(client, "callgate_events_total", kind=kind, outcome="duplicate") == 2
+    await processed(client, len(kinds))
+    assert [kind for kind in timeline_types(await item(client)) if kind in kinds] == kinds
 
 
 async def test_outgoing_call_reported_first_by_answered(client: Client) -> None:
