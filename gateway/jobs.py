@@ -128,8 +128,8 @@ class JobRunner:
 
     async def run(self, job_id: str) -> None:
         job = await self._store.jobs.get(job_id)
-        if job is not None and job.status is JobStatus.SENT and job["check_at"]:
-            await self._check_sent(job)
+        if job is not None and job.status in IN_CALL and job["check_at"]:
+            await self._check_call(job)
             return
         if job is None or job.status in FINAL or job.status in IN_CALL:
             return  # a duplicate entry: the job is past placement
@@ -150,7 +150,7 @@ class JobRunner:
             await self._send(job, provider, since, reconcile)
             return
         call = self._call(job)
-        # A provider whose reports may never come is asked how the call went if none has.
+        # A provider whose reports may never come is asked how the call ended if none said so.
         check = provider.check_after if isinstance(provider, CallChecker) else None
         await self._dispatch(job, lambda: provider.find(call), lambda: provider.place(call), reconcile, check)
 
@@ -310,7 +310,7 @@ class JobRunner:
     ) -> None:
         """Place the call or send the message, unless ``find`` (asked when an earlier try's
         outcome is unknown) says the provider already has it; the job is then ``sent`` (and,
-        with ``check``, looked up that many seconds later unless it moved on). A reconciled
+        with ``check``, looked up that many seconds later unless its call has ended). A reconciled
         job takes a rate-limit slot only when it is dialled after all, and asks ``find``
         once however often the limit defers it."""
         unplaced = reconcile and job[UNPLACED] == "1"
@@ -335,18 +335,21 @@ class JobRunner:
         )
         log.info("job=%s kind=%s dial=%d placed ref=%s", job.id, job["kind"], job.dial, ref)
 
-    async def _check_sent(self, job: Job) -> None:
-        """A call still ``sent`` when its check is due: its provider's reports never came, so
-        its records are asked how it ended, and the job moves as that report would have moved
-        it (a compare-and-set, so once however many processes check). With no end found, it
-        is looked up again later, and failed once the provider's bound has passed, whether its
-        records showed no end or could not be read at all (a call is never ``sent`` for ever)."""
+    async def _check_call(self, job: Job) -> None:
+        """A call still ``sent``, ``ringing`` or ``answered`` when its check is due: its
+        provider's report of its end never came (of anything at all, while ``sent``), so its
+        records are asked how it ended, and the job moves as that report would have moved it
+        (a compare-and-set from the status it was checked in, so once however many processes
+        check). With no end found, it is looked up again later, and failed once the
+        provider's bound has passed, whether its records showed no end or could not be read
+        at all (a call never stays in progress for ever)."""
+        expect = (job.status,)
         provider = await self._providers.get(job["provider"])
         if provider is None:
             reason = (
                 f"provider {job['provider']} is no longer configured, so call {job['provider_ref']} cannot be looked up"
             )
-            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENT,), reason=reason)
+            await self._change(job, JobStatus.FAILED, expect=expect, reason=reason)
             return
         now = self._clock()
         if not isinstance(provider, CallChecker) or now < float(job["check_at"]):
@@ -358,7 +361,7 @@ class JobRunner:
             log.warning("job=%s could not look up call %s: %s", job.id, job["provider_ref"], exc.reason)
             end, unread = None, exc.reason
         if end is not None and end.unplaced:
-            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENT,), reason=end.unplaced)
+            await self._change(job, JobStatus.FAILED, expect=expect, reason=end.unplaced)
         elif end is not None:
             extra = {"dial": str(job.dial)}
             if end.status == "completed":
@@ -380,11 +383,12 @@ class JobRunner:
             await self.on_call_event(job.id, event)
         elif now >= float(job["placing_at"]) + provider.give_up_after:
             records = f"could not be read ({unread})" if unread else "show no end of it"
+            after = "" if job.status is JobStatus.SENT else f" after it was {job.status.value}"
             reason = (
-                f"no report of call {job['provider_ref']} came, and the provider's records {records} "
+                f"no report of call {job['provider_ref']} came{after}, and the provider's records {records} "
                 f"{provider.give_up_after:.0f} s after the dial began"
             )
-            await self._change(job, JobStatus.FAILED, expect=(JobStatus.SENT,), reason=reason)
+            await self._change(job, JobStatus.FAILED, expect=expect, reason=reason)
         else:
             due = now + provider.check_after
             await self._store.jobs.defer(job.id, due, check_at=repr(due))

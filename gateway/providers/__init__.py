@@ -110,10 +110,10 @@ class SmsProvider(Protocol):
 @runtime_checkable
 class CallChecker(Protocol):
     """A provider whose calls' progress may never reach the gateway (Voximplant: the shipped
-    scenario posts it, and a scenario that cannot reach us is silent). A call still ``sent``
-    ``check_after`` seconds after it was placed is looked up in the provider's records (and
-    again every ``check_after``), and failed when they show no end of it ``give_up_after``
-    seconds after its dial began."""
+    scenario posts it, and a scenario that crashed or cannot reach us is silent). A call still
+    ``sent``, ``ringing`` or ``answered`` ``check_after`` seconds after it was placed is looked
+    up in the provider's records (and again every ``check_after``), and failed when they show
+    no end of it ``give_up_after`` seconds after its dial began."""
 
     check_after: float
     give_up_after: float

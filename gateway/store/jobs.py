@@ -55,11 +55,11 @@ return 1
 
 # A status change applies only from the statuses (and the dial) the caller expects, and,
 # for provider callbacks, only forward; scheduling and dead-lettering ride in the same step
-# so a crash cannot leave a job waiting with nothing to wake it. A job leaving ``sent``
-# with no new due leaves the due set too: its entry there is its sent-check, which only a
-# job still ``sent`` runs (in ``sent`` it is due for nothing else), so it would wake the job
-# for nothing. Returns 1 when it moved, 2 when the job already is in that status (a repeat),
-# 0 otherwise.
+# so a crash cannot leave a job waiting with nothing to wake it. A job in a call (``sent``,
+# ``ringing``, ``answered``) is due for nothing but its call's check: moving on to
+# ``ringing`` or ``answered`` keeps that check, as the call may still never report its end;
+# leaving the call with no new due drops it, as it would wake the job for nothing. Returns
+# 1 when it moved, 2 when the job already is in that status (a repeat), 0 otherwise.
 _UPDATE = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'rank', 'dial', 'id')
 if not cur[1] then return 0 end
@@ -70,7 +70,8 @@ if ARGV[4] == '1' and tonumber(ARGV[3]) <= tonumber(cur[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'rank', ARGV[3], 'status', ARGV[7], unpack(ARGV, 9))
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[5], cur[4])
-elseif cur[1] == 'sent' then
+elseif (cur[1] == 'sent' or cur[1] == 'ringing' or cur[1] == 'answered')
+    and ARGV[7] ~= 'ringing' and ARGV[7] ~= 'answered' then
   redis.call('ZREM', KEYS[2], cur[4])
 end
 if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '*', 'job', cur[4], '_error', ARGV[6]) end
@@ -255,8 +256,8 @@ class Jobs:
         on dial ``on_dial``, and (``forward``) behind ``status``.
 
         ``due`` schedules it to run again at that time; ``dead`` dead-letters it with that
-        reason, both in the same step. Without ``due``, a job leaving ``sent`` drops its
-        pending sent-check.
+        reason, both in the same step. Without ``due``, a job in a call keeps its pending
+        call check into ``ringing`` or ``answered`` and drops it on leaving the call.
         """
         pairs = [str(value) for pair in fields.items() for value in pair]
         partition = self._keys.partition_of(job_id)

@@ -27,7 +27,7 @@ from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.records import Snapshots
-from tests.conftest import ADMIN, Client, ClientFactory
+from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall
 from tests.support import PUBLIC_URL, eventually, item, voximplant_post
 from tests.voximplant_api import RULE_ID, VoximplantApi
@@ -157,15 +157,17 @@ async def test_a_failed_call_ends_the_job_with_the_sip_code_and_refusals_change_
 
 
 @pytest.mark.parametrize(
-    ("event", "fields", "status", "redial"),
+    ("event", "fields", "status", "due"),
     [
-        ("call.outgoing", {"status": "ringing"}, "ringing", False),
-        ("call.completed", {"status": "completed", "duration": 3}, "completed", False),
+        # The call may still never report its end: its check stays as it was.
+        ("call.outgoing", {"status": "ringing"}, "ringing", "check"),
+        ("call.answered", {"status": "in-progress"}, "answered", "check"),
+        ("call.completed", {"status": "completed", "duration": 3}, "completed", None),
         # The redial's own due survives the report that ended the dial.
-        ("call.completed", {"status": "no-answer"}, "queued", True),
+        ("call.completed", {"status": "no-answer"}, "queued", "redial"),
     ],
 )
-async def test_a_report_that_moves_the_job_past_sent_drops_its_sent_check(
+async def test_a_report_keeps_the_call_s_check_until_it_reports_the_end(
     aiohttp_client: ClientFactory,
     vox_settings: Settings,
     vox: VoximplantApi,
@@ -173,7 +175,7 @@ async def test_a_report_that_moves_the_job_past_sent_drops_its_sent_check(
     event: str,
     fields: dict[str, Any],
     status: str,
-    redial: bool,
+    due: str | None,
 ) -> None:
     client = await aiohttp_client(create_app(vox_settings))
     await setup_voximplant(client, vox)
@@ -188,11 +190,13 @@ async def test_a_report_that_moves_the_job_past_sent_drops_its_sent_check(
     resp = await scenario_post(client, job_id, event, session, 1, **fields)
     assert resp.status == 200, await resp.text()
     await final(client, job_id, status)
-    due = await store.redis.zscore(due_set, job_id)
-    if redial:
-        assert due is not None and due > time.time() + 800
+    after = await store.redis.zscore(due_set, job_id)
+    if due == "check":
+        assert after == check
+    elif due == "redial":
+        assert after is not None and after > time.time() + 800
     else:
-        assert due is None
+        assert after is None
 
 
 async def test_a_session_claims_its_dial_in_one_round_trip(
@@ -483,5 +487,109 @@ async def test_a_dial_the_call_history_shows_no_end_of_is_looked_up_again_then_f
             f"{GIVE_UP_AFTER_SECONDS:.0f} s after the dial began"
         )
         assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory", "GetCallHistory"]
+    finally:
+        await checking.providers.close()
+
+
+async def report(client: Client, job_id: str, session: str, *steps: tuple[str, dict[str, Any], str]) -> None:
+    """The scenario's reports of a call, in order, each seen to move the job."""
+    for seq, (event, fields, status) in enumerate(steps, start=1):
+        resp = await scenario_post(client, job_id, event, session, seq, **fields)
+        assert resp.status == 200, await resp.text()
+        await final(client, job_id, status)
+
+
+RINGING = ("call.outgoing", {"status": "ringing"}, "ringing")
+ANSWERED = ("call.answered", {"status": "in-progress"}, "answered")
+
+
+async def test_a_call_that_reported_answered_and_then_nothing_is_completed_from_the_call_history(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    session = (await final(client, job_id, "sent"))["provider_ref"]
+    await report(client, job_id, session, RINGING, ANSWERED)
+    # The scenario crashed mid-call: the session ended with the call, and no end was reported.
+    vox.sessions[0].update(finish_reason="Normal termination", calls=[dialled(True, 17)])
+    checking = Checking(client, vox_settings)
+    try:
+        checking.shift = CHECK_AFTER_SECONDS + 1
+        # Several processes check at once: the job moves once.
+        await asyncio.gather(checking.runner.run(job_id), checking.runner.run(job_id))
+        done = await job(client, job_id)
+        assert (done["status"], done["reason"], done["duration"]) == ("completed", None, 17)
+        assert (done["usage"]["calls"], done["usage"]["seconds"]) == (1, 17)
+        timeline = (await item(client, "D1"))["timeline"]
+        assert job_statuses(timeline, job_id) == ["queued", "sending", "sent", "ringing", "answered", "completed"]
+        # Until an hour on: the check's clock may have ended the call in the next hour.
+        resp = await client.get("/v1/usage", params={"until": f"{time.time() + 3600:.0f}"}, headers=API)
+        assert resp.status == 200, await resp.text()
+        [line] = (await resp.json())["lines"]
+        assert (line["jobs"], line["calls"], line["seconds"]) == (1, 1, 17)
+
+        # Ended: never looked up again.
+        looked_up = len([r for r in vox.requests if r["cmd"] == "GetCallHistory"])
+        assert looked_up >= 1
+        store = client.app[STORE]
+        assert await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id) is None
+        await checking.runner.run(job_id)
+        assert len([r for r in vox.requests if r["cmd"] == "GetCallHistory"]) == looked_up
+    finally:
+        await checking.providers.close()
+
+
+async def test_a_call_that_reported_ringing_and_whose_records_show_no_end_is_failed(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    session = (await final(client, job_id, "sent"))["provider_ref"]
+    await report(client, job_id, session, RINGING)
+    checking = Checking(client, vox_settings)
+    try:
+        checking.shift = CHECK_AFTER_SECONDS + 1
+        await checking.runner.run(job_id)  # the session is under way (no finish_reason yet)
+        assert (await job(client, job_id))["status"] == "ringing"
+        store = client.app[STORE]
+        due = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+        assert due is not None and due > time.time() + 2 * CHECK_AFTER_SECONDS
+
+        checking.shift = GIVE_UP_AFTER_SECONDS + 1
+        await checking.runner.run(job_id)
+        failed = await job(client, job_id)
+        assert (failed["status"], failed["reason"]) == (
+            "failed",
+            f"no report of call {session} came after it was ringing, and the provider's records show no end "
+            f"of it {GIVE_UP_AFTER_SECONDS:.0f} s after the dial began",
+        )
+        assert failed["usage"]["calls"] == 1 and failed["usage"]["seconds"] == 0
+        assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory", "GetCallHistory"]
+    finally:
+        await checking.providers.close()
+
+
+async def test_a_call_whose_end_was_reported_is_not_looked_up(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    client = await aiohttp_client(create_app(vox_settings))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    session = (await final(client, job_id, "sent"))["provider_ref"]
+    ended = ("call.completed", {"status": "completed", "duration": 9}, "completed")
+    await report(client, job_id, session, RINGING, ANSWERED, ended)
+    store = client.app[STORE]
+    assert await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id) is None
+    checking = Checking(client, vox_settings)
+    try:
+        checking.shift = CHECK_AFTER_SECONDS + 1
+        await checking.runner.run(job_id)  # an entry of the job run after all (a repeat)
+        assert (await job(client, job_id))["status"] == "completed"
+        assert [r["cmd"] for r in vox.requests] == ["StartScenarios"]
     finally:
         await checking.providers.close()
