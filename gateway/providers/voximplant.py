@@ -18,10 +18,11 @@ session of the dial is refused its script and ends without dialling. A dial whos
 outcome a crash left unknown is reconciled from that claim, else from ``GetCallHistory``
 filtered by the session's custom data, which is the same string on every try of a dial.
 
-A dial whose scenario never reports (it cannot reach the gateway) would stay ``sent``: it is
-looked up in ``GetCallHistory`` by its session, with its calls, CHECK_AFTER_SECONDS after it
-was placed (and as often again while the session has not ended), and settled from what the
-history says; with no end there GIVE_UP_AFTER_SECONDS after the dial began, it fails.
+A dial whose scenario stops reporting (it cannot reach the gateway, or it crashed) would stay
+``sent``, ``ringing`` or ``answered``: it is looked up in ``GetCallHistory`` by its session,
+with its calls, CHECK_AFTER_SECONDS after it was placed (and as often again while the session
+has not ended), and settled from what the history says; with no end there
+GIVE_UP_AFTER_SECONDS after the dial began, it fails.
 
 A message is ``SendSmsMessage`` from the line (a number of the account with SMS enabled);
 Voximplant reports no delivery for it, so the job ends ``sent``. Its text is stored
