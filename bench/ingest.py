@@ -109,8 +109,12 @@ FLOOR_REDIS: web.AppKey[Redis | RedisCluster] = web.AppKey("floor_redis")
 
 
 def client_of(url: str, cluster: bool, **options: Any) -> Redis | RedisCluster:
-    """A client of the Redis at ``url``; of the whole cluster when it is a cluster's node."""
-    return (RedisCluster if cluster else Redis).from_url(url, decode_responses=True, **options)
+    """A client of the Redis at ``url``; of the whole cluster when it is a cluster's node,
+    which, as callgate's (``gateway.store.connection.connect``), corrects only the slot a
+    MOVED names instead of closing the connections in use."""
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=True, reinitialize_steps=0, **options)
+    return Redis.from_url(url, decode_responses=True, **options)
 
 
 def floor_app(redis_url: str, stream: str, token: str, public_url: str) -> web.Application:

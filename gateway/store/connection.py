@@ -86,7 +86,12 @@ def connect(url: str, *, blocking: bool = False, cluster: bool = False) -> Redis
         # The cluster client sends each command to the shard that owns its key (any node of
         # the cluster will do in the URL). Typed as Redis: callgate uses only commands both
         # clients have, each multi-key step inside one hash slot.
-        return cast(Redis, RedisCluster.from_url(url, **options))
+        # A MOVED corrects only the slot it names (reinitialize_steps=0): by default redis-py
+        # 8.1 closes every connection of the client at each 5th MOVED, under the commands
+        # other tasks are sending or waiting on ("Connection closed by server", or an
+        # AttributeError on its writer), and until the slot map is read again sends keyed
+        # commands to random nodes, whose MOVEDs close everything again.
+        return cast(Redis, RedisCluster.from_url(url, reinitialize_steps=0, **options))
     return Redis.from_url(url, retry_on_error=[RedisConnectionError], **options)
 
 
