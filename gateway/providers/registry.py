@@ -49,10 +49,13 @@ class Providers:
         cached = self._clients.get(name)
         if cached is not None and cached[0] == record:
             return cached[1]
-        if cached is not None:
-            await cached[1].close()
+        # Replaced before the old one is closed: a concurrent get() meanwhile takes the new
+        # client instead of building a twin of its own, which would be dropped unclosed (its
+        # HTTP session and sockets left open).
         client = self._build(name, record)
         self._clients[name] = (record, client)
+        if cached is not None:
+            await cached[1].close()
         return client
 
     def _build(self, name: str, record: Provider) -> CallProvider:
