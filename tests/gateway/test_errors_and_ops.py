@@ -272,6 +272,7 @@ class RedisProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def listen(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -297,6 +298,7 @@ class RedisProxy:
         self._writers.clear()
 
     async def close(self) -> None:
+        self._closed = True
         if self._server is not None:
             self._server.close()
         self._cut()
@@ -314,6 +316,10 @@ class RedisProxy:
             else:
                 up_reader, up_writer = await asyncio.open_connection(self.target.hostname, self.target.port or 6379)
         except OSError:
+            writer.close()
+            return
+        if self._closed:  # closed while connecting upstream: nothing would close this one
+            up_writer.close()
             writer.close()
             return
         self._writers.add(up_writer)
