@@ -65,6 +65,18 @@ async def setup_voximplant(client: Client, api: VoximplantApi, **changes: str) -
     await put_card(client, "D1", [{"type": "MOBILE", "value": CUSTOMER}])
 
 
+async def placed(
+    aiohttp_client: ClientFactory, settings: Settings, api: VoximplantApi, body: dict[str, Any]
+) -> tuple[Client, str, str]:
+    """A gateway with its workers and a Voximplant line, and a robocall of ``body`` placed
+    (``sent``): the client, the job's id and the call's session."""
+    client = await aiohttp_client(create_app(settings))
+    await setup_voximplant(client, api)
+    _, accepted = await post(client, body)
+    job_id = accepted["id"]
+    return client, job_id, (await final(client, job_id, "sent"))["provider_ref"]
+
+
 async def scenario_post(
     client: Client, job_id: str, event: str, session: str, seq: int, *, dial: int = 1, **fields: Any
 ) -> ClientResponse:
@@ -130,11 +142,7 @@ async def test_a_voximplant_robocall_starts_the_rule_and_its_scenario_s_progress
 async def test_a_failed_call_ends_the_job_with_the_sip_code_and_refusals_change_nothing(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
-    session = (await final(client, job_id, "sent"))["provider_ref"]
+    client, job_id, session = await placed(aiohttp_client, vox_settings, vox, robocall(mp3))
     completed: dict[str, Any] = {"status": "busy", "code": 486}
     # Signed with the provider's own secret, or for another dial: refused.
     wrong = await voximplant_post(
@@ -177,11 +185,9 @@ async def test_a_report_keeps_the_call_s_check_until_it_reports_the_end(
     status: str,
     due: str | None,
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3, attempts=2, retry_interval_seconds=900))
-    job_id = accepted["id"]
-    session = (await final(client, job_id, "sent"))["provider_ref"]
+    client, job_id, session = await placed(
+        aiohttp_client, vox_settings, vox, robocall(mp3, attempts=2, retry_interval_seconds=900)
+    )
     store = client.app[STORE]
     due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
     check = await store.redis.zscore(due_set, job_id)
@@ -506,11 +512,7 @@ ANSWERED = ("call.answered", {"status": "in-progress"}, "answered")
 async def test_a_call_that_reported_answered_and_then_nothing_is_completed_from_the_call_history(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
-    session = (await final(client, job_id, "sent"))["provider_ref"]
+    client, job_id, session = await placed(aiohttp_client, vox_settings, vox, robocall(mp3))
     await report(client, job_id, session, RINGING, ANSWERED)
     # The scenario crashed mid-call: the session ended with the call, and no end was reported.
     vox.sessions[0].update(finish_reason="Normal termination", calls=[dialled(True, 17)])
@@ -544,11 +546,7 @@ async def test_a_call_that_reported_answered_and_then_nothing_is_completed_from_
 async def test_a_call_that_reported_ringing_and_whose_records_show_no_end_is_failed(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
-    session = (await final(client, job_id, "sent"))["provider_ref"]
+    client, job_id, session = await placed(aiohttp_client, vox_settings, vox, robocall(mp3))
     await report(client, job_id, session, RINGING)
     checking = Checking(client, vox_settings)
     try:
@@ -576,11 +574,7 @@ async def test_a_call_that_reported_ringing_and_whose_records_show_no_end_is_fai
 async def test_a_call_whose_end_was_reported_is_not_looked_up(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
-    session = (await final(client, job_id, "sent"))["provider_ref"]
+    client, job_id, session = await placed(aiohttp_client, vox_settings, vox, robocall(mp3))
     ended = ("call.completed", {"status": "completed", "duration": 9}, "completed")
     await report(client, job_id, session, RINGING, ANSWERED, ended)
     store = client.app[STORE]
