@@ -63,8 +63,7 @@ class Queueing:
 
     async def _conflict(self, job_id: str) -> IdempotencyConflict:
         """The conflict with the job ``job_id`` the key was claimed for, named once it is made."""
-        job = await self._store.jobs.get(job_id)
-        return IdempotencyConflict(None if job is None else job.id)
+        return IdempotencyConflict(job_id if await self._store.jobs.exists(job_id) else None)
 
     async def replayed(self) -> Queued | None:
         """The job of a key already used (409 with another body), or None."""

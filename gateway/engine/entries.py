@@ -130,7 +130,7 @@ class StageEntryRunner:
         rules again: each is recorded with the job an earlier attempt made, or ``failed``."""
 
         async def outcome(index: int, rule: Rule) -> dict[str, Any]:
-            job_id = await self._made(rule_key(entry, index))
+            job_id = await self._store.jobs.made(rule_key(entry, index))
             if job_id is None:
                 return self._failed(entry, index, rule, error, exc)
             return _queued(_outcome(entry, index, rule), job_id)
@@ -180,14 +180,6 @@ class StageEntryRunner:
         await self._store.items.record_many(
             [(entry.item_id, rule_key(entry, o["rule"]), timeline_entry("stage_rule.ran", o)) for o in outcomes]
         )
-
-    async def _made(self, key: str) -> str | None:
-        """The id of the job a rule's key made on an earlier attempt at its entry, if made."""
-        existing = await self._store.jobs.existing(key)
-        if existing is None:
-            return None
-        job = await self._store.jobs.get(existing[0])
-        return None if job is None else job.id
 
     async def _run(self, entry: StageEntry, index: int, rule: Rule) -> dict[str, Any]:
         outcome = _outcome(entry, index, rule)

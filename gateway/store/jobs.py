@@ -232,6 +232,15 @@ class Jobs:
         fields = await self._redis.hgetall(self._keys.job(job_id))
         return Job(fields) if fields else None
 
+    async def made(self, idempotency_key: str) -> str | None:
+        """The id of the job an Idempotency-Key produced, once that job exists (the request
+        that claimed the key may have died before making it)."""
+        existing = await self.existing(idempotency_key)
+        return existing[0] if existing is not None and await self.exists(existing[0]) else None
+
+    async def exists(self, job_id: str) -> bool:
+        return bool(await self._redis.exists(self._keys.job(job_id)))
+
     async def of_item(self, item_id: str, limit: int = 100) -> list[Job]:
         ids = await self._redis.zrevrange(self._keys.item_jobs(item_id), 0, limit - 1)
         async with self._redis.pipeline(transaction=False) as pipe:
