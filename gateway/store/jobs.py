@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from config.jobs import RANK, JobStatus
+from config.jobs import IN_CALL, RANK, JobStatus
 from config.usage import Usage, money
 from gateway.keys import JOBS_STREAM, OUTBOX_STREAM, Keys
 from gateway.store.connection import Transactions
@@ -61,6 +61,7 @@ return 1
 # leaving the call with no new due drops it, as it would wake the job for nothing. Returns
 # 1 when it moved, 2 when the job already is in that status (a repeat), 0 otherwise.
 _UPDATE = """
+local in_call = {IN_CALL}
 local cur = redis.call('HMGET', KEYS[1], 'status', 'rank', 'dial', 'id')
 if not cur[1] then return 0 end
 if ARGV[2] ~= '' and ARGV[2] ~= cur[3] then return 0 end
@@ -70,13 +71,12 @@ if ARGV[4] == '1' and tonumber(ARGV[3]) <= tonumber(cur[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'rank', ARGV[3], 'status', ARGV[7], unpack(ARGV, 9))
 if ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[5], cur[4])
-elseif (cur[1] == 'sent' or cur[1] == 'ringing' or cur[1] == 'answered')
-    and ARGV[7] ~= 'ringing' and ARGV[7] ~= 'answered' then
+elseif in_call[cur[1]] and not in_call[ARGV[7]] then
   redis.call('ZREM', KEYS[2], cur[4])
 end
 if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '*', 'job', cur[4], '_error', ARGV[6]) end
 return 1
-"""
+""".replace("IN_CALL", ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL)))
 
 # A job's usage counters are its hash fields ``usage_<counter>`` (config.usage.Usage).
 USAGE_FIELD = "usage_"
