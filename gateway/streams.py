@@ -34,6 +34,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
 from gateway.store.connection import UNAVAILABLE, DecodedRedis, RedisHealth
+from gateway.store.nodes import on_owners
 from gateway.store.scripts import Call, Looped, raise_first, run_many
 
 log = logging.getLogger(__name__)
@@ -622,10 +623,9 @@ class StreamConsumer:
             return self._entries([await self._read(streams, block=self._block_ms if block else None)])
         # One read per partition: at once, without blocking; when all come back empty, once
         # more, blocking a short while (the reads end together, so not for long).
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.execute_command(*self._read_args(key, None), target_nodes=await self._node_of(key))
-            entries = self._entries(await pipe.execute())
+        entries = self._entries(
+            raise_first(await on_owners(self._redis, [(key, self._read_args(key, None)) for key in keys]))
+        )
         if entries or not block:
             return entries
         wait = min(self._block_ms, _CLUSTER_BLOCK_MS)

@@ -17,10 +17,9 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
+from gateway.store.nodes import on_owners
+
 Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
-# Script calls of one batch in flight at once on Redis Cluster: well under the client's 100
-# connections per node, with room for the other requests of the process.
-_CLUSTER_CONCURRENCY = 32
 
 
 async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
@@ -43,18 +42,13 @@ async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> 
 
 
 async def _send(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
-    """One try of each call, errors as replies: pipelined in one round trip on one Redis."""
+    """One try of each call, errors as replies: in one pipelined round trip (on a cluster,
+    one to each shard owning some of the calls' keys, at once)."""
     if isinstance(redis, RedisCluster):
-        # redis-py's cluster pipelines refuse EVALSHA: the calls go out concurrently instead,
-        # each to the shard owning its keys, a bounded number at a time (the cluster client
-        # fails a command outright when a node's connections are all taken).
-        limit = asyncio.Semaphore(_CLUSTER_CONCURRENCY)
-
-        async def call(keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
-            async with limit:
-                return await redis.evalsha(script.sha, len(keys), *keys, *args)
-
-        return list(await asyncio.gather(*(call(keys, args) for keys, args in calls), return_exceptions=True))
+        return await on_owners(
+            redis,
+            [(keys[0] if keys else None, ("EVALSHA", script.sha, len(keys), *keys, *args)) for keys, args in calls],
+        )
     async with redis.pipeline(transaction=False) as pipe:
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)

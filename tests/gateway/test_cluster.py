@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import NodesManager
+from redis.asyncio.cluster import ClusterNode, NodesManager, PipelineCommand
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from config.settings import Settings
 from gateway.app import create_app
@@ -24,6 +25,7 @@ from gateway.appkeys import REDIS_CLUSTER
 from gateway.keys import Keys
 from gateway.store import connection
 from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect
+from gateway.store.nodes import Routed, on_owners
 from gateway.store.scripts import Looped
 from gateway.streams import StreamConfig, StreamConsumer, one_by_one
 from tests.cluster import Cluster, redis_server
@@ -636,3 +638,59 @@ async def test_hopeless_entries_are_dead_lettered_on_a_cluster_without_a_transac
         with cluster.client(port) as node:
             assert "cmdstat_exec" not in node.info("commandstats"), port
     assert redis_threads == []
+
+
+def _pipelines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The node of each pipeline sent straight to a node from now on."""
+    sent: list[str] = []
+    execute = ClusterNode.execute_pipeline
+
+    async def counted(self: ClusterNode, commands: list[PipelineCommand]) -> bool:
+        sent.append(self.name)
+        return await execute(self, commands)
+
+    monkeypatch.setattr(ClusterNode, "execute_pipeline", counted)
+    return sent
+
+
+async def test_commands_go_in_one_pipeline_per_node_and_one_whose_slot_moved_follows_it(
+    cluster_redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = cast(RedisCluster, cluster_redis)
+    await cluster.initialize()
+    keys = [f"{prefix}{Keys(prefix).tag(p)}n" for p in range(Keys(prefix).partitions)]
+    await cluster.set(keys[0], "not a number")
+    # The slot map as it was before a resharding moved the last key's slot to its owner.
+    slot = cluster.keyslot(keys[-1])
+    owner = cluster.nodes_manager.slots_cache[slot][0]
+    cluster.nodes_manager.slots_cache[slot] = [next(n for n in cluster.get_primaries() if n.name != owner.name)]
+    sent = _pipelines(monkeypatch)
+    commands: list[Routed] = [(key, ("INCRBY", key, i)) for i, key in enumerate(keys)]
+    replies = await on_owners(cluster, [*commands, (None, ("PING",))])
+    assert isinstance(replies[0], ResponseError)  # its own error, not the others'
+    assert replies[1:] == [*range(1, len(keys)), True]
+    assert sorted(sent) == sorted(node.name for node in cluster.get_primaries())
+    assert cluster.nodes_manager.slots_cache[slot][0].name == owner.name  # MOVED followed
+    assert int(await cluster.get(keys[-1]) or 0) == len(keys) - 1
+
+
+async def test_a_node_that_stops_answering_fails_its_own_commands_only(
+    cluster: Cluster, cluster_settings: Settings, cluster_redis: Redis, prefix: str
+) -> None:
+    redis = cast(RedisCluster, connect(str(cluster_settings.redis_url), cluster=True))  # short timeouts
+    keys = [f"{prefix}{Keys(prefix).tag(p)}n" for p in range(Keys(prefix).partitions)]
+    frozen = cluster.owner(keys[0])
+    lost = [cluster.owner(key) == frozen for key in keys]
+    try:
+        await redis.initialize()
+        with cluster.frozen(frozen):
+            replies = await on_owners(redis, [(key, ("INCR", key)) for key in keys])
+        assert [isinstance(reply, RedisError) for reply in replies] == lost
+        assert {reply for reply, gone in zip(replies, lost, strict=True) if not gone} == {1}
+        # Back, the node takes its commands again. Whether it ran those it got while stopped
+        # (or the cluster client's retry of them) depends on when it read them.
+        replies = await on_owners(redis, [(key, ("INCR", key)) for key in keys])
+    finally:
+        await redis.aclose()
+    assert {reply for reply, gone in zip(replies, lost, strict=True) if not gone} == {2}
+    assert all(reply in (1, 2, 3) for reply, gone in zip(replies, lost, strict=True) if gone)
