@@ -327,13 +327,23 @@ class JobRunner:
             await self._placement_failed(job, exc)
             return
         await self._store.jobs.mark_call(job["provider"], ref, job.id)
-        # The provider's first report may already have moved the job past sent.
         due = None if check is None else self._clock() + check
         check_at = "" if due is None else repr(due)
-        await self._change(
+        sent = await self._change(
             job, JobStatus.SENT, expect=(JobStatus.SENDING,), due=due, provider_ref=ref, check_at=check_at
         )
+        if not sent and due is not None:
+            await self._check_later(job, due)
         log.info("job=%s kind=%s dial=%d placed ref=%s", job.id, job["kind"], job.dial, ref)
+
+    async def _check_later(self, job: Job, due: float) -> None:
+        """The check of a call whose first report came before the move to ``sent`` and took
+        the job into the call (ringing, answered) without one: a call that then stops
+        reporting would stay in it for ever. A call that has ended meanwhile finds its check
+        a duplicate entry."""
+        now = await self._store.jobs.get(job.id)
+        if now is not None and now.status in IN_CALL and now.dial == job.dial and not now["check_at"]:
+            await self._store.jobs.defer(job.id, due, check_at=repr(due))
 
     async def _check_call(self, job: Job) -> None:
         """A call still ``sent``, ``ringing`` or ``answered`` when its check is due: its

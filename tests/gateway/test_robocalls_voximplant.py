@@ -26,6 +26,7 @@ from gateway.providers.voximplant import CHECK_AFTER_SECONDS, GIVE_UP_AFTER_SECO
 from gateway.speech import Speech
 from gateway.store import Store
 from gateway.store.embedded import EmbeddedRedis
+from gateway.store.jobs import Jobs
 from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import final, job, job_statuses, post, put_card, robocall
@@ -587,3 +588,37 @@ async def test_a_call_whose_end_was_reported_is_not_looked_up(
         assert [r["cmd"] for r in vox.requests] == ["StartScenarios"]
     finally:
         await checking.providers.close()
+
+
+async def test_a_call_that_reports_ringing_before_it_is_marked_sent_is_still_checked(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scenario's first report can beat the move to ``sent``, which then finds the job
+    ringing: the call is looked up all the same, should the scenario crash mid-call."""
+    client = await aiohttp_client(create_app(vox_settings))
+    await setup_voximplant(client, vox)
+    jobs = client.app[STORE].jobs
+    mark_call = Jobs.mark_call
+
+    async def reported_meanwhile(self: Jobs, provider: str, ref: str, job_id: str) -> None:
+        await mark_call(self, provider, ref, job_id)
+        resp = await scenario_post(client, job_id, "call.outgoing", ref, 1, status="ringing")
+        assert resp.status == 200, await resp.text()
+        await final(client, job_id, "ringing")
+
+    # The class's: the workers have a store of their own.
+    monkeypatch.setattr(Jobs, "mark_call", reported_meanwhile)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+
+    async def checked() -> bool:
+        placed = await jobs.get(job_id)
+        return placed is not None and bool(placed["check_at"])
+
+    await eventually(checked)
+    ringing = await job(client, job_id)
+    assert (ringing["status"], ringing["provider_ref"]) == ("ringing", str(vox.sessions[0]["call_session_history_id"]))
+    store = client.app[STORE]
+    due = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+    assert due is not None and due > time.time() + CHECK_AFTER_SECONDS / 2
+    assert job_statuses((await item(client, "D1"))["timeline"], job_id) == ["queued", "sending", "ringing"]
