@@ -34,8 +34,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from gateway.keys import Keys
 from gateway.store.connection import UNAVAILABLE, DecodedRedis, RedisHealth
-from gateway.store.nodes import on_owners
-from gateway.store.scripts import Call, Looped, raise_first, run_many
+from gateway.store.nodes import on_owners, pipelined, raise_first
+from gateway.store.scripts import Call, Looped, run_many
 
 log = logging.getLogger(__name__)
 
@@ -514,7 +514,7 @@ class StreamConsumer:
         return self._config.partitions if self._leases is None else self._leases.owned
 
     async def ensure_group(self) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for key in self._streams.values():
                 pipe.xgroup_create(key, self._group, id="0", mkstream=True)
             replies = await pipe.execute(raise_on_error=False)

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 
 from gateway.keys import Keys
 from gateway.store.connection import DecodedRedis
+from gateway.store.nodes import pipelined
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Backlogs:
         """The backlog of ``stream``, summed over its partitions (the oldest: of all), in
         one round trip."""
         keys = [self._keys.stream(stream, partition) for partition in self._keys.partitions_of(stream)]
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for key in keys:
                 pipe.xlen(key)
                 pipe.xpending(key, stream)

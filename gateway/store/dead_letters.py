@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from gateway.keys import Keys
 from gateway.store.connection import DecodedRedis
+from gateway.store.nodes import pipelined
 
 # Back into its stream as a new entry (a fresh delivery count), without the dead letter's
 # own fields, and out of the dead letters, in one step: never in both, never in neither.
@@ -62,7 +63,7 @@ class DeadLetters:
         """The newest dead-lettered entries of all the stream's partitions, newest first,
         each with its ``dead_id``, ``_id`` (its id in the stream) and ``_error``."""
         partitions = self._keys.partitions_of(stream)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in partitions:
                 pipe.xrevrange(self._keys.dead(stream, partition), count=count)
             replies = await pipe.execute()
@@ -83,7 +84,7 @@ class DeadLetters:
         if dot:
             named = int(qualifier)
             return DeadLetter(stream, named, entry_id) if named in partitions else None
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in partitions:
                 pipe.xrange(self._keys.dead(stream, partition), min=entry_id, max=entry_id)
             replies = await pipe.execute()

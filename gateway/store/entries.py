@@ -25,7 +25,8 @@ from redis.asyncio.client import Pipeline
 
 from gateway.keys import Keys
 from gateway.store.connection import Transactions
-from gateway.store.scripts import Call, raise_first, run_many
+from gateway.store.nodes import pipelined, raise_first
+from gateway.store.scripts import Call, run_many
 
 # Due entries of one partition, leased until ARGV[2].
 _TAKE = """
@@ -113,7 +114,7 @@ class StageEntries:
 
     async def waiting(self) -> int:
         """How many entries wait, leased or not."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.zcard(self._keys.stage_entries(partition))
             return sum(int(n) for n in await pipe.execute())

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from gateway.keys import Keys
 from gateway.store.connection import DecodedRedis
 from gateway.store.items import now_iso
+from gateway.store.nodes import pipelined
 
 # Read this many entries per round trip while filtering, so a rare filter value costs a few
 # scans of the (capped) feed instead of one round trip per entry.
@@ -157,7 +158,7 @@ class Feed:
 
     async def _fill(self, readers: list[_Partition], low: str, count: int) -> None:
         """The next chunk of each reader, in one round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for reader in readers:
                 pipe.xrevrange(reader.key, max=reader.high, min=low, count=count)
             chunks = await pipe.execute()

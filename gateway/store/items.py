@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from config.cards import Card
@@ -28,6 +28,7 @@ from config.triggers import may_move
 from gateway.keys import OUTBOX_STREAM, Keys
 from gateway.store.connection import Transactions
 from gateway.store.entries import StageEntries, StageEntry, new_entry_id
+from gateway.store.nodes import mget, pipelined
 from gateway.store.outbox import Outbox, publish_lua
 from gateway.store.scripts import Call, Looped
 
@@ -259,7 +260,7 @@ class Items:
         dropped, added = change
         if not dropped and not added:
             return
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for number in sorted(dropped):
                 pipe.srem(self._keys.phone(number), item_id)
             for number in sorted(added):
@@ -414,7 +415,7 @@ class Items:
 
     async def expire_leads(self, now: float, batch: int = 100) -> list[str]:
         """Delete the leads nobody changed within the lead TTL; returns their ids."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.zrangebyscore(self._keys.leads(partition), "-inf", now, start=0, num=batch)
             due: list[list[str]] = await pipe.execute()
@@ -458,7 +459,7 @@ class Items:
         while True:
             empty = [i for i, left in enumerate(rows) if not left and more[i]]
             if empty:
-                async with self._redis.pipeline(transaction=False) as pipe:
+                async with pipelined(self._redis) as pipe:
                     for i in empty:
                         pipe.zrangebyscore(sources[i], low, "+inf", start=read[i], num=_CHUNK, withscores=True)
                     replies: list[list[tuple[str, float]]] = await pipe.execute()
@@ -501,16 +502,14 @@ class Items:
         node); None for a card that is gone."""
         if not ids:
             return []
-        keys = [self._keys.item(item_id) for item_id in ids]
-        redis = self._redis
-        raws = await (redis.mget_nonatomic(keys) if isinstance(redis, RedisCluster) else redis.mget(keys))
+        raws = await mget(self._redis, [self._keys.item(item_id) for item_id in ids])
         return [parse_item(raw) if raw else None for raw in raws]
 
     async def in_stages(self, pipeline: str, stages: Iterable[str], most: int = 5) -> dict[str, list[str]]:
         """Up to ``most`` item ids in each of ``stages`` that holds any."""
         wanted = list(stages)
         partitions = range(self._keys.partitions)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for stage in wanted:
                 for p in partitions:
                     pipe.zrange(self._keys.stage_items(p, pipeline, stage), 0, most - 1, withscores=True)

@@ -17,6 +17,7 @@ from config.jobs import IN_CALL, RANK, JobStatus
 from config.usage import Usage, money
 from gateway.keys import JOBS_STREAM, OUTBOX_STREAM, Keys
 from gateway.store.connection import Transactions
+from gateway.store.nodes import pipelined
 from gateway.store.outbox import publish_lua
 from gateway.store.timers import FIRE_DUE, fire_all_due
 
@@ -243,7 +244,7 @@ class Jobs:
 
     async def of_item(self, item_id: str, limit: int = 100) -> list[Job]:
         ids = await self._redis.zrevrange(self._keys.item_jobs(item_id), 0, limit - 1)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for job_id in ids:
                 pipe.hgetall(self._keys.job(job_id))
             found = await pipe.execute()
@@ -316,7 +317,7 @@ class Jobs:
     async def record_call(self, key: str, ref: str) -> str:
         """Record ``ref`` as the call of ``key`` unless one is recorded already; the
         reference recorded (this one, or the one that came first)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             _, first = await self._claim_call(pipe, key, ref).execute()
         return str(first or ref)
 
@@ -325,7 +326,7 @@ class Jobs:
         dial's script (None when it has none: unknown, or expired) and the session that is
         its call (this one, unless another claimed the dial first). A dial with no script
         is left unclaimed."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             pipe.get(self._keys.call_script(key))
             script, claimed, first = await self._claim_call(pipe, key, session).execute()
         if script is None and claimed:

@@ -14,18 +14,21 @@ redirection or reads the slot map again as it does for any command it sends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
-from redis.asyncio import RedisCluster
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.typing import EncodableT
 
 from gateway.store.connection import UNAVAILABLE
 
-# A command, and the key whose slot's owner runs it (None: any node will do).
-Routed = tuple[str | None, Sequence[EncodableT]]
+# A command, and the key whose slot's owner runs it (None: any node will do); optionally
+# the options redis-py's command methods give it (how to read its reply: ``withscores``).
+Routed = tuple[str | None, Sequence[EncodableT]] | tuple[str | None, Sequence[EncodableT], Mapping[str, Any]]
 
 # What the cluster client knows how to send again: the slot moved (or is moving), the
 # cluster is failing over, or the node did not answer.
@@ -38,10 +41,13 @@ _AGAIN_AT_ONCE = 32
 async def on_owners(cluster: RedisCluster, commands: Sequence[Routed]) -> list[Any]:
     """The reply of each command, in order, its error as its reply."""
     await cluster.initialize()  # the slot map, after a failure dropped it
-    queued = [PipelineCommand(position, *args) for position, (_, args) in enumerate(commands)]
+    queued = [
+        PipelineCommand(position, *routed[1], **(routed[2] if len(routed) > 2 else {}))
+        for position, routed in enumerate(commands)
+    ]
     by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
     again: list[PipelineCommand] = []
-    for command, (key, _) in zip(queued, commands, strict=True):
+    for command, (key, *_) in zip(queued, commands, strict=True):
         if key is None:
             again.append(command)
             continue
@@ -55,7 +61,7 @@ async def on_owners(cluster: RedisCluster, commands: Sequence[Routed]) -> list[A
         async def one(command: PipelineCommand) -> None:
             async with limit:
                 try:
-                    command.result = await cluster.execute_command(*command.args)
+                    command.result = await cluster.execute_command(*command.args, **command.kwargs)
                 except Exception as exc:  # the caller gets each command's error as its reply
                     command.result = exc
 
@@ -70,3 +76,60 @@ async def _pipelined(node: ClusterNode, share: list[PipelineCommand]) -> None:
     except Exception as exc:  # a connection that failed (or none free) fails the node's share
         for command in share:
             command.result = exc
+
+
+def pipelined(redis: Redis) -> Pipeline:
+    """A pipeline (not a transaction) of ``redis``: on a cluster, one whose commands go to
+    their keys' nodes by ``on_owners`` (each command's keys in one slot, as any command's
+    must be there)."""
+    if isinstance(redis, RedisCluster):
+        return _OwnersPipeline(redis)
+    return redis.pipeline(transaction=False)
+
+
+class _OwnersPipeline(Pipeline):
+    """Queues commands as any pipeline does (its command methods build them and the options
+    their replies are read with); ``execute`` sends them by ``on_owners``. It never holds a
+    connection: it has no pool of its own."""
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        super().__init__(cast(ConnectionPool, None), {}, False, None)
+        self._cluster = cluster
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack, self.command_stack = self.command_stack, []
+        replies = await on_owners(self._cluster, [(_key(args), args, options) for args, options in stack])
+        return raise_first(replies) if raise_on_error else replies
+
+
+def _key(args: Sequence[EncodableT]) -> str | None:
+    """The first key of a command (a script's first key), which names its slot."""
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return str(args[3]) if int(args[2]) else None
+    return str(args[1]) if len(args) > 1 else None
+
+
+async def mget(redis: Redis, keys: Sequence[str]) -> list[Any]:
+    """The values of ``keys``, None for a missing one: one MGET, or on a cluster one per
+    slot, pipelined to each node."""
+    if not isinstance(redis, RedisCluster):
+        return list(await redis.mget(keys))
+    by_slot: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_slot.setdefault(redis.keyslot(key), []).append(i)
+    groups = list(by_slot.values())
+    replies = await on_owners(redis, [(keys[group[0]], ("MGET", *(keys[i] for i in group))) for group in groups])
+    values: list[Any] = [None] * len(keys)
+    for group, reply in zip(groups, raise_first(replies), strict=True):
+        for i, value in zip(group, reply, strict=True):
+            values[i] = value
+    return values
+
+
+def raise_first(replies: list[Any]) -> list[Any]:
+    """``replies`` unless one of them is an error, which is raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from gateway.keys import OUTBOX_STREAM, Keys
+from gateway.store.nodes import pipelined
 
 # A safety cap: entries leave the stream once fanned out, so it only fills while no worker runs.
 OUTBOX_STREAM_MAX = 1_000_000
@@ -175,7 +176,7 @@ class Outbox:
     async def open(self, sub: str) -> None:
         """Let ``sub`` get events: from now on every partition adds its timeline entries to
         its outbox stream, and the fan-out queues them for ``sub``."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.sadd(self._keys.subscribed(partition), sub)
             await pipe.execute()
@@ -196,7 +197,7 @@ class Outbox:
         """Up to ``count`` items with an event for ``sub`` due by ``now``, the longest due first."""
         if count <= 0:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.zrangebyscore(
                     self._keys.outbox_due(sub, partition), "-inf", now, start=0, num=count, withscores=True
@@ -207,7 +208,7 @@ class Outbox:
 
     async def next_due(self, sub: str) -> float | None:
         """When the earliest item of ``sub`` is due (None when nothing waits)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.zrange(self._keys.outbox_due(sub, partition), 0, 0, withscores=True)
             firsts: list[list[tuple[str, float]]] = await pipe.execute()
@@ -264,7 +265,7 @@ class Outbox:
 
     async def dead_letters(self, sub: str, count: int = 100) -> list[dict[str, Any]]:
         """The newest events ``sub`` never accepted (of all the partitions), newest first."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.zrevrange(self._keys.outbox_dead(sub, partition), 0, count - 1, withscores=True)
             replies: list[list[tuple[str, float]]] = await pipe.execute()
@@ -276,7 +277,7 @@ class Outbox:
             ),
             reverse=True,
         )[:count]
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for _, partition, event_id in found:
                 pipe.hgetall(self._keys.outbox_event(sub, partition, event_id))
             records = await pipe.execute()
@@ -295,7 +296,7 @@ class Outbox:
     async def replay(self, sub: str, event_ids: list[str] | None, now: float) -> int:
         """Dead letters of ``sub`` (all, or those named) back in their queues; how many."""
         if event_ids is None:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with pipelined(self._redis) as pipe:
                 for partition in range(self._keys.partitions):
                     pipe.zrange(self._keys.outbox_dead(sub, partition), 0, -1)
                 dead: list[list[str]] = await pipe.execute()
@@ -321,7 +322,7 @@ class Outbox:
         return replayed
 
     async def counts(self, sub: str) -> dict[str, int]:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.zcard(self._keys.outbox_due(sub, partition))
                 pipe.zcard(self._keys.outbox_dead(sub, partition))
@@ -331,7 +332,7 @@ class Outbox:
     async def drop(self, sub: str) -> None:
         """Stop queueing events for ``sub`` and delete every record of it: its queues, its
         pending and dead events. Queueing stops first: an event queued before is deleted."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for partition in range(self._keys.partitions):
                 pipe.srem(self._keys.subscribed(partition), sub)
             await pipe.execute()

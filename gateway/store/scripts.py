@@ -17,7 +17,7 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from gateway.store.nodes import on_owners
+from gateway.store.nodes import on_owners, raise_first
 
 Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
 
@@ -119,14 +119,6 @@ class Looped:
             for i, one in zip(chunk, reply, strict=True):
                 replies[i] = one
         return replies
-
-
-def raise_first(replies: list[Any]) -> list[Any]:
-    """``replies`` unless one of them is an error, which is raised."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
 
 
 class Batched:

@@ -9,7 +9,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from gateway.keys import EVENTS_STREAM, Keys
-from gateway.store.scripts import Call, raise_first, run_many
+from gateway.store.nodes import pipelined, raise_first
+from gateway.store.scripts import Call, run_many
 from webhooks.events import Event
 
 # Due members of a sorted set (timers, scheduled jobs) move into a stream in one step, so
@@ -59,7 +60,7 @@ class Timers:
         for timer in timers:
             by_partition.setdefault(self._keys.partition_of(timer.customer), {})[timer.to_json()] = timer.at
         if by_partition:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with pipelined(self._redis) as pipe:
                 for partition, due in by_partition.items():
                     pipe.zadd(self._keys.timers(partition), due)
                 await pipe.execute()

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from config.usage import Usage
 from gateway.keys import Keys
+from gateway.store.nodes import pipelined
 
 # Usage is kept for reports this long after its hour's last addition.
 RETENTION_SECONDS = 400 * 24 * 3600
@@ -62,7 +63,7 @@ class UsageStore:
 
     async def totals(self, hours: Iterable[int]) -> dict[tuple[str, str], Totals]:
         """Counters summed over the given hours (unix seconds // 3600), by (provider, line)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with pipelined(self._redis) as pipe:
             for hour in hours:
                 pipe.hgetall(self._keys.usage(hour))
             found: list[dict[str, str]] = await pipe.execute()

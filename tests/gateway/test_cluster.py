@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode, NodesManager, PipelineCommand
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager, PipelineCommand
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
@@ -189,8 +189,23 @@ async def spread_settings(
                 node.unlink(key)
 
 
+@pytest.fixture
+def cluster_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many commands each redis-py cluster pipeline executed from now on held: when a
+    node fails one, it closes every connection of its client, under the commands of others."""
+    executed: list[int] = []
+    execute = ClusterPipeline.execute
+
+    async def noted(self: ClusterPipeline, *args: Any, **kwargs: Any) -> Any:
+        executed.append(len(self))
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClusterPipeline, "execute", noted)
+    return executed
+
+
 async def test_items_jobs_and_deliveries_run_with_their_keys_spread_over_the_shards(
-    aiohttp_client: ClientFactory, spread_settings: Settings, cluster: Cluster
+    aiohttp_client: ClientFactory, spread_settings: Settings, cluster: Cluster, cluster_pipelines: list[int]
 ) -> None:
     crm = Receiver(fail=1)
     endpoint = web.Application()
@@ -201,6 +216,8 @@ async def test_items_jobs_and_deliveries_run_with_their_keys_spread_over_the_sha
         await _spread_flow(await aiohttp_client(create_app(spread_settings)), crm, str(receiver.make_url("/hook")))
     finally:
         await receiver.close()
+    # Pipelines went to the nodes owning their keys, not through redis-py's cluster pipeline.
+    assert cluster_pipelines == []
     # Every shard holds some of the test's keys.
     spread = str(spread_settings.key_prefix)
     for port in cluster.ports:
