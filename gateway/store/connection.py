@@ -18,7 +18,15 @@ from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import get_node_name
-from redis.exceptions import AskError, MovedError, OutOfMemoryError, RedisError, ResponseError, WatchError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+    WatchError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -119,6 +127,10 @@ class RedisHealth:
 # after MOVED, again after reading the slot map. A slot still moving after that fails the
 # step (a 500) rather than wait.
 _ATTEMPTS = 3
+# Waits before a step refused with TRYAGAIN starts over: its keys are split between the two
+# nodes of a slot migration, which moves them a batch at a time. Still split after these
+# (1.5 s in all), the step fails.
+_SPLIT_WAITS = (0.05, 0.1, 0.2, 0.4, 0.75)
 # Connections of a node's client: a burst of steps waits for one of them (at most this
 # many seconds, then the step fails like an outage) instead of opening a connection each,
 # whose connects time out together while the event loop is busy with the burst.
@@ -178,6 +190,8 @@ class Transactions:
     - MOVED (the node no longer owns the slot): the slot map is read again and the step
       starts over. Steps refused together read it once: one that chose its node before
       the last read only starts over.
+    - TRYAGAIN (mid-migration, the step's keys are some on each node): the step starts
+      over on the owner a little later, until the keys are together again.
     - A node that does not answer (failover, restart): its client is dropped and the slot
       map read again before the error goes up, so the next step finds the slot's owner.
     """
@@ -226,6 +240,7 @@ class Transactions:
         slot = cluster.keyslot(key)
         asked: str | None = None  # the node an ASK named
         attempt = 1
+        waits = iter(_SPLIT_WAITS)
         while True:
             map_reads = self._map_reads
             owner = cluster.nodes_manager.get_node_from_slot(slot)
@@ -246,6 +261,12 @@ class Transactions:
                 if asked is not None or attempt == _ATTEMPTS:
                     raise
                 asked = get_node_name(exc.host, exc.port)
+            except TryAgainError:
+                wait = next(waits, None)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+                asked, attempt = None, 0  # from the owner again, with its redirections
             except UNAVAILABLE as exc:
                 if _node_failed(exc):
                     self._drop(address, node)

@@ -711,3 +711,45 @@ async def test_a_node_that_stops_answering_fails_its_own_commands_only(
         await redis.aclose()
     assert {reply for reply, gone in zip(replies, lost, strict=True) if not gone} == {2}
     assert all(reply in (1, 2, 3) for reply, gone in zip(replies, lost, strict=True) if gone)
+
+
+async def test_a_step_whose_keys_a_migration_has_split_waits_until_they_are_together(
+    cluster: Cluster, cluster_redis: Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, other = prefix + "{split}", prefix + "{split}:other"  # one slot, by the hash tag
+    slot = cluster.slot(key)
+    source = cluster.slot_owner(slot)
+    target = next(port for port in cluster.ports if port != source)
+    await cluster_redis.set(key, "1")
+    await cluster_redis.set(other, "1")
+    refusals: list[str] = []
+    execute = connection._NodePipeline._execute_transaction
+
+    async def noted(self: connection._NodePipeline, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await execute(self, *args, **kwargs)
+        except RedisError as exc:
+            refusals.append(type(exc).__name__)
+            raise
+
+    def move_the_rest() -> None:
+        cluster.move_keys(slot, source, target)
+        cluster.end_migration(slot, target)
+
+    monkeypatch.setattr(connection._NodePipeline, "_execute_transaction", noted)
+    await cast(RedisCluster, cluster_redis).initialize()
+    transactions = Transactions(cluster_redis)
+    try:
+        cluster.start_migration(slot, target)
+        with cluster.client(source) as node:
+            node.migrate("127.0.0.1", target, [other], 0, 5000)
+        # The migration moves the rest and ends while the step waits.
+        asyncio.get_running_loop().call_later(0.1, move_the_rest)
+        replies = await transactions.multi(key, lambda pipe: (pipe.incr(key), pipe.incr(other)))
+        assert replies == [2, 2]
+        assert "TryAgainError" in refusals
+        with cluster.client(target) as node:
+            assert (node.get(key), node.get(other)) == ("2", "2")
+    finally:
+        await transactions.aclose()
+        cluster.settle(slot, source, target)
