@@ -128,10 +128,14 @@ class JobRunner:
 
     async def run(self, job_id: str) -> None:
         job = await self._store.jobs.get(job_id)
-        if job is not None and job.status in IN_CALL and job["check_at"]:
-            await self._check_call(job)
+        if job is not None and job.status in IN_CALL:
+            if job["check_at"]:
+                await self._check_call(job)
+            else:
+                # Placed, and the process died before the call's check was set (see _dispatch).
+                await self._check_later(job)
             return
-        if job is None or job.status in FINAL or job.status in IN_CALL:
+        if job is None or job.status in FINAL:
             return  # a duplicate entry: the job is past placement
         provider = await self._providers.get(job["provider"])
         if provider is None:
@@ -333,17 +337,17 @@ class JobRunner:
             job, JobStatus.SENT, expect=(JobStatus.SENDING,), due=due, provider_ref=ref, check_at=check_at
         )
         if not sent and due is not None:
-            await self._check_later(job, due)
+            # The provider's first report came before this move and took the job into its
+            # call (ringing, answered) without a check: a call that then stops reporting would
+            # stay in it for ever.
+            await self._store.jobs.check_call(job.id, job.dial, due)
         log.info("job=%s kind=%s dial=%d placed ref=%s", job.id, job["kind"], job.dial, ref)
 
-    async def _check_later(self, job: Job, due: float) -> None:
-        """The check of a call whose first report came before the move to ``sent`` and took
-        the job into the call (ringing, answered) without one: a call that then stops
-        reporting would stay in it for ever. A call that has ended meanwhile finds its check
-        a duplicate entry."""
-        now = await self._store.jobs.get(job.id)
-        if now is not None and now.status in IN_CALL and now.dial == job.dial and not now["check_at"]:
-            await self._store.jobs.defer(job.id, due, check_at=repr(due))
+    async def _check_later(self, job: Job) -> None:
+        """The check of a call a job is in without one, when its provider checks calls."""
+        provider = await self._providers.get(job["provider"])
+        if isinstance(provider, CallChecker):
+            await self._store.jobs.check_call(job.id, job.dial, self._clock() + provider.check_after)
 
     async def _check_call(self, job: Job) -> None:
         """A call still ``sent``, ``ringing`` or ``answered`` when its check is due: its
@@ -484,6 +488,7 @@ class JobRunner:
             provider_ref="",
             placing_at="",
             duration="",
+            check_at="",
         )
 
     async def _change(

@@ -79,6 +79,17 @@ if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '*', 'job',
 return 1
 """.replace("IN_CALL", ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL)))
 
+# The provider check of a call a job is in, due at ARGV[2] (its time, as ``check_at``),
+# unless the job has left the call or dial ARGV[1], or has a check already. 1 when set.
+_CHECK_CALL = """
+local in_call = {IN_CALL}
+local cur = redis.call('HMGET', KEYS[1], 'status', 'dial', 'check_at', 'id')
+if not in_call[cur[1] or ''] or (cur[2] or '1') ~= ARGV[1] or (cur[3] or '') ~= '' then return 0 end
+redis.call('HSET', KEYS[1], 'check_at', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], cur[4])
+return 1
+""".replace("IN_CALL", ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL)))
+
 # A job's usage counters are its hash fields ``usage_<counter>`` (config.usage.Usage).
 USAGE_FIELD = "usage_"
 VISIBLE_USAGE = ("calls", "seconds", "minutes", "tts_chars", "sms_segments")
@@ -186,6 +197,7 @@ class Jobs:
         self._create = redis.register_script(_CREATE)
         self._update = redis.register_script(_UPDATE)
         self._fire_due = redis.register_script(FIRE_DUE)
+        self._check_call = redis.register_script(_CHECK_CALL)
 
     def new_id(self, item_id: str) -> str:
         """A fresh job id in ``item_id``'s partition, so the job's keys share the item's slot."""
@@ -298,6 +310,12 @@ class Jobs:
             pipe.zadd(self._keys.jobs_due(self._keys.partition_of(job_id)), {job_id: due})
 
         await self._transactions.multi(key, queue)
+
+    async def check_call(self, job_id: str, dial: int, due: float) -> bool:
+        """Look the job's call up with its provider at ``due``, in one step with finding it
+        still in dial ``dial``'s call with no check set; True when this set it."""
+        keys = [self._keys.job(job_id), self._keys.jobs_due(self._keys.partition_of(job_id))]
+        return bool(await self._check_call(keys=keys, args=[str(dial), repr(due)]))
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
         """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""

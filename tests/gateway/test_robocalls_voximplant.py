@@ -590,11 +590,18 @@ async def test_a_call_whose_end_was_reported_is_not_looked_up(
         await checking.providers.close()
 
 
+@pytest.mark.parametrize("dial", [1, 2])
 async def test_a_call_that_reports_ringing_before_it_is_marked_sent_is_still_checked(
-    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: ClientFactory,
+    vox_settings: Settings,
+    vox: VoximplantApi,
+    mp3: str,
+    monkeypatch: pytest.MonkeyPatch,
+    dial: int,
 ) -> None:
     """The scenario's first report can beat the move to ``sent``, which then finds the job
-    ringing: the call is looked up all the same, should the scenario crash mid-call."""
+    ringing: the call is looked up all the same, should the scenario crash mid-call. On a
+    redial too, whose job still had the first dial's check time."""
     client = await aiohttp_client(create_app(vox_settings))
     await setup_voximplant(client, vox)
     jobs = client.app[STORE].jobs
@@ -602,23 +609,60 @@ async def test_a_call_that_reports_ringing_before_it_is_marked_sent_is_still_che
 
     async def reported_meanwhile(self: Jobs, provider: str, ref: str, job_id: str) -> None:
         await mark_call(self, provider, ref, job_id)
-        resp = await scenario_post(client, job_id, "call.outgoing", ref, 1, status="ringing")
-        assert resp.status == 200, await resp.text()
-        await final(client, job_id, "ringing")
+        if len(vox.sessions) == dial:
+            resp = await scenario_post(client, job_id, "call.outgoing", ref, 1, dial=dial, status="ringing")
+            assert resp.status == 200, await resp.text()
+            await final(client, job_id, "ringing")
 
     # The class's: the workers have a store of their own.
     monkeypatch.setattr(Jobs, "mark_call", reported_meanwhile)
-    _, accepted = await post(client, robocall(mp3))
+    _, accepted = await post(client, robocall(mp3, attempts=dial, retry_interval_seconds=1))
     job_id = accepted["id"]
+    statuses = ["queued", "sending", "ringing"]
+    if dial == 2:
+        session = (await final(client, job_id, "sent"))["provider_ref"]
+        resp = await scenario_post(client, job_id, "call.completed", session, 1, status="no-answer")
+        assert resp.status == 200, await resp.text()
+        statuses = ["queued", "sending", "sent", "no_answer", *statuses]
 
     async def checked() -> bool:
         placed = await jobs.get(job_id)
-        return placed is not None and bool(placed["check_at"])
+        return placed is not None and placed.dial == dial and placed.status.value == "ringing"
 
     await eventually(checked)
     ringing = await job(client, job_id)
-    assert (ringing["status"], ringing["provider_ref"]) == ("ringing", str(vox.sessions[0]["call_session_history_id"]))
+    assert ringing["provider_ref"] == str(vox.sessions[dial - 1]["call_session_history_id"])
     store = client.app[STORE]
-    due = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+
+    async def due() -> bool:
+        at = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+        return at is not None and at > time.time() + CHECK_AFTER_SECONDS / 2
+
+    await eventually(due)
+    assert job_statuses((await item(client, "D1"))["timeline"], job_id) == statuses
+
+
+async def test_a_repeat_of_the_entry_of_a_call_left_without_its_check_sets_it(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    """The process died after the first report had taken the job ringing and before it set
+    the call's check: the entry's repeat sets it."""
+    client = await aiohttp_client(create_app(vox_settings, workers=False))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    checking = Checking(client, vox_settings)
+    store = client.app[STORE]
+    due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
+    try:
+        await checking.runner.run(job_id)
+        await store.redis.hset(store.keys.job(job_id), mapping={"status": "ringing", "check_at": ""})
+        await store.redis.zrem(due_set, job_id)
+        await checking.runner.run(job_id)
+    finally:
+        await checking.providers.close()
+    due = await store.redis.zscore(due_set, job_id)
     assert due is not None and due > time.time() + CHECK_AFTER_SECONDS / 2
-    assert job_statuses((await item(client, "D1"))["timeline"], job_id) == ["queued", "sending", "ringing"]
+    stored = await store.jobs.get(job_id)
+    assert stored is not None and stored["check_at"] == repr(due)
+    assert [r["cmd"] for r in vox.requests] == ["StartScenarios"]  # placed once
