@@ -21,7 +21,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MaxConnectionsError, MovedError, TryAgainError
 from redis.typing import EncodableT
 
 from gateway.store.connection import UNAVAILABLE
@@ -30,11 +30,14 @@ from gateway.store.connection import UNAVAILABLE
 # the options redis-py's command methods give it (how to read its reply: ``withscores``).
 Routed = tuple[str | None, Sequence[EncodableT]] | tuple[str | None, Sequence[EncodableT], Mapping[str, Any]]
 
-# What the cluster client knows how to send again: the slot moved (or is moving), the
-# cluster is failing over, or the node did not answer.
-_SEND_AGAIN = (MovedError, AskError, TryAgainError, ClusterDownError, *UNAVAILABLE)
-# Commands sent again at once through the cluster client: well under its connections per
-# node, with room for the other requests of the process.
+# What the cluster client knows how to send again: the slot moved (or is moving), or the
+# node did not answer. Not CLUSTERDOWN, after which it closes every connection it has
+# (the commands of others in flight on them), nor a node's pool found full: sent again one
+# by one, the commands would meet it full again.
+_SEND_AGAIN = (MovedError, AskError, TryAgainError, *UNAVAILABLE)
+_NOT_AGAIN = (ClusterDownError, MaxConnectionsError)
+# Slots whose commands are sent again at once through the cluster client: well under its
+# connections per node, with room for the other requests of the process.
 _AGAIN_AT_ONCE = 32
 
 
@@ -45,27 +48,31 @@ async def on_owners(cluster: RedisCluster, commands: Sequence[Routed]) -> list[A
         PipelineCommand(position, *routed[1], **(routed[2] if len(routed) > 2 else {}))
         for position, routed in enumerate(commands)
     ]
+    slots = [None if key is None else cluster.keyslot(key) for key, *_ in commands]
     by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
-    again: list[PipelineCommand] = []
-    for command, (key, *_) in zip(queued, commands, strict=True):
-        if key is None:
-            again.append(command)
-            continue
-        node = cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
-        by_node.setdefault(node.name, (node, []))[1].append(command)
+    for command, slot in zip(queued, slots, strict=True):
+        if slot is not None:
+            node = cluster.nodes_manager.get_node_from_slot(slot)
+            by_node.setdefault(node.name, (node, []))[1].append(command)
     await asyncio.gather(*(_pipelined(node, share) for node, share in by_node.values()))
-    again += [command for command in queued if isinstance(command.result, _SEND_AGAIN)]
+    # A slot's commands go again one after another, in their order: a SET NX and the GET
+    # after it must not swap.
+    again: dict[int | None, list[PipelineCommand]] = {}
+    for command, slot in zip(queued, slots, strict=True):
+        if slot is None or (isinstance(command.result, _SEND_AGAIN) and not isinstance(command.result, _NOT_AGAIN)):
+            again.setdefault(slot, []).append(command)
     if again:
         limit = asyncio.Semaphore(_AGAIN_AT_ONCE)
 
-        async def one(command: PipelineCommand) -> None:
+        async def in_order(slot_commands: list[PipelineCommand]) -> None:
             async with limit:
-                try:
-                    command.result = await cluster.execute_command(*command.args, **command.kwargs)
-                except Exception as exc:  # the caller gets each command's error as its reply
-                    command.result = exc
+                for command in slot_commands:
+                    try:
+                        command.result = await cluster.execute_command(*command.args, **command.kwargs)
+                    except Exception as exc:  # the caller gets each command's error as its reply
+                        command.result = exc
 
-        await asyncio.gather(*(one(command) for command in again))
+        await asyncio.gather(*(in_order(slot_commands) for slot_commands in again.values()))
     return [command.result for command in queued]
 
 

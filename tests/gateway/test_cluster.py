@@ -683,9 +683,10 @@ async def test_commands_go_in_one_pipeline_per_node_and_one_whose_slot_moved_fol
     cluster.nodes_manager.slots_cache[slot] = [next(n for n in cluster.get_primaries() if n.name != owner.name)]
     sent = _pipelines(monkeypatch)
     commands: list[Routed] = [(key, ("INCRBY", key, i)) for i, key in enumerate(keys)]
-    replies = await on_owners(cluster, [*commands, (None, ("PING",))])
+    # Sent again after MOVED, the GET still comes after the INCRBY before it.
+    replies = await on_owners(cluster, [*commands, (keys[-1], ("GET", keys[-1])), (None, ("PING",))])
     assert isinstance(replies[0], ResponseError)  # its own error, not the others'
-    assert replies[1:] == [*range(1, len(keys)), True]
+    assert replies[1:] == [*range(1, len(keys)), str(len(keys) - 1), True]
     assert sorted(sent) == sorted(node.name for node in cluster.get_primaries())
     assert cluster.nodes_manager.slots_cache[slot][0].name == owner.name  # MOVED followed
     assert int(await cluster.get(keys[-1]) or 0) == len(keys) - 1
@@ -710,7 +711,7 @@ async def test_a_node_that_stops_answering_fails_its_own_commands_only(
     finally:
         await redis.aclose()
     assert {reply for reply, gone in zip(replies, lost, strict=True) if not gone} == {2}
-    assert all(reply in (1, 2, 3) for reply, gone in zip(replies, lost, strict=True) if gone)
+    assert all(isinstance(reply, int) and reply >= 1 for reply, gone in zip(replies, lost, strict=True) if gone)
 
 
 async def test_a_step_whose_keys_a_migration_has_split_waits_until_they_are_together(
