@@ -405,7 +405,7 @@ class JobRunner:
             await self._change(job, JobStatus.FAILED, expect=expect, reason=reason)
         else:
             due = now + provider.check_after
-            await self._store.jobs.defer(job.id, due, check_at=repr(due))
+            await self._store.jobs.check_call(job.id, job.dial, due, since=job["check_at"])
 
     async def _placement_failed(self, job: Job, exc: PlacementError) -> None:
         tries = job.tries + 1

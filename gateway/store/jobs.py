@@ -80,11 +80,12 @@ return 1
 """.replace("IN_CALL", ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL)))
 
 # The provider check of a call a job is in, due at ARGV[2] (its time, as ``check_at``),
-# unless the job has left the call or dial ARGV[1], or has a check already. 1 when set.
+# unless the job has left the call or dial ARGV[1], or its check time is no longer ARGV[3]
+# ('' for none yet). 1 when set.
 _CHECK_CALL = """
 local in_call = {IN_CALL}
 local cur = redis.call('HMGET', KEYS[1], 'status', 'dial', 'check_at', 'id')
-if not in_call[cur[1] or ''] or (cur[2] or '1') ~= ARGV[1] or (cur[3] or '') ~= '' then return 0 end
+if not in_call[cur[1] or ''] or (cur[2] or '1') ~= ARGV[1] or (cur[3] or '') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'check_at', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], cur[4])
 return 1
@@ -301,8 +302,8 @@ class Jobs:
         await self._redis.hset(self._keys.job(job_id), mapping=dict(fields))
 
     async def defer(self, job_id: str, due: float, **fields: str) -> None:
-        """Leave the job where it is until ``due`` (quiet hours, a busy rate limit, a call's
-        next check), with ``fields`` (its reason, ...) set in the same step."""
+        """Leave the job where it is until ``due`` (quiet hours, a busy rate limit), with
+        ``fields`` (its reason, ...) set in the same step."""
         key = self._keys.job(job_id)
 
         def queue(pipe: Pipeline) -> None:
@@ -311,11 +312,12 @@ class Jobs:
 
         await self._transactions.multi(key, queue)
 
-    async def check_call(self, job_id: str, dial: int, due: float) -> bool:
+    async def check_call(self, job_id: str, dial: int, due: float, since: str = "") -> bool:
         """Look the job's call up with its provider at ``due``, in one step with finding it
-        still in dial ``dial``'s call with no check set; True when this set it."""
+        still in dial ``dial``'s call with its check time still ``since`` ("": none set);
+        True when this set it. A report or redial that moved the job meanwhile keeps its due."""
         keys = [self._keys.job(job_id), self._keys.jobs_due(self._keys.partition_of(job_id))]
-        return bool(await self._check_call(keys=keys, args=[str(dial), repr(due)]))
+        return bool(await self._check_call(keys=keys, args=[str(dial), repr(due), since]))
 
     async def mark_call(self, provider: str, ref: str, job_id: str) -> None:
         """Tag a provider call as a job's: its callbacks update the job, never fire triggers."""

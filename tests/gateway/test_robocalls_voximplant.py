@@ -666,3 +666,31 @@ async def test_a_repeat_of_the_entry_of_a_call_left_without_its_check_sets_it(
     stored = await store.jobs.get(job_id)
     assert stored is not None and stored["check_at"] == repr(due)
     assert [r["cmd"] for r in vox.requests] == ["StartScenarios"]  # placed once
+
+
+async def test_a_call_s_next_check_is_not_set_over_a_move_made_since_it_was_read(
+    aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
+) -> None:
+    """A check reads the job, asks the provider, then sets the next one: a report or another
+    check that moved the job meanwhile keeps what it set."""
+    client = await aiohttp_client(create_app(vox_settings, workers=False))
+    await setup_voximplant(client, vox)
+    _, accepted = await post(client, robocall(mp3))
+    job_id = accepted["id"]
+    checking = Checking(client, vox_settings)
+    store = client.app[STORE]
+    due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
+    try:
+        await checking.runner.run(job_id)
+    finally:
+        await checking.providers.close()
+    placed = await store.jobs.get(job_id)
+    assert placed is not None and placed["check_at"]
+    first = await store.redis.zscore(due_set, job_id)
+    # Read before another process's check moved the check time on.
+    assert not await store.jobs.check_call(job_id, 1, time.time() + 5, since="1.0")
+    assert not await store.jobs.check_call(job_id, 2, time.time() + 5, since=placed["check_at"])
+    assert await store.redis.zscore(due_set, job_id) == first
+    later = time.time() + 500
+    assert await store.jobs.check_call(job_id, 1, later, since=placed["check_at"])
+    assert await store.redis.zscore(due_set, job_id) == later
