@@ -78,6 +78,17 @@ async def placed(
     return client, job_id, (await final(client, job_id, "sent"))["provider_ref"]
 
 
+async def queued(
+    aiohttp_client: ClientFactory, settings: Settings, api: VoximplantApi, body: dict[str, Any]
+) -> tuple[Client, str]:
+    """A gateway without workers (the test runs the job) and a Voximplant line, and a
+    robocall of ``body`` queued: the client and the job's id."""
+    client = await aiohttp_client(create_app(settings, workers=False))
+    await setup_voximplant(client, api)
+    _, accepted = await post(client, body)
+    return client, str(accepted["id"])
+
+
 async def scenario_post(
     client: Client, job_id: str, event: str, session: str, seq: int, *, dial: int = 1, **fields: Any
 ) -> ClientResponse:
@@ -249,10 +260,7 @@ async def test_a_reconciled_dial_the_rate_limit_defers_asks_the_call_history_onc
 ) -> None:
     vox.script = [503]
     # No workers: the test runs the job, each run as the due set would start it.
-    client = await aiohttp_client(create_app(vox_settings, workers=False))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
+    client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
     store = client.app[STORE]
     providers = Providers(store, vox_settings.base_url)
     runner = JobRunner(store, providers, vox_settings, Speech(renderer_for(vox_settings), 1))
@@ -397,10 +405,7 @@ async def test_a_dial_that_never_reports_is_settled_once_from_the_call_history(
     reason: str | None,
     duration: int | None,
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings, workers=False))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3, attempts=attempts))
-    job_id = accepted["id"]
+    client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3, attempts=attempts))
     checking = Checking(client, vox_settings)
     try:
         await checking.runner.run(job_id)
@@ -434,10 +439,7 @@ async def test_a_dial_whose_end_cannot_be_known_is_failed_not_left_sent(
     monkeypatch: pytest.MonkeyPatch,
     lost: str,
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings, workers=False))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
+    client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
     checking = Checking(client, vox_settings)
     try:
         await checking.runner.run(job_id)
@@ -469,10 +471,7 @@ async def test_a_dial_whose_end_cannot_be_known_is_failed_not_left_sent(
 async def test_a_dial_the_call_history_shows_no_end_of_is_looked_up_again_then_failed(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
-    client = await aiohttp_client(create_app(vox_settings, workers=False))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
+    client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
     checking = Checking(client, vox_settings)
     try:
         await checking.runner.run(job_id)
@@ -647,10 +646,7 @@ async def test_a_repeat_of_the_entry_of_a_call_left_without_its_check_sets_it(
 ) -> None:
     """The process died after the first report had taken the job ringing and before it set
     the call's check: the entry's repeat sets it."""
-    client = await aiohttp_client(create_app(vox_settings, workers=False))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
+    client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
     checking = Checking(client, vox_settings)
     store = client.app[STORE]
     due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
@@ -673,10 +669,7 @@ async def test_a_call_s_next_check_is_not_set_over_a_move_made_since_it_was_read
 ) -> None:
     """A check reads the job, asks the provider, then sets the next one: a report or another
     check that moved the job meanwhile keeps what it set."""
-    client = await aiohttp_client(create_app(vox_settings, workers=False))
-    await setup_voximplant(client, vox)
-    _, accepted = await post(client, robocall(mp3))
-    job_id = accepted["id"]
+    client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
     checking = Checking(client, vox_settings)
     store = client.app[STORE]
     due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
