@@ -17,7 +17,7 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError
 
-from gateway.store.nodes import on_owners, raise_first
+from gateway.store.nodes import pipelined, raise_first
 
 Call = tuple[Sequence[str], Sequence[str | int | float]]  # (keys, args)
 
@@ -44,12 +44,7 @@ async def run_many(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> 
 async def _send(redis: Redis, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
     """One try of each call, errors as replies: in one pipelined round trip (on a cluster,
     one to each shard owning some of the calls' keys, at once)."""
-    if isinstance(redis, RedisCluster):
-        return await on_owners(
-            redis,
-            [(keys[0] if keys else None, ("EVALSHA", script.sha, len(keys), *keys, *args)) for keys, args in calls],
-        )
-    async with redis.pipeline(transaction=False) as pipe:
+    async with pipelined(redis) as pipe:
         for keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
