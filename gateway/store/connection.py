@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import get_node_name
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     AskError,
     MovedError,
@@ -99,8 +101,44 @@ def connect(url: str, *, blocking: bool = False, cluster: bool = False) -> Redis
         # other tasks are sending or waiting on ("Connection closed by server", or an
         # AttributeError on its writer), and until the slot map is read again sends keyed
         # commands to random nodes, whose MOVEDs close everything again.
-        return cast(Redis, RedisCluster.from_url(url, reinitialize_steps=0, **options))
-    return Redis.from_url(url, retry_on_error=[RedisConnectionError], **options)
+        cluster_client = RedisCluster.from_url(url, reinitialize_steps=0, **options)
+        # Nodes found later are made with the manager's settings, the first ones already.
+        settings = cluster_client.nodes_manager.connection_kwargs
+        settings["connection_class"] = hiredis_packing(settings["connection_class"])
+        for node in cluster_client.nodes_manager.startup_nodes.values():
+            node.connection_class = hiredis_packing(node.connection_class)
+        return cast(Redis, cluster_client)
+    client = Redis.from_url(url, retry_on_error=[RedisConnectionError], **options)
+    pool = client.connection_pool
+    pool.connection_class = hiredis_packing(pool.connection_class)
+    return client
+
+
+_Connection = TypeVar("_Connection", bound=AbstractConnection)
+_SERIALIZER = HiredisRespSerializer()
+_packing: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def hiredis_packing(connection: type[_Connection]) -> type[_Connection]:
+    """``connection`` packing commands with hiredis's C packer, as redis-py's synchronous
+    connections do but its asyncio ones do not: their packing in Python took half the CPU
+    of every pipeline, and 8% of serve's."""
+    packing = _packing.get(connection)
+    if packing is None:
+        packing = _packing[connection] = type(connection.__name__, (connection,), {"pack_command": _hiredis_pack})
+    return cast(type[_Connection], packing)
+
+
+def _hiredis_pack(self: AbstractConnection, *args: Any) -> list[bytes]:
+    command = args[0]
+    # The usual command straight to the C packer; redis-py's serializer (splitting a name
+    # of two words such as "CONFIG GET", copying views) cost twice the packing itself.
+    if isinstance(command, str) and " " not in command:
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass  # a memoryview or bytearray, which the serializer copies first
+    return cast(list[bytes], _SERIALIZER.pack(*args))
 
 
 class RedisHealth:
