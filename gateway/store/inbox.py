@@ -23,38 +23,39 @@ __all__ = ["EVENTS_STREAM", "Arrival", "Inbox"]
 # order, with nothing between them. As concurrent calls of their own they could land out of
 # order: Redis Cluster sends those on several connections, and one failing while a later
 # one lands would store its event after the later one on the provider's retry.
-# KEYS: the stream, the events feed, each event's identity, optionally the delivery token:
-# all of the events' partition, so in one slot on Redis Cluster.
-# ARGV[4]: how many events; ARGV[5] and ARGV[6]: the place among them of the event the
-# token goes with, and its identity; then each event's JSON, time and withheld reason (which
-# the JSON lacks).
-# An identity holds a fingerprint of the request (ARGV[2]; '' when any repeat is the same
+# A call's keys (K): the stream, the events feed, each event's identity, optionally the
+# delivery token: all of the events' partition, so in one slot on Redis Cluster.
+# Its arguments (A): A[4], how many events; A[5] and A[6], the place among them of the
+# event the token goes with, and its identity; then each event's JSON, time and withheld
+# reason (which the JSON lacks).
+# An identity holds a fingerprint of the request (A[2]; '' when any repeat is the same
 # request): another request under it is a conflict (-1). The token holds the identity it
 # came with and only recognises a retry of that event: it is not signed, so it cannot vouch
-# for another one. A new event is traced in the feed (capped at ARGV[3] entries) in the same
+# for another one. A new event is traced in the feed (capped at A[3] entries) in the same
 # step: no round trip of its own on the webhook path. Its entry is built here from the event,
 # not sent as a dozen more arguments to encode (see EVENT_FEED_FIELDS). Returns each event's
-# Arrival.
+# Arrival. Concurrent webhooks' calls go together (Batched): a looped script's K and A are
+# one call's KEYS and ARGV.
 _ACCEPT = """
-local n = tonumber(ARGV[4])
-local token = KEYS[n + 3]
+local n = tonumber(A[4])
+local token = K[n + 3]
 -- Read before the first write: an event cjson cannot read fails the call with nothing stored.
 local events = {}
-for i = 1, n do events[i] = cjson.decode(ARGV[4 + 3 * i]) end
-local reported = token and tonumber(ARGV[5])
+for i = 1, n do events[i] = cjson.decode(A[4 + 3 * i]) end
+local reported = token and tonumber(A[5])
 local out = {}
 for i = 1, n do
-  local identity, at, withheld = KEYS[2 + i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  local identity, at, withheld = K[2 + i], A[5 + 3 * i], A[6 + 3 * i]
   local held = redis.call('GET', identity)
   if held then
-    out[i] = (held == ARGV[2] or ARGV[2] == '') and 0 or -1
-  elseif i == reported and redis.call('GET', token) == ARGV[6] then
+    out[i] = (held == A[2] or A[2] == '') and 0 or -1
+  elseif i == reported and redis.call('GET', token) == A[6] then
     out[i] = 0
   else
     local event = events[i]
-    redis.call('XADD', KEYS[1], '*', 'event', ARGV[4 + 3 * i])
-    redis.call('SET', identity, ARGV[2], 'EX', ARGV[1])
-    if i == reported then redis.call('SET', token, ARGV[6], 'EX', ARGV[1]) end
+    redis.call('XADD', K[1], '*', 'event', A[4 + 3 * i])
+    redis.call('SET', identity, A[2], 'EX', A[1])
+    if i == reported then redis.call('SET', token, A[6], 'EX', A[1]) end
     local entry = {'kind', event.kind, 'at', at}
     for _, name in ipairs({FEED_FIELDS}) do
       local value = event[name]
@@ -67,7 +68,7 @@ for i = 1, n do
       entry[#entry + 1] = 'withheld'
       entry[#entry + 1] = withheld
     end
-    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', unpack(entry))
+    redis.call('XADD', K[2], 'MAXLEN', A[3], '*', unpack(entry))
     out[i] = 1
   end
 end
@@ -100,7 +101,7 @@ class Inbox:
         # Each partition's feed keeps its share: the feed as a whole keeps about ``feed_max``.
         self._feed_max = -(-feed_max // keys.partitions)
         # Concurrent webhooks' accepts share a round trip.
-        self._accept = Batched(redis, redis.register_script(_ACCEPT))
+        self._accept = Batched(redis, _ACCEPT)
         self._hold = redis.register_script(_HOLD)
 
     async def accept(self, event: Event, token: str | None = None, fingerprint: str = "") -> Arrival:

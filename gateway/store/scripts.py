@@ -76,6 +76,28 @@ return out
 """
 
 
+def _looped(calls: Sequence[Call], cluster: bool) -> tuple[list[list[int]], list[Call]]:
+    """The commands of a looped script carrying ``calls``, and the calls each carries (their
+    places in ``calls``): calls of one slot with as many keys and arguments go together."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, (keys, args) in enumerate(calls):
+        slot = key_slot(keys[0].encode()) if cluster and keys else 0
+        groups.setdefault((slot, len(keys), len(args)), []).append(i)
+    chunks = [
+        members[start : start + _LOOPED_MOST]
+        for members in groups.values()
+        for start in range(0, len(members), _LOOPED_MOST)
+    ]
+    commands: list[Call] = []
+    for chunk in chunks:
+        keys, args = calls[chunk[0]]
+        flat_keys = [key for i in chunk for key in calls[i][0]]
+        flat_args: list[str | int | float] = [len(chunk), len(keys), len(args)]
+        flat_args.extend(arg for i in chunk for arg in calls[i][1])
+        commands.append((flat_keys, flat_args))
+    return chunks, commands
+
+
 class Looped:
     """Many calls of one script sent as few commands as Redis allows: on one Redis, every
     call of a batch in one command; on Redis Cluster, one command per slot (each call's keys
@@ -93,22 +115,7 @@ class Looped:
 
     async def __call__(self, calls: Sequence[Call]) -> list[Any]:
         """The reply of each call, in order; raises the first error met."""
-        groups: dict[tuple[int, int, int], list[int]] = {}
-        for i, (keys, args) in enumerate(calls):
-            slot = key_slot(keys[0].encode()) if self._cluster and keys else 0
-            groups.setdefault((slot, len(keys), len(args)), []).append(i)
-        chunks = [
-            members[start : start + _LOOPED_MOST]
-            for members in groups.values()
-            for start in range(0, len(members), _LOOPED_MOST)
-        ]
-        commands: list[Call] = []
-        for chunk in chunks:
-            keys, args = calls[chunk[0]]
-            flat_keys = [key for i in chunk for key in calls[i][0]]
-            flat_args: list[str | int | float] = [len(chunk), len(keys), len(args)]
-            flat_args.extend(arg for i in chunk for arg in calls[i][1])
-            commands.append((flat_keys, flat_args))
+        chunks, commands = _looped(calls, self._cluster)
         replies: list[Any] = [None] * len(calls)
         for chunk, reply in zip(chunks, raise_first(await run_many(self._redis, self._script, commands)), strict=True):
             for i, one in zip(chunk, reply, strict=True):
@@ -117,12 +124,19 @@ class Looped:
 
 
 class Batched:
-    """Calls of one script from concurrent requests, sent together: the calls queued in one
-    turn of the event loop go out in one pipelined round trip."""
+    """Calls of one looped script (``body``, as ``Looped``'s) from concurrent requests, sent
+    together: the calls queued in one turn of the event loop go out as ``Looped`` commands,
+    in one pipelined round trip.
 
-    def __init__(self, redis: Redis, script: AsyncScript) -> None:
+    A call that fails fails its whole command: each of the command's callers gets the error,
+    those whose call ran before it too, so a call must be safe to repeat (a provider retries
+    a webhook answered with an error, and its event is then recognised).
+    """
+
+    def __init__(self, redis: Redis, body: str) -> None:
         self._redis = redis
-        self._script = script
+        self._script = redis.register_script(looped_lua(body))
+        self._cluster = isinstance(redis, RedisCluster)
         self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -142,18 +156,21 @@ class Batched:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, queue: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+        chunks, commands = _looped([call for call, _ in queue], self._cluster)
         try:
-            replies = await run_many(self._redis, self._script, [call for call, _ in queue])
+            replies = await run_many(self._redis, self._script, commands)
         except asyncio.CancelledError:
             for _, future in queue:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every caller gets the error
-            replies = [exc] * len(queue)
-        for (_, future), reply in zip(queue, replies, strict=True):
-            if future.done():  # its request went away meanwhile
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            replies = [exc] * len(commands)
+        for chunk, reply in zip(chunks, replies, strict=True):
+            for place, i in enumerate(chunk):
+                future = queue[i][1]
+                if future.done():  # its request went away meanwhile
+                    continue
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply[place])

@@ -24,14 +24,32 @@ async def reads_processed(redis: Redis) -> int:
 async def test_concurrent_calls_share_one_round_trip(private_redis: EmbeddedRedis) -> None:
     redis = Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        batched = Batched(redis, redis.register_script(_ECHO))
+        batched = Batched(redis, "redis.call('INCR', K[1]) return A[1]")
         await batched(["n"], ["warm"])  # loads the script
+        await redis.config_resetstat()
         before = await reads_processed(redis)
         replies = await asyncio.gather(*(batched(["n"], [str(i)]) for i in range(50)))
         used = await reads_processed(redis) - before
+        commands = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
         assert replies == [str(i) for i in range(50)]
         assert await redis.get("n") == "51"
         assert used <= 3, used  # the pipeline (however the server splits its reads) and INFO, not 50
+        assert commands == 1  # one looped command carried the 50 calls
+    finally:
+        await redis.aclose()
+
+
+async def test_a_failing_call_fails_the_callers_of_its_command_only(private_redis: EmbeddedRedis) -> None:
+    """Calls of another shape go in a command of their own, which the failure leaves alone."""
+    redis = Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        batched = Batched(redis, "redis.call('INCR', K[1]) if A[1] == 'bad' then error('refused') end return A[1]")
+        calls = [batched(["n"], ["a"]), batched(["n"], ["bad"]), batched(["n"], ["c"]), batched(["m", "x"], ["d"])]
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(reply, ResponseError) for reply in replies[:3]), replies
+        assert replies[3] == "d"
+        # Scripts do not roll back: the call before the failing one ran.
+        assert (await redis.get("n"), await redis.get("m")) == ("2", "1")
     finally:
         await redis.aclose()
 
