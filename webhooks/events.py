@@ -7,7 +7,11 @@ reads nothing provider-specific: adding a provider means writing a parser to thi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from config.phones import InvalidPhone, to_e164
 from config.vocabulary import EventKind
@@ -15,8 +19,18 @@ from config.vocabulary import EventKind
 # What Twilio puts in From when a caller withholds the number (a number that does not exist).
 _WITHHELD_NUMBERS = {"+266696687": "anonymous", "+86282452253": "unavailable"}
 _IDENTITY_SCHEMES = ("client", "sip")
-# One encoder for every event: json.dumps with options builds a new one per call.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_text(value: Any, *, sort_keys: bool = False) -> str:
+    """``value`` as compact JSON, by orjson: the standard library's json cost seven times as
+    much on the webhook path. A lone surrogate (a JSON body may carry "\\ud800", which is
+    no character) becomes U+FFFD: orjson refuses it, and Redis's Lua cannot read its escape."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None).decode()
+    except orjson.JSONEncodeError:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=sort_keys)
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def withheld(identity: str) -> str | None:
@@ -76,10 +90,10 @@ class Event:
 
     def to_json(self) -> str:
         # vars(), not asdict(): no deep copy on the webhook hot path (extra is flat str->str).
-        return _ENCODE(vars(self))
+        return json_text(vars(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Event:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
         data["kind"] = EventKind(data["kind"])
         return cls(**data)

@@ -32,6 +32,7 @@ from gateway.store.entries import StageEntries, StageEntry, new_entry_id
 from gateway.store.nodes import mget, pipelined
 from gateway.store.outbox import Outbox, publish_lua
 from gateway.store.scripts import Call, Looped
+from webhooks.events import json_text
 
 
 def now_iso(at: float | None = None) -> str:
@@ -101,7 +102,7 @@ def parse_item(raw: str) -> Item:
 
 
 def timeline_entry(kind: str, data: Mapping[str, Any], at: float | None = None) -> str:
-    return json.dumps({"at": now_iso(at), "type": kind, "data": dict(data)}, separators=(",", ":"))
+    return json_text({"at": now_iso(at), "type": kind, "data": dict(data)})
 
 
 # Effect markers: what an event already did to an item, kept on the item (a sorted set by

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -64,14 +63,28 @@ async def test_an_accepted_events_entry_has_its_fields_in_order(
     assert event.withheld == withheld
 
 
+class _Unreadable(Event):
+    """An event whose JSON Lua's reader refuses: none of callgate's own is such."""
+
+    def to_json(self) -> str:
+        return '{"kind": "sms.incoming", "text": "'
+
+
 async def test_an_event_the_inbox_cannot_read_is_not_half_stored(client: Client) -> None:
-    """Lua's JSON reader refuses a lone surrogate (which JSON escapes allow): the call fails
-    before it writes, so the identity is free for a delivery that can be read."""
-    event = Event(EventKind.SMS_INCOMING, "tw", LINE, STRANGER, "SM2", "SM2", 1700000000.0, text="\ud800")
+    """The call fails before it writes, so the identity is free for a delivery that can be read."""
+    event = _Unreadable(EventKind.SMS_INCOMING, "tw", LINE, STRANGER, "SM2", "SM2", 1700000000.0, text="x")
     with pytest.raises(ResponseError):
         await client.app[STORE].inbox.accept(event)
-    assert await client.app[STORE].inbox.accept(replace(event, text="readable")) is Arrival.NEW
+    readable = Event(**{**vars(event), "text": "readable"})
+    assert await client.app[STORE].inbox.accept(readable) is Arrival.NEW
     assert [e["text"] for e in (await _events(client))["events"]] == ["readable"]
+
+
+async def test_a_lone_surrogate_is_stored_as_a_replacement_character(client: Client) -> None:
+    """JSON escapes allow "\\ud800", which is no character and which Lua's reader refuses."""
+    event = Event(EventKind.SMS_INCOMING, "tw", LINE, STRANGER, "SM2", "SM2", 1700000000.0, text="\ud800!")
+    assert await client.app[STORE].inbox.accept(event) is Arrival.NEW
+    assert [e["text"] for e in (await _events(client))["events"]] == ["\ufffd!"]
 
 
 async def test_accepted_webhooks_are_logged_at_debug(client: Client, caplog: pytest.LogCaptureFixture) -> None:

@@ -170,6 +170,28 @@ async def test_json_body_signed_with_body_sha256(client: Client) -> None:
     assert [e["data"]["text"] for e in (await item(client))["timeline"] if e["type"] == "sms.incoming"] == ["json hola"]
 
 
+async def test_json_body_with_a_lone_surrogate_is_stored(client: Client) -> None:
+    """A JSON body may carry "\\ud800", which is no character, and which neither orjson nor
+    Redis's Lua reads: it is stored as U+FFFD, not refused with a 500 on every retry."""
+    await configure(client)
+    await add_item(client)
+    body = json.dumps(sms_form(body="\ud800 hola"))
+    assert "\\ud800" in body
+    validator = RequestValidator(AUTH_TOKEN)
+    path = f"/webhooks/twilio/sms?bodySHA256={validator.compute_hash(body)}"
+    signature = validator.compute_signature(PUBLIC_URL + path, {})
+    headers = {"Content-Type": "application/json", "X-Twilio-Signature": signature}
+    assert (await client.post(path, data=body, headers=headers)).status == 200
+
+    async def recorded() -> bool:
+        return "sms.incoming" in timeline_types(await item(client))
+
+    await eventually(recorded)
+    assert [e["data"]["text"] for e in (await item(client))["timeline"] if e["type"] == "sms.incoming"] == [
+        "\ufffd hola"
+    ]
+
+
 async def test_hostile_bodies_get_4xx_never_500(client: Client) -> None:
     await configure(client)
     cases: list[tuple[bytes, str]] = [
