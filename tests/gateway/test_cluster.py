@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager, PipelineCommand
+from redis.asyncio.connection import Connection as RedisConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
@@ -24,7 +25,7 @@ from gateway.app import create_app
 from gateway.appkeys import REDIS_CLUSTER
 from gateway.keys import Keys
 from gateway.store import connection
-from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect
+from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect, hiredis_packing
 from gateway.store.nodes import Routed, on_owners
 from gateway.store.scripts import Looped
 from gateway.streams import StreamConfig, StreamConsumer, one_by_one
@@ -102,6 +103,20 @@ async def cluster_redis(cluster: Cluster, cluster_settings: Settings, prefix: st
 async def test_the_cluster_is_detected_from_the_url(cluster: Cluster) -> None:
     assert await cluster_enabled(cluster.url(cluster.ports[1]))
     assert not await cluster_enabled(cluster.url(cluster.ports[1]), forced=False)
+
+
+async def test_every_node_packs_with_hiredis_those_found_later_too(cluster: Cluster) -> None:
+    redis = cast(RedisCluster, connect(cluster.url(cluster.ports[1]), cluster=True))
+    try:
+        await redis.initialize()  # the other nodes, found in the slot map
+        packing = hiredis_packing(RedisConnection)
+        assert {node.name for node in redis.get_nodes()} == {f"127.0.0.1:{port}" for port in cluster.ports}
+        assert all(node.connection_class is packing for node in redis.get_nodes())
+        assert packing.pack_command is not RedisConnection.pack_command
+        assert await redis.set("{packed}k", "é") and await redis.get("{packed}k") == "é"
+        await redis.delete("{packed}k")
+    finally:
+        await redis.aclose()
 
 
 async def test_a_webhook_moves_an_item_through_a_node_that_does_not_own_it(
