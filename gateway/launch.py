@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -113,6 +114,15 @@ async def preflight(settings: Settings) -> socket.socket:
     return sock
 
 
+def freeze_startup_objects() -> None:
+    """Keep what the started process holds for good (modules, the app, its clients) out of
+    the garbage collector's full passes. Each pass walked all of it, some 130,000 objects,
+    and stopped the event loop for 60-100 ms: the acknowledgements caught behind it made the
+    p99. Startup's own garbage is collected first, not kept."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings, sock: socket.socket, access_log: logging.Logger | None) -> None:
     """Run until SIGTERM or SIGINT; one line when serving, one when stopped."""
     stop = asyncio.Event()
@@ -127,6 +137,7 @@ async def serve(settings: Settings, sock: socket.socket, access_log: logging.Log
     try:
         await runner.setup()
         gated = await start_gated(runner, sock, gate)
+        freeze_startup_objects()
         why = unreachable_public_url(settings)
         if why:
             log.warning(

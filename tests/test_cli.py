@@ -5,6 +5,7 @@ anything is generated or started, and a gateway killed with SIGKILL starts again
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -14,12 +15,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from config.settings import Settings
+from gateway.launch import freeze_startup_objects
 from gateway.tokens import ensure_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -376,3 +379,23 @@ def test_a_second_gateway_on_the_same_data_dir_is_refused(data_dir: Path) -> Non
     finally:
         code, _, err = first.stop()
     assert code == 0, err
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_started_process_keeps_its_objects_out_of_full_collections() -> None:
+    """What the process holds once started is frozen; startup's garbage is collected, not kept."""
+    held = [{"kept": True}]
+    garbage = _Cycle()
+    gone = weakref.ref(garbage)
+    del garbage
+    try:
+        freeze_startup_objects()
+        assert gc.get_freeze_count() > 0
+        assert not any(candidate is held for candidate in gc.get_objects())  # no full pass walks it
+        assert gone() is None
+    finally:
+        gc.unfreeze()
