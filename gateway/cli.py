@@ -98,7 +98,7 @@ async def _work(settings: Settings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         async with running_workers(store, settings, Metrics()):
-            launch.freeze_startup_objects()
+            launch.tune_garbage_collector()
             log.info(
                 "callgate worker started: redis %s, %d event consumer and %d job consumers",
                 redacted(settings.redis_url),

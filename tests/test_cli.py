@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from gateway.launch import freeze_startup_objects
+from gateway.launch import YOUNG_COLLECTION_EVERY, tune_garbage_collector
 from gateway.tokens import ensure_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -387,15 +387,19 @@ class _Cycle:
 
 
 def test_a_started_process_keeps_its_objects_out_of_full_collections() -> None:
-    """What the process holds once started is frozen; startup's garbage is collected, not kept."""
+    """What the process holds once started is frozen; startup's garbage is collected, not
+    kept; young collections run less often."""
     held = [{"kept": True}]
     garbage = _Cycle()
     gone = weakref.ref(garbage)
     del garbage
+    thresholds = gc.get_threshold()
     try:
-        freeze_startup_objects()
+        tune_garbage_collector()
         assert gc.get_freeze_count() > 0
         assert not any(candidate is held for candidate in gc.get_objects())  # no full pass walks it
         assert gone() is None
+        assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *thresholds[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
