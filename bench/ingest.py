@@ -476,8 +476,10 @@ async def cluster_target() -> AsyncIterator[Target]:
             yield Target(label, cluster.url(port), client, nodes)
 
 
-async def wait_healthy(name: str, proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.perf_counter() + START_TIMEOUT
+async def wait_healthy(
+    name: str, proc: subprocess.Popen[bytes], base: str, log: Path, timeout: float = START_TIMEOUT
+) -> None:
+    deadline = time.perf_counter() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while time.perf_counter() < deadline:
             if proc.poll() is not None:
@@ -487,7 +489,7 @@ async def wait_healthy(name: str, proc: subprocess.Popen[bytes], base: str, log:
                     if resp.status == 200:
                         return
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{name} did not answer /healthz within {START_TIMEOUT:.0f} s")
+    raise RuntimeError(f"{name} did not answer /healthz within {timeout:.0f} s")
 
 
 async def configure_callgate(base: str, customers: Sequence[str]) -> None:
