@@ -5,6 +5,7 @@ them again without a failed call."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,80 +18,67 @@ from gateway.store.scripts import Batched, Looped, run_many
 _ECHO = "redis.call('INCR', KEYS[1]) return ARGV[1]"
 
 
+@pytest.fixture
+async def redis(private_redis: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = Redis.from_url(private_redis.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
 async def reads_processed(redis: Redis) -> int:
     return int((await redis.info("stats"))["total_reads_processed"])
 
 
-async def test_concurrent_calls_share_one_round_trip(private_redis: EmbeddedRedis) -> None:
-    redis = Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        batched = Batched(redis, "redis.call('INCR', K[1]) return A[1]")
-        await batched(["n"], ["warm"])  # loads the script
-        await redis.config_resetstat()
-        before = await reads_processed(redis)
-        replies = await asyncio.gather(*(batched(["n"], [str(i)]) for i in range(50)))
-        used = await reads_processed(redis) - before
-        commands = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
-        assert replies == [str(i) for i in range(50)]
-        assert await redis.get("n") == "51"
-        assert used <= 3, used  # the pipeline (however the server splits its reads) and INFO, not 50
-        assert commands == 1  # one looped command carried the 50 calls
-    finally:
-        await redis.aclose()
+async def test_concurrent_calls_share_one_round_trip(redis: Redis) -> None:
+    batched = Batched(redis, "redis.call('INCR', K[1]) return A[1]")
+    await batched(["n"], ["warm"])  # loads the script
+    await redis.config_resetstat()
+    before = await reads_processed(redis)
+    replies = await asyncio.gather(*(batched(["n"], [str(i)]) for i in range(50)))
+    used = await reads_processed(redis) - before
+    commands = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert replies == [str(i) for i in range(50)]
+    assert await redis.get("n") == "51"
+    assert used <= 3, used  # the pipeline (however the server splits its reads) and INFO, not 50
+    assert commands == 1  # one looped command carried the 50 calls
 
 
-async def test_a_failing_call_fails_the_callers_of_its_command_only(private_redis: EmbeddedRedis) -> None:
+async def test_a_failing_call_fails_the_callers_of_its_command_only(redis: Redis) -> None:
     """Calls of another shape go in a command of their own, which the failure leaves alone."""
-    redis = Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        batched = Batched(redis, "redis.call('INCR', K[1]) if A[1] == 'bad' then error('refused') end return A[1]")
-        calls = [batched(["n"], ["a"]), batched(["n"], ["bad"]), batched(["n"], ["c"]), batched(["m", "x"], ["d"])]
-        replies = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(reply, ResponseError) for reply in replies[:3]), replies
-        assert replies[3] == "d"
-        # Scripts do not roll back: the call before the failing one ran.
-        assert (await redis.get("n"), await redis.get("m")) == ("2", "1")
-    finally:
-        await redis.aclose()
+    batched = Batched(redis, "redis.call('INCR', K[1]) if A[1] == 'bad' then error('refused') end return A[1]")
+    calls = [batched(["n"], ["a"]), batched(["n"], ["bad"]), batched(["n"], ["c"]), batched(["m", "x"], ["d"])]
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(reply, ResponseError) for reply in replies[:3]), replies
+    assert replies[3] == "d"
+    # Scripts do not roll back: the call before the failing one ran.
+    assert (await redis.get("n"), await redis.get("m")) == ("2", "1")
 
 
-async def test_a_lost_script_is_loaded_again(private_redis: EmbeddedRedis) -> None:
-    redis = Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        script = redis.register_script(_ECHO)
-        assert await run_many(redis, script, [(["n"], ["a"])]) == ["a"]
-        await redis.script_flush()
-        replies: list[Any] = await run_many(redis, script, [(["n"], ["b"]), (["n"], ["c"])])
-        assert replies == ["b", "c"]
-        assert await redis.get("n") == "3"  # each call ran once
-    finally:
-        await redis.aclose()
+async def test_a_lost_script_is_loaded_again(redis: Redis) -> None:
+    script = redis.register_script(_ECHO)
+    assert await run_many(redis, script, [(["n"], ["a"])]) == ["a"]
+    await redis.script_flush()
+    replies: list[Any] = await run_many(redis, script, [(["n"], ["b"]), (["n"], ["c"])])
+    assert replies == ["b", "c"]
+    assert await redis.get("n") == "3"  # each call ran once
 
 
-async def test_looped_calls_go_in_one_command_and_reply_in_order(private_redis: EmbeddedRedis) -> None:
-    redis = Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        looped = Looped(redis, "redis.call('INCR', K[1]) return {A[1], redis.call('GET', K[2])}")
-        await redis.set("x", "here")
-        await looped([(["n0", "x"], ["warm"])])  # loads the script
-        await redis.config_resetstat()
-        calls = [([f"n{i % 3}", "x" if i % 2 else "gone"], [str(i)]) for i in range(600)]
-        replies = await looped(calls)
-        commands = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
-        assert replies == [[str(i), "here" if i % 2 else None] for i in range(600)]
-        assert [await redis.get(f"n{i}") for i in range(3)] == ["201", "200", "200"]
-        assert commands == 3  # 600 calls, at most 256 per command
-        assert await looped([]) == []
-    finally:
-        await redis.aclose()
+async def test_looped_calls_go_in_one_command_and_reply_in_order(redis: Redis) -> None:
+    looped = Looped(redis, "redis.call('INCR', K[1]) return {A[1], redis.call('GET', K[2])}")
+    await redis.set("x", "here")
+    await looped([(["n0", "x"], ["warm"])])  # loads the script
+    await redis.config_resetstat()
+    calls = [([f"n{i % 3}", "x" if i % 2 else "gone"], [str(i)]) for i in range(600)]
+    replies = await looped(calls)
+    commands = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert replies == [[str(i), "here" if i % 2 else None] for i in range(600)]
+    assert [await redis.get(f"n{i}") for i in range(3)] == ["201", "200", "200"]
+    assert commands == 3  # 600 calls, at most 256 per command
+    assert await looped([]) == []
 
 
-async def test_a_failing_looped_call_raises(private_redis: EmbeddedRedis) -> None:
-    redis = Redis.from_url(private_redis.url, decode_responses=True)
-    try:
-        looped = Looped(redis, "return redis.call('INCRBY', K[1], A[1])")
-        with pytest.raises(ResponseError):
-            await looped([(["n"], ["1"]), (["n"], ["not a number"])])
-        assert await redis.get("n") == "1"  # scripts do not roll back: the call before it ran
-    finally:
-        await redis.aclose()
+async def test_a_failing_looped_call_raises(redis: Redis) -> None:
+    looped = Looped(redis, "return redis.call('INCRBY', K[1], A[1])")
+    with pytest.raises(ResponseError):
+        await looped([(["n"], ["1"]), (["n"], ["not a number"])])
+    assert await redis.get("n") == "1"  # scripts do not roll back: the call before it ran
