@@ -59,7 +59,11 @@ def looped_lua(body: str) -> str:
     replies as one list. ``body`` is a Lua function body of ``K`` and ``A``, one call's keys
     and arguments (as ``KEYS`` and ``ARGV`` would be); it must not return nil (a hole ends
     Redis's list). ARGV[1..3]: the number of calls, keys per call, arguments per call; then
-    every call's arguments, and KEYS every call's keys."""
+    every call's arguments, and KEYS every call's keys.
+
+    A call that raises an error has it as its reply, and the calls after it still run: one
+    call's failure is its own (what it wrote before failing stays, as in any script).
+    """
     return f"""
 local function one(K, A)
 {body}
@@ -70,7 +74,14 @@ for i = 0, n - 1 do
   local K, A = {{}}, {{}}
   for j = 1, nk do K[j] = KEYS[i * nk + j] end
   for j = 1, na do A[j] = ARGV[3 + i * na + j] end
-  out[i + 1] = one(K, A)
+  local ok, reply = pcall(one, K, A)
+  if ok then
+    out[i + 1] = reply
+  elseif type(reply) == 'table' and reply.err then
+    out[i + 1] = reply
+  else
+    out[i + 1] = redis.error_reply(tostring(reply))
+  end
 end
 return out
 """
@@ -78,16 +89,19 @@ return out
 
 def _looped(calls: Sequence[Call], cluster: bool) -> tuple[list[list[int]], list[Call]]:
     """The commands of a looped script carrying ``calls``, and the calls each carries (their
-    places in ``calls``): calls of one slot with as many keys and arguments go together."""
-    groups: dict[tuple[int, int, int], list[int]] = {}
+    places in ``calls``): consecutive calls of one slot with as many keys and arguments go
+    together, so a slot's calls still run in their order (its commands go to its node in
+    one pipeline)."""
+    chunks: list[list[int]] = []
+    open_chunk: dict[int, tuple[tuple[int, int], list[int]]] = {}  # per slot: its last chunk's shape
     for i, (keys, args) in enumerate(calls):
         slot = key_slot(keys[0].encode()) if cluster and keys else 0
-        groups.setdefault((slot, len(keys), len(args)), []).append(i)
-    chunks = [
-        members[start : start + _LOOPED_MOST]
-        for members in groups.values()
-        for start in range(0, len(members), _LOOPED_MOST)
-    ]
+        shape = (len(keys), len(args))
+        last = open_chunk.get(slot)
+        if last is None or last[0] != shape or len(last[1]) == _LOOPED_MOST:
+            last = open_chunk[slot] = (shape, [])
+            chunks.append(last[1])
+        last[1].append(i)
     commands: list[Call] = []
     for chunk in chunks:
         keys, args = calls[chunk[0]]
@@ -104,8 +118,8 @@ class Looped:
     must share a slot, as any script's do there). Per call this saves the command's
     encoding, reply and round-trip plumbing, which cost far more than the Lua loop.
 
-    Scripts do not roll back: when a call fails, the calls before it in its command have
-    run, so the calls must be safe to run again (the batch's caller retries them).
+    Scripts do not roll back: when a call fails, the others have run, so the calls must be
+    safe to run again (the batch's caller retries them).
     """
 
     def __init__(self, redis: Redis, body: str) -> None:
@@ -114,23 +128,20 @@ class Looped:
         self._cluster = isinstance(redis, RedisCluster)
 
     async def __call__(self, calls: Sequence[Call]) -> list[Any]:
-        """The reply of each call, in order; raises the first error met."""
+        """The reply of each call, in order; raises the first error met (every call has run)."""
         chunks, commands = _looped(calls, self._cluster)
         replies: list[Any] = [None] * len(calls)
         for chunk, reply in zip(chunks, raise_first(await run_many(self._redis, self._script, commands)), strict=True):
             for i, one in zip(chunk, reply, strict=True):
                 replies[i] = one
-        return replies
+        return raise_first(replies)
 
 
 class Batched:
     """Calls of one looped script (``body``, as ``Looped``'s) from concurrent requests, sent
     together: the calls queued in one turn of the event loop go out as ``Looped`` commands,
-    in one pipelined round trip.
-
-    A call that fails fails its whole command: each of the command's callers gets the error,
-    those whose call ran before it too, so a call must be safe to repeat (a provider retries
-    a webhook answered with an error, and its event is then recognised).
+    in one pipelined round trip. Each caller gets its own call's reply or error; only a
+    command that fails as a whole (Redis gone, out of memory) fails all of its callers.
     """
 
     def __init__(self, redis: Redis, body: str) -> None:
@@ -168,9 +179,10 @@ class Batched:
         for chunk, reply in zip(chunks, replies, strict=True):
             for place, i in enumerate(chunk):
                 future = queue[i][1]
+                one = reply if isinstance(reply, Exception) else reply[place]
                 if future.done():  # its request went away meanwhile
                     continue
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
+                if isinstance(one, Exception):
+                    future.set_exception(one)
                 else:
-                    future.set_result(reply[place])
+                    future.set_result(one)

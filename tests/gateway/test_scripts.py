@@ -43,15 +43,27 @@ async def test_concurrent_calls_share_one_round_trip(redis: Redis) -> None:
     assert commands == 1  # one looped command carried the 50 calls
 
 
-async def test_a_failing_call_fails_the_callers_of_its_command_only(redis: Redis) -> None:
-    """Calls of another shape go in a command of their own, which the failure leaves alone."""
+async def test_a_failing_call_fails_its_own_caller_only(redis: Redis) -> None:
     batched = Batched(redis, "redis.call('INCR', K[1]) if A[1] == 'bad' then error('refused') end return A[1]")
     calls = [batched(["n"], ["a"]), batched(["n"], ["bad"]), batched(["n"], ["c"]), batched(["m", "x"], ["d"])]
     replies = await asyncio.gather(*calls, return_exceptions=True)
-    assert all(isinstance(reply, ResponseError) for reply in replies[:3]), replies
-    assert replies[3] == "d"
-    # Scripts do not roll back: the call before the failing one ran.
-    assert (await redis.get("n"), await redis.get("m")) == ("2", "1")
+    assert [replies[0], replies[2], replies[3]] == ["a", "c", "d"]
+    assert isinstance(replies[1], ResponseError) and "refused" in str(replies[1])
+    # Scripts do not roll back: the failing call's INCR, before its error, stays.
+    assert (await redis.get("n"), await redis.get("m")) == ("3", "1")
+
+
+async def test_calls_of_other_shapes_keep_their_order_and_their_replies(redis: Redis) -> None:
+    """A call of another shape between two calls of one shape splits their command: one
+    customer's webhooks are stored in the order they were accepted."""
+    batched = Batched(redis, "redis.call('RPUSH', K[1], A[1]) return A[#A]")
+    calls = [
+        batched(["order"], ["first", "reply 1"]),
+        batched(["order"], ["second"]),
+        batched(["order"], ["third", "reply 3"]),
+    ]
+    assert await asyncio.gather(*calls) == ["reply 1", "second", "reply 3"]
+    assert await redis.lrange("order", 0, -1) == ["first", "second", "third"]
 
 
 async def test_a_lost_script_is_loaded_again(redis: Redis) -> None:
@@ -80,5 +92,5 @@ async def test_looped_calls_go_in_one_command_and_reply_in_order(redis: Redis) -
 async def test_a_failing_looped_call_raises(redis: Redis) -> None:
     looped = Looped(redis, "return redis.call('INCRBY', K[1], A[1])")
     with pytest.raises(ResponseError):
-        await looped([(["n"], ["1"]), (["n"], ["not a number"])])
-    assert await redis.get("n") == "1"  # scripts do not roll back: the call before it ran
+        await looped([(["n"], ["1"]), (["n"], ["not a number"]), (["n"], ["2"])])
+    assert await redis.get("n") == "3"  # scripts do not roll back, and every other call ran
