@@ -200,15 +200,13 @@ async def test_a_report_keeps_the_call_s_check_until_it_reports_the_end(
     client, job_id, session = await placed(
         aiohttp_client, vox_settings, vox, robocall(mp3, attempts=2, retry_interval_seconds=900)
     )
-    store = client.app[STORE]
-    due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
-    check = await store.redis.zscore(due_set, job_id)
+    check = await due_at(client, job_id)
     assert check is not None and check < time.time() + CHECK_AFTER_SECONDS + 1
 
     resp = await scenario_post(client, job_id, event, session, 1, **fields)
     assert resp.status == 200, await resp.text()
     await final(client, job_id, status)
-    after = await store.redis.zscore(due_set, job_id)
+    after = await due_at(client, job_id)
     if due == "check":
         assert after == check
     elif due == "redial":
@@ -366,7 +364,8 @@ async def test_a_url_naming_no_job_and_dial_is_a_400(
 
 
 class Checking:
-    """A runner of the test's own (the app has no workers) whose clock the test moves on."""
+    """A runner of the test's own (the app has no workers) whose clock the test moves on;
+    its providers' clients are closed when the ``async with`` ends."""
 
     def __init__(self, client: Client, settings: Settings) -> None:
         self.shift = 0.0
@@ -374,6 +373,19 @@ class Checking:
         self.providers = Providers(store, settings.base_url)
         speech = Speech(renderer_for(settings), 1)
         self.runner = JobRunner(store, self.providers, settings, speech, clock=lambda: time.time() + self.shift)
+
+    async def __aenter__(self) -> Checking:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.providers.close()
+
+
+async def due_at(client: Client, job_id: str) -> float | None:
+    """When the job is next due (its check), or None when nothing is due of it."""
+    store = client.app[STORE]
+    at: float | None = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+    return at
 
 
 def dialled(successful: bool, duration: int = 0, code: int | None = None) -> dict[str, Any]:
@@ -406,8 +418,7 @@ async def test_a_dial_that_never_reports_is_settled_once_from_the_call_history(
     duration: int | None,
 ) -> None:
     client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3, attempts=attempts))
-    checking = Checking(client, vox_settings)
-    try:
+    async with Checking(client, vox_settings) as checking:
         await checking.runner.run(job_id)
         session = (await job(client, job_id))["provider_ref"]
         await checking.runner.run(job_id)  # a repeat of its entry before the check is due asks nothing
@@ -426,8 +437,6 @@ async def test_a_dial_that_never_reports_is_settled_once_from_the_call_history(
             (r["call_session_history_id"], r["with_calls"]) == (session, "True") for r in looked_up
         )
         assert len(vox.sessions) == 1
-    finally:
-        await checking.providers.close()
 
 
 @pytest.mark.parametrize("lost", ["records unreadable", "provider removed"])
@@ -440,8 +449,7 @@ async def test_a_dial_whose_end_cannot_be_known_is_failed_not_left_sent(
     lost: str,
 ) -> None:
     client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
-    checking = Checking(client, vox_settings)
-    try:
+    async with Checking(client, vox_settings) as checking:
         await checking.runner.run(job_id)
         session = (await job(client, job_id))["provider_ref"]
         if lost == "provider removed":
@@ -464,24 +472,20 @@ async def test_a_dial_whose_end_cannot_be_known_is_failed_not_left_sent(
         await checking.runner.run(job_id)
         failed = await job(client, job_id)
         assert (failed["status"], failed["reason"]) == ("failed", expected)
-    finally:
-        await checking.providers.close()
 
 
 async def test_a_dial_the_call_history_shows_no_end_of_is_looked_up_again_then_failed(
     aiohttp_client: ClientFactory, vox_settings: Settings, vox: VoximplantApi, mp3: str
 ) -> None:
     client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
-    checking = Checking(client, vox_settings)
-    try:
+    async with Checking(client, vox_settings) as checking:
         await checking.runner.run(job_id)
         session = (await job(client, job_id))["provider_ref"]
         checking.shift = CHECK_AFTER_SECONDS + 1
         await checking.runner.run(job_id)  # the session is under way (no finish_reason yet)
         assert (await job(client, job_id))["status"] == "sent"
         # Looked up again later: the next check is due.
-        store = client.app[STORE]
-        due = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+        due = await due_at(client, job_id)
         assert due is not None and due > time.time() + 2 * CHECK_AFTER_SECONDS
         vox.sessions.clear()  # and then the history has nothing at all of it
         checking.shift = GIVE_UP_AFTER_SECONDS + 1
@@ -493,8 +497,6 @@ async def test_a_dial_the_call_history_shows_no_end_of_is_looked_up_again_then_f
             f"{GIVE_UP_AFTER_SECONDS:.0f} s after the dial began"
         )
         assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory", "GetCallHistory"]
-    finally:
-        await checking.providers.close()
 
 
 async def report(client: Client, job_id: str, session: str, *steps: tuple[str, dict[str, Any], str]) -> None:
@@ -516,8 +518,7 @@ async def test_a_call_that_reported_answered_and_then_nothing_is_completed_from_
     await report(client, job_id, session, RINGING, ANSWERED)
     # The scenario crashed mid-call: the session ended with the call, and no end was reported.
     vox.sessions[0].update(finish_reason="Normal termination", calls=[dialled(True, 17)])
-    checking = Checking(client, vox_settings)
-    try:
+    async with Checking(client, vox_settings) as checking:
         checking.shift = CHECK_AFTER_SECONDS + 1
         # Several processes check at once: the job moves once.
         await asyncio.gather(checking.runner.run(job_id), checking.runner.run(job_id))
@@ -535,12 +536,9 @@ async def test_a_call_that_reported_answered_and_then_nothing_is_completed_from_
         # Ended: never looked up again.
         looked_up = len([r for r in vox.requests if r["cmd"] == "GetCallHistory"])
         assert looked_up >= 1
-        store = client.app[STORE]
-        assert await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id) is None
+        assert await due_at(client, job_id) is None
         await checking.runner.run(job_id)
         assert len([r for r in vox.requests if r["cmd"] == "GetCallHistory"]) == looked_up
-    finally:
-        await checking.providers.close()
 
 
 async def test_a_call_that_reported_ringing_and_whose_records_show_no_end_is_failed(
@@ -548,13 +546,11 @@ async def test_a_call_that_reported_ringing_and_whose_records_show_no_end_is_fai
 ) -> None:
     client, job_id, session = await placed(aiohttp_client, vox_settings, vox, robocall(mp3))
     await report(client, job_id, session, RINGING)
-    checking = Checking(client, vox_settings)
-    try:
+    async with Checking(client, vox_settings) as checking:
         checking.shift = CHECK_AFTER_SECONDS + 1
         await checking.runner.run(job_id)  # the session is under way (no finish_reason yet)
         assert (await job(client, job_id))["status"] == "ringing"
-        store = client.app[STORE]
-        due = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+        due = await due_at(client, job_id)
         assert due is not None and due > time.time() + 2 * CHECK_AFTER_SECONDS
 
         checking.shift = GIVE_UP_AFTER_SECONDS + 1
@@ -567,8 +563,6 @@ async def test_a_call_that_reported_ringing_and_whose_records_show_no_end_is_fai
         )
         assert failed["usage"]["calls"] == 1 and failed["usage"]["seconds"] == 0
         assert [r["cmd"] for r in vox.requests] == ["StartScenarios", "GetCallHistory", "GetCallHistory"]
-    finally:
-        await checking.providers.close()
 
 
 async def test_a_call_whose_end_was_reported_is_not_looked_up(
@@ -577,16 +571,12 @@ async def test_a_call_whose_end_was_reported_is_not_looked_up(
     client, job_id, session = await placed(aiohttp_client, vox_settings, vox, robocall(mp3))
     ended = ("call.completed", {"status": "completed", "duration": 9}, "completed")
     await report(client, job_id, session, RINGING, ANSWERED, ended)
-    store = client.app[STORE]
-    assert await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id) is None
-    checking = Checking(client, vox_settings)
-    try:
+    assert await due_at(client, job_id) is None
+    async with Checking(client, vox_settings) as checking:
         checking.shift = CHECK_AFTER_SECONDS + 1
         await checking.runner.run(job_id)  # an entry of the job run after all (a repeat)
         assert (await job(client, job_id))["status"] == "completed"
         assert [r["cmd"] for r in vox.requests] == ["StartScenarios"]
-    finally:
-        await checking.providers.close()
 
 
 @pytest.mark.parametrize("dial", [1, 2])
@@ -631,10 +621,9 @@ async def test_a_call_that_reports_ringing_before_it_is_marked_sent_is_still_che
     await eventually(checked)
     ringing = await job(client, job_id)
     assert ringing["provider_ref"] == str(vox.sessions[dial - 1]["call_session_history_id"])
-    store = client.app[STORE]
 
     async def due() -> bool:
-        at = await store.redis.zscore(store.keys.jobs_due(store.keys.partition_of(job_id)), job_id)
+        at = await due_at(client, job_id)
         return at is not None and at > time.time() + CHECK_AFTER_SECONDS / 2
 
     await eventually(due)
@@ -647,17 +636,14 @@ async def test_a_repeat_of_the_entry_of_a_call_left_without_its_check_sets_it(
     """The process died after the first report had taken the job ringing and before it set
     the call's check: the entry's repeat sets it."""
     client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
-    checking = Checking(client, vox_settings)
     store = client.app[STORE]
     due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
-    try:
+    async with Checking(client, vox_settings) as checking:
         await checking.runner.run(job_id)
         await store.redis.hset(store.keys.job(job_id), mapping={"status": "ringing", "check_at": ""})
         await store.redis.zrem(due_set, job_id)
         await checking.runner.run(job_id)
-    finally:
-        await checking.providers.close()
-    due = await store.redis.zscore(due_set, job_id)
+    due = await due_at(client, job_id)
     assert due is not None and due > time.time() + CHECK_AFTER_SECONDS / 2
     stored = await store.jobs.get(job_id)
     assert stored is not None and stored["check_at"] == repr(due)
@@ -670,20 +656,16 @@ async def test_a_call_s_next_check_is_not_set_over_a_move_made_since_it_was_read
     """A check reads the job, asks the provider, then sets the next one: a report or another
     check that moved the job meanwhile keeps what it set."""
     client, job_id = await queued(aiohttp_client, vox_settings, vox, robocall(mp3))
-    checking = Checking(client, vox_settings)
     store = client.app[STORE]
-    due_set = store.keys.jobs_due(store.keys.partition_of(job_id))
-    try:
+    async with Checking(client, vox_settings) as checking:
         await checking.runner.run(job_id)
-    finally:
-        await checking.providers.close()
     placed = await store.jobs.get(job_id)
     assert placed is not None and placed["check_at"]
-    first = await store.redis.zscore(due_set, job_id)
+    first = await due_at(client, job_id)
     # Read before another process's check moved the check time on.
     assert not await store.jobs.check_call(job_id, 1, time.time() + 5, since="1.0")
     assert not await store.jobs.check_call(job_id, 2, time.time() + 5, since=placed["check_at"])
-    assert await store.redis.zscore(due_set, job_id) == first
+    assert await due_at(client, job_id) == first
     later = time.time() + 500
     assert await store.jobs.check_call(job_id, 1, later, since=placed["check_at"])
-    assert await store.redis.zscore(due_set, job_id) == later
+    assert await due_at(client, job_id) == later
