@@ -54,6 +54,9 @@ return 1
 """
 )
 
+# The statuses of a call (config.jobs.IN_CALL) as a Lua set, for the scripts that ask.
+_IN_CALL_LUA = ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL))
+
 # A status change applies only from the statuses (and the dial) the caller expects, and,
 # for provider callbacks, only forward; scheduling and dead-lettering ride in the same step
 # so a crash cannot leave a job waiting with nothing to wake it. A job in a call (``sent``,
@@ -77,7 +80,7 @@ elseif in_call[cur[1]] and not in_call[ARGV[7]] then
 end
 if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[8], '*', 'job', cur[4], '_error', ARGV[6]) end
 return 1
-""".replace("IN_CALL", ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL)))
+""".replace("IN_CALL", _IN_CALL_LUA)
 
 # The provider check of a call a job is in, due at ARGV[2] (its time, as ``check_at``),
 # unless the job has left the call or dial ARGV[1], or its check time is no longer ARGV[3]
@@ -89,7 +92,7 @@ if not in_call[cur[1] or ''] or (cur[2] or '1') ~= ARGV[1] or (cur[3] or '') ~= 
 redis.call('HSET', KEYS[1], 'check_at', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], cur[4])
 return 1
-""".replace("IN_CALL", ", ".join(f"['{status.value}'] = true" for status in sorted(IN_CALL)))
+""".replace("IN_CALL", _IN_CALL_LUA)
 
 # A job's usage counters are its hash fields ``usage_<counter>`` (config.usage.Usage).
 USAGE_FIELD = "usage_"
