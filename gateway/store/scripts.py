@@ -129,12 +129,17 @@ class Looped:
 
     async def __call__(self, calls: Sequence[Call]) -> list[Any]:
         """The reply of each call, in order; raises the first error met (every call has run)."""
+        return raise_first(await self.replies(calls))
+
+    async def replies(self, calls: Sequence[Call]) -> list[Any]:
+        """The reply of each call, in order, a call's error as its reply (a command's error,
+        when it failed as a whole, as the reply of each of its calls)."""
         chunks, commands = _looped(calls, self._cluster)
         replies: list[Any] = [None] * len(calls)
-        for chunk, reply in zip(chunks, raise_first(await run_many(self._redis, self._script, commands)), strict=True):
-            for i, one in zip(chunk, reply, strict=True):
-                replies[i] = one
-        return raise_first(replies)
+        for chunk, reply in zip(chunks, await run_many(self._redis, self._script, commands), strict=True):
+            for place, i in enumerate(chunk):
+                replies[i] = reply if isinstance(reply, Exception) else reply[place]
+        return replies
 
 
 class Batched:
@@ -145,9 +150,7 @@ class Batched:
     """
 
     def __init__(self, redis: Redis, body: str) -> None:
-        self._redis = redis
-        self._script = redis.register_script(looped_lua(body))
-        self._cluster = isinstance(redis, RedisCluster)
+        self._looped = Looped(redis, body)
         self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -167,22 +170,18 @@ class Batched:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, queue: list[tuple[Call, asyncio.Future[Any]]]) -> None:
-        chunks, commands = _looped([call for call, _ in queue], self._cluster)
         try:
-            replies = await run_many(self._redis, self._script, commands)
+            replies = await self._looped.replies([call for call, _ in queue])
         except asyncio.CancelledError:
             for _, future in queue:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every caller gets the error
-            replies = [exc] * len(commands)
-        for chunk, reply in zip(chunks, replies, strict=True):
-            for place, i in enumerate(chunk):
-                future = queue[i][1]
-                one = reply if isinstance(reply, Exception) else reply[place]
-                if future.done():  # its request went away meanwhile
-                    continue
-                if isinstance(one, Exception):
-                    future.set_exception(one)
-                else:
-                    future.set_result(one)
+            replies = [exc] * len(queue)
+        for (_, future), reply in zip(queue, replies, strict=True):
+            if future.done():  # its request went away meanwhile
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
