@@ -137,7 +137,7 @@ def _hiredis_pack(self: AbstractConnection, *args: Any) -> list[bytes]:
         try:
             return [hiredis.pack_command(args)]
         except TypeError:
-            pass  # a memoryview or bytearray, which the serializer copies first
+            pass  # a memoryview or bytearray, which the serializer copies; None or a bool, which it refuses
     return cast(list[bytes], _SERIALIZER.pack(*args))
 
 
