@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.appkeys import REDIS_CLUSTER
 from gateway.keys import Keys
 from gateway.store import connection
-from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect, hiredis_packing
+from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect, lean_connection
 from gateway.store.nodes import Routed, on_owners
 from gateway.store.scripts import Looped
 from gateway.streams import StreamConfig, StreamConsumer, one_by_one
@@ -105,14 +105,14 @@ async def test_the_cluster_is_detected_from_the_url(cluster: Cluster) -> None:
     assert not await cluster_enabled(cluster.url(cluster.ports[1]), forced=False)
 
 
-async def test_every_node_packs_with_hiredis_those_found_later_too(cluster: Cluster) -> None:
+async def test_every_nodes_connections_are_lean_those_found_later_too(cluster: Cluster) -> None:
     redis = cast(RedisCluster, connect(cluster.url(cluster.ports[1]), cluster=True))
     try:
         await redis.initialize()  # the other nodes, found in the slot map
-        packing = hiredis_packing(RedisConnection)
+        lean = lean_connection(RedisConnection)
         assert {node.name for node in redis.get_nodes()} == {f"127.0.0.1:{port}" for port in cluster.ports}
-        assert all(node.connection_class is packing for node in redis.get_nodes())
-        assert packing.pack_command is not RedisConnection.pack_command
+        assert all(node.connection_class is lean for node in redis.get_nodes())
+        assert lean.pack_command is not RedisConnection.pack_command
         assert await redis.set("{packed}k", "é") and await redis.get("{packed}k") == "é"
         await redis.delete("{packed}k")
     finally:
