@@ -12,7 +12,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
@@ -153,6 +153,10 @@ def _code(pydantic_type: str) -> str:
 
 
 def _bind(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    if endpoint.scope is None and endpoint.body is None:
+        # Nothing to check or read first (a provider's webhook): no layer of its own.
+        return cast(Callable[[web.Request], Awaitable[web.StreamResponse]], endpoint.handler)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         if endpoint.scope is not None:
             authorize(request, endpoint.scope)
