@@ -32,6 +32,7 @@ from gateway.store.items import Item
 from gateway.streams import (
     BatchProcessor,
     Claims,
+    IdleWatch,
     StreamConfig,
     StreamConsumer,
     consumer_name,
@@ -102,8 +103,11 @@ def consumers(
         metrics.series(metrics.stream_entries, stream, name).inc()
 
     claims = [Claims(store.redis, store.keys, config, outcome, partition) for partition in config.partitions]
+    watch = IdleWatch()
     return [
-        StreamConsumer(store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.health)
+        StreamConsumer(
+            store.redis, store.keys, config, consumer_name(i), processor, outcome, claims, metrics.health, watch
+        )
         for i in range(count)
     ]
 

@@ -28,7 +28,7 @@ from gateway.store import connection
 from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect, lean_connection
 from gateway.store.nodes import Routed, on_owners
 from gateway.store.scripts import Looped
-from gateway.streams import StreamConfig, StreamConsumer, one_by_one
+from gateway.streams import IdleWatch, StreamConfig, StreamConsumer, one_by_one
 from tests.cluster import Cluster, redis_server
 from tests.conftest import API, Client, ClientFactory
 from tests.gateway import test_crash
@@ -575,6 +575,46 @@ async def test_consumers_read_without_asking_the_cluster_for_the_keys_of_each_re
 
     await eventually(read)
     assert calls("command|getkeys") == 0
+
+
+async def test_idle_consumers_of_a_stream_leave_the_blocking_reads_to_one_of_them(
+    cluster: Cluster, cluster_settings: Settings, prefix: str
+) -> None:
+    """On a cluster an idle consumer's wait is a blocking read per partition: eight job
+    consumers waiting so held 128 connections blocked, and sent 1,280 reads a second."""
+    name = f"idle-{prefix.strip(':')}"
+    redis = RedisCluster.from_url(str(cluster_settings.redis_url), decode_responses=True, client_name=name)
+    keys = Keys(prefix)
+    config = StreamConfig(name="jobs", claim_idle_ms=60_000, max_deliveries=3, partitions=keys.partitions_of("jobs"))
+    recorder, watch = Recorder(), IdleWatch()
+    consumers = [
+        StreamConsumer(cast(Redis, redis), keys, config, f"C{i}", one_by_one(recorder), watch=watch) for i in range(8)
+    ]
+
+    def blocked() -> int:
+        total = 0
+        for port in cluster.ports:
+            with cluster.client(port) as node:
+                clients = node.client_list()
+                total += sum(c["name"] == name and "b" in c["flags"] and c["cmd"] == "xreadgroup" for c in clients)
+        return total
+
+    seen: list[int] = []
+
+    async def a_wait_seen() -> bool:
+        seen.append(blocked())
+        return len(seen) >= 20 and len(config.partitions) in seen
+
+    try:
+        async with running(*consumers):
+            await eventually(a_wait_seen)
+            assert max(seen) == len(config.partitions)  # one consumer's reads, never more
+            for customer in ("+34600000001", "+34600000002", "+34600000003"):
+                await redis.xadd(keys.stream("jobs", keys.partition_of(customer)), {"n": customer})
+            await eventually(lambda: asyncio.sleep(0, len(recorder.calls) == 3))
+    finally:
+        await redis.aclose()
+    assert sorted(entry.fields["n"] for entry in recorder.calls) == ["+34600000001", "+34600000002", "+34600000003"]
 
 
 async def test_looped_calls_go_one_command_per_slot(cluster: Cluster, cluster_redis: Redis, prefix: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -20,7 +21,7 @@ from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.connection import connect
 from gateway.store.inbox import EVENTS_STREAM
-from gateway.streams import Claims, Entry, Processor, StreamConfig, StreamConsumer, one_by_one
+from gateway.streams import Claims, Entry, IdleWatch, Processor, StreamConfig, StreamConsumer, one_by_one
 from tests.conftest import ADMIN, API, ClientFactory
 from tests.support import eventually
 
@@ -621,3 +622,40 @@ async def test_a_batch_cut_short_by_redis_goes_before_newer_entries_of_its_parti
 
         await eventually(all_done)
     assert seen == [0, 0, 1, 2, 3]
+
+
+async def test_one_consumer_waits_and_the_others_wake_when_its_wait_finds_entries() -> None:
+    watch, gate, reads = IdleWatch(), asyncio.Event(), []
+    found = [Entry("1-0", {"n": "1"}, 3)]
+
+    async def read() -> list[Entry]:
+        reads.append(1)
+        await gate.wait()
+        return found
+
+    waiting = asyncio.create_task(watch.wait(read))
+    others = [asyncio.create_task(watch.wait(read)) for _ in range(3)]
+    while not reads:
+        await asyncio.sleep(0)
+    gate.set()
+    assert await waiting == found
+    assert await asyncio.gather(*others) == [[], [], []]  # woken, to read for themselves
+    assert reads == [1]  # the others sent no read of their own meanwhile
+
+
+async def test_the_others_wake_when_the_wait_fails() -> None:
+    watch, gate = IdleWatch(), asyncio.Event()
+
+    async def read() -> list[Entry]:
+        await gate.wait()
+        raise RedisConnectionError("gone")
+
+    waiting = asyncio.create_task(watch.wait(read))
+    await asyncio.sleep(0)
+    other = asyncio.create_task(watch.wait(read))
+    await asyncio.sleep(0)
+    gate.set()
+    with pytest.raises(RedisConnectionError):
+        await waiting
+    assert await other == []  # one of the others takes the wait over
+    assert await asyncio.wait_for(watch.wait(lambda: asyncio.sleep(0, [])), 5) == []
