@@ -152,37 +152,34 @@ class Looped:
 
 class Batched:
     """Calls of one looped script (``body``, as ``Looped``'s) from concurrent requests, sent
-    together as ``Looped`` commands, in one pipelined round trip: the calls queued in one
-    turn of the event loop, or, while such a round trip is out, all those queued meanwhile
-    (the busier the gateway, the more calls share one). Each caller gets its own call's
-    reply or error; only a command that fails as a whole (Redis gone, out of memory) fails
-    all of its callers.
+    together: the calls queued in one turn of the event loop go out as ``Looped`` commands,
+    in one pipelined round trip. Each caller gets its own call's reply or error; only a
+    command that fails as a whole (Redis gone, out of memory) fails all of its callers.
+
+    Each turn's calls go at once, whatever is still out: measured, waiting for the round
+    trip out to gather more per command gained nothing, and it made every webhook wait
+    behind a send to a Redis that stopped answering (its timeouts, then their own).
     """
 
     def __init__(self, redis: Redis, body: str) -> None:
         self._looped = Looped(redis, body)
         self._queue: list[tuple[Call, asyncio.Future[Any]]] = []
-        self._sending: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(((keys, args), future))
-        if len(self._queue) == 1 and self._sending is None:
+        if len(self._queue) == 1:
             # After the handlers that run in this turn have queued their calls too.
             loop.call_soon(self._flush)
         return await future
 
     def _flush(self) -> None:
-        if self._sending is not None or not self._queue:
-            return
         queue, self._queue = self._queue, []
-        self._sending = asyncio.get_running_loop().create_task(self._send(queue))
-        self._sending.add_done_callback(self._sent)
-
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending = None
-        self._flush()  # what queued up meanwhile
+        task = asyncio.get_running_loop().create_task(self._send(queue))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _send(self, queue: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         try:

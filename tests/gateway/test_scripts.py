@@ -43,30 +43,6 @@ async def test_concurrent_calls_share_one_round_trip(redis: Redis) -> None:
     assert commands == 1  # one looped command carried the 50 calls
 
 
-async def test_calls_queued_while_a_round_trip_is_out_go_together_in_the_next(redis: Redis) -> None:
-    batched = Batched(redis, "return A[1]")
-    looped, sent, gate = batched._looped, [], asyncio.Event()
-
-    async def held(calls: Any) -> list[Any]:
-        sent.append(len(calls))
-        await gate.wait()  # the round trip is out until the test lets it back
-        return await Looped.replies(looped, calls)
-
-    looped.replies = held  # type: ignore[method-assign]  # the one round trip to hold
-    first = asyncio.ensure_future(batched([], ["first"]))
-    while not sent:
-        await asyncio.sleep(0)
-    later = []
-    for i in range(20):  # each in a turn of its own
-        later.append(asyncio.ensure_future(batched([], [str(i)])))
-        await asyncio.sleep(0)
-    assert sent == [1]  # nothing more went out meanwhile
-    gate.set()
-    assert await first == "first"
-    assert await asyncio.gather(*later) == [str(i) for i in range(20)]
-    assert sent == [1, 20]
-
-
 async def test_a_failing_call_fails_its_own_caller_only(redis: Redis) -> None:
     batched = Batched(redis, "redis.call('INCR', K[1]) if A[1] == 'bad' then error('refused') end return A[1]")
     calls = [batched(["n"], ["a"]), batched(["n"], ["bad"]), batched(["n"], ["c"]), batched(["m", "x"], ["d"])]
