@@ -161,7 +161,7 @@ async def _send_packed(
         writer = cast(asyncio.StreamWriter, self._writer)
         writer.writelines(command)
         if writer.transport.get_write_buffer_size():
-            async with asyncio.timeout(self.socket_timeout):
+            async with asyncio.timeout(self.socket_timeout or None):  # as redis-py: 0 is none
                 await writer.drain()
         else:
             await writer.drain()  # raises at once if the connection was lost
@@ -170,7 +170,8 @@ async def _send_packed(
         raise RedisTimeoutError("Timeout writing to socket") from None
     except OSError as exc:
         await self.disconnect(nowait=True)
-        raise RedisConnectionError(f"Error while writing to socket: {exc!r}") from exc
+        err_no, message = exc.args[:2] if len(exc.args) > 1 else ("UNKNOWN", exc.args[0] if exc.args else exc)
+        raise RedisConnectionError(f"Error {err_no} while writing to socket. {message}.") from exc
     except BaseException:
         # As redis-py: a write cut short leaves the connection unusable.
         await self.disconnect(nowait=True)
