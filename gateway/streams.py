@@ -82,9 +82,10 @@ Outcome = Callable[[str], None]
 def raise_if_cancelled() -> None:
     """Honour a cancel that was requested but lost, in loops that run until cancelled.
 
-    Python 3.11's ``asyncio.wait_for`` (redis-py sends under it when a socket timeout is set)
-    returns normally when its inner call completes in the loop turn the cancel lands in
-    (fixed in 3.12): the task goes on, but still counts the request.
+    Python 3.11's ``asyncio.wait_for`` (the leases' waits use it, and redis-py's own
+    connections send under it when a socket timeout is set) returns normally when its inner
+    call completes in the loop turn the cancel lands in (fixed in 3.12): the task goes on,
+    but still counts the request.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
@@ -127,34 +128,36 @@ class IdleWatch:
     There, an idle consumer's wait is a blocking read of each partition, ended after
     ``_CLUSTER_BLOCK_MS``: 16 commands ten times a second. A process's eight job consumers
     sent 1,280 a second between them, idle, and spent 12% of a core on it. Now one of them
-    waits so; the others sleep until its wait finds entries, or fails, then read for
-    themselves (and one of them takes the wait over when it is free).
+    waits so; the others sleep until a consumer finds entries (it wakes them: it will be
+    busy with those, and more may follow), stops or fails, and then read for themselves.
     """
 
     def __init__(self) -> None:
         self._watching = False
         self._news = asyncio.Event()
 
-    async def wait(self, read: Callable[[], Awaitable[list[Entry]]]) -> list[Entry]:
+    def wake(self) -> None:
+        """Send the sleeping consumers back to reading."""
+        self._news.set()
+        self._news = asyncio.Event()
+
+    async def wait(self, read: Callable[[], Awaitable[list[Entry]]], most: float) -> list[Entry]:
         """What ``read`` (the blocking reads) finds, unless another consumer is in its own:
-        then nothing, once that one found entries or failed (the caller reads again)."""
+        then nothing, once woken, or after ``most`` seconds (the caller reads again)."""
         if self._watching:
-            await self._news.wait()
+            # Bounded, so that no wake-up missed could keep entries waiting for long.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(most):
+                    await self._news.wait()
             return []
         self._watching = True
-        news = False
         try:
-            entries = await read()
-            news = bool(entries)
-            return entries
+            return await read()
         except BaseException:
-            news = True  # whoever is left waits in its place
+            self.wake()  # one of the others takes the wait over (once this one is out of it)
             raise
         finally:
             self._watching = False
-            if news:
-                self._news.set()
-                self._news = asyncio.Event()
 
 
 # A consumer whose process has not vouched for it in this many claim intervals, and that
@@ -573,6 +576,8 @@ class StreamConsumer:
                 except Exception as exc:
                     await self._back_off(exc)
         finally:
+            if self._watch is not None:
+                self._watch.wake()
             if self._leases is not None:
                 # Stopping: the partitions go to the other readers now, not when the leases lapse.
                 with contextlib.suppress(Exception):
@@ -613,6 +618,8 @@ class StreamConsumer:
         """Process a batch, keeping the leases of an exclusive stream's partitions meanwhile:
         were one to lapse, another consumer would take the partition and the entries pending
         here with it, and process them at the same time, out of order."""
+        if entries and self._watch is not None:
+            self._watch.wake()
         if self._leases is None or not entries:
             await self.process(entries)
             return
@@ -635,6 +642,8 @@ class StreamConsumer:
 
     async def _back_off(self, exc: Exception) -> None:
         self.live = False
+        if self._watch is not None:
+            self._watch.wake()  # the others are not to wait on this one meanwhile
         where = f"stream={self._config.name} consumer={self.name}"
         if isinstance(exc, ResponseError) and ("NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)):
             # The stream was deleted (e.g. FLUSHALL, or a Redis without persistence restarted),
@@ -674,7 +683,7 @@ class StreamConsumer:
         async def blocking() -> list[Entry]:
             return self._entries(await asyncio.gather(*(self._read({key: ">"}, wait) for key in keys)))
 
-        return await blocking() if self._watch is None else await self._watch.wait(blocking)
+        return await blocking() if self._watch is None else await self._watch.wait(blocking, self._block_ms / 1000)
 
     async def _read(self, streams: dict[str, str], block: int | None) -> Any:
         if not isinstance(self._redis, RedisCluster):

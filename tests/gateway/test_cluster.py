@@ -28,7 +28,7 @@ from gateway.store import connection
 from gateway.store.connection import UNAVAILABLE, Transactions, cluster_enabled, connect, lean_connection
 from gateway.store.nodes import Routed, on_owners
 from gateway.store.scripts import Looped
-from gateway.streams import IdleWatch, StreamConfig, StreamConsumer, one_by_one
+from gateway.streams import Entry, IdleWatch, StreamConfig, StreamConsumer, one_by_one
 from tests.cluster import Cluster, redis_server
 from tests.conftest import API, Client, ClientFactory
 from tests.gateway import test_crash
@@ -581,14 +581,23 @@ async def test_idle_consumers_of_a_stream_leave_the_blocking_reads_to_one_of_the
     cluster: Cluster, cluster_settings: Settings, prefix: str
 ) -> None:
     """On a cluster an idle consumer's wait is a blocking read per partition: eight job
-    consumers waiting so held 128 connections blocked, and sent 1,280 reads a second."""
+    consumers waiting so held 128 connections blocked, and sent 1,280 reads a second. One
+    waits now; and while one is busy with a long job, the others take the next ones."""
     name = f"idle-{prefix.strip(':')}"
     redis = RedisCluster.from_url(str(cluster_settings.redis_url), decode_responses=True, client_name=name)
     keys = Keys(prefix)
     config = StreamConfig(name="jobs", claim_idle_ms=60_000, max_deliveries=3, partitions=keys.partitions_of("jobs"))
-    recorder, watch = Recorder(), IdleWatch()
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def job(entry: Entry) -> None:
+        started.append(entry.fields["n"])
+        if entry.fields["n"] == "long":
+            await release.wait()
+
+    watch = IdleWatch()
     consumers = [
-        StreamConsumer(cast(Redis, redis), keys, config, f"C{i}", one_by_one(recorder), watch=watch) for i in range(8)
+        StreamConsumer(cast(Redis, redis), keys, config, f"C{i}", one_by_one(job), watch=watch) for i in range(8)
     ]
 
     def blocked() -> int:
@@ -605,16 +614,27 @@ async def test_idle_consumers_of_a_stream_leave_the_blocking_reads_to_one_of_the
         seen.append(blocked())
         return len(seen) >= 20 and len(config.partitions) in seen
 
+    async def add(n: str, customer: str) -> None:
+        await redis.xadd(keys.stream("jobs", keys.partition_of(customer)), {"n": n})
+
     try:
         async with running(*consumers):
             await eventually(a_wait_seen)
             assert max(seen) == len(config.partitions)  # one consumer's reads, never more
-            for customer in ("+34600000001", "+34600000002", "+34600000003"):
-                await redis.xadd(keys.stream("jobs", keys.partition_of(customer)), {"n": customer})
-            await eventually(lambda: asyncio.sleep(0, len(recorder.calls) == 3))
+            await add("long", "+34600000001")
+            await eventually(lambda: asyncio.sleep(0, started == ["long"]))
+            await add("next", "+34600000002")
+            await add("after", "+34600000003")
+            # Taken by the others while the long one still runs.
+            await eventually(lambda: asyncio.sleep(0, len(started) == 3))
+            release.set()
+            await eventually(
+                lambda: drained(cast(Redis, redis), keys.stream("jobs", keys.partition_of("+34600000001")), "jobs")
+            )
     finally:
+        release.set()
         await redis.aclose()
-    assert sorted(entry.fields["n"] for entry in recorder.calls) == ["+34600000001", "+34600000002", "+34600000003"]
+    assert sorted(started) == ["after", "long", "next"]
 
 
 async def test_looped_calls_go_one_command_per_slot(cluster: Cluster, cluster_redis: Redis, prefix: str) -> None:

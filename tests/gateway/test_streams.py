@@ -624,7 +624,7 @@ async def test_a_batch_cut_short_by_redis_goes_before_newer_entries_of_its_parti
     assert seen == [0, 0, 1, 2, 3]
 
 
-async def test_one_consumer_waits_and_the_others_wake_when_its_wait_finds_entries() -> None:
+async def test_one_consumer_waits_and_the_others_wait_on_it_until_woken() -> None:
     watch, gate, reads = IdleWatch(), asyncio.Event(), []
     found = [Entry("1-0", {"n": "1"}, 3)]
 
@@ -633,29 +633,48 @@ async def test_one_consumer_waits_and_the_others_wake_when_its_wait_finds_entrie
         await gate.wait()
         return found
 
-    waiting = asyncio.create_task(watch.wait(read))
-    others = [asyncio.create_task(watch.wait(read)) for _ in range(3)]
+    waiting = asyncio.create_task(watch.wait(read, 60))
+    others = [asyncio.create_task(watch.wait(read, 60)) for _ in range(3)]
     while not reads:
         await asyncio.sleep(0)
     gate.set()
     assert await waiting == found
-    assert await asyncio.gather(*others) == [[], [], []]  # woken, to read for themselves
+    watch.wake()  # as the consumer that found entries does
+    assert await asyncio.gather(*others) == [[], [], []]  # to read for themselves
     assert reads == [1]  # the others sent no read of their own meanwhile
 
 
-async def test_the_others_wake_when_the_wait_fails() -> None:
+async def test_the_others_wake_when_the_wait_fails_and_one_takes_it_over() -> None:
     watch, gate = IdleWatch(), asyncio.Event()
 
     async def read() -> list[Entry]:
         await gate.wait()
         raise RedisConnectionError("gone")
 
-    waiting = asyncio.create_task(watch.wait(read))
+    waiting = asyncio.create_task(watch.wait(read, 60))
     await asyncio.sleep(0)
-    other = asyncio.create_task(watch.wait(read))
+    other = asyncio.create_task(watch.wait(read, 60))
     await asyncio.sleep(0)
     gate.set()
     with pytest.raises(RedisConnectionError):
         await waiting
-    assert await other == []  # one of the others takes the wait over
-    assert await asyncio.wait_for(watch.wait(lambda: asyncio.sleep(0, [])), 5) == []
+    assert await other == []
+
+    async def nothing() -> list[Entry]:
+        return []
+
+    assert await asyncio.wait_for(watch.wait(nothing, 60), 5) == []  # its read ran: the wait was free
+
+
+async def test_a_consumer_waiting_on_another_reads_again_after_a_while_unwoken() -> None:
+    watch, gate = IdleWatch(), asyncio.Event()
+
+    async def read() -> list[Entry]:
+        await gate.wait()
+        return []
+
+    waiting = asyncio.create_task(watch.wait(read, 60))
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(watch.wait(read, 0.05), 5) == []  # a missed wake-up costs this long
+    gate.set()
+    assert await waiting == []
