@@ -39,8 +39,8 @@ Everything targets 127.0.0.1 and a key prefix unique to the run, deleted at the 
     python bench/ingest.py --rounds 5 [--redis single,cluster] [--events N] [--concurrency C] [--redis-url URL]
 
 ``--rounds R`` runs the servers R times in turn on each Redis (fresh keys each time; every
-other round in reverse order, so a drift of the machine's speed favours none) and reports
-the medians, which keeps a burst of unrelated load on the machine from deciding the
+other round in reverse order, so that a drift of the machine's speed does not always give
+one server the later turn) and reports the medians, which keeps a burst of unrelated load on the machine from deciding the
 ratio; the CPU rows (server, senders, whole machine, from /proc) show whether anything else
 ran.
 """
@@ -785,7 +785,7 @@ async def bench_on(kind: str, target: Target, args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-callgate-") as data_dir:
             for round_ in range(args.rounds):
                 # Every other round in reverse order: on a machine whose speed drifts during
-                # a run, no server always gets the later (or earlier) turn of a round.
+                # a run, no server always gets the later turn of a round.
                 for name in order if round_ % 2 == 0 else order[::-1]:
                     # Each run on fresh keys: new items, new streams.
                     fresh = replace(plan, prefix=f"{prefix}r{round_}{name.replace('+', '-')}:")
