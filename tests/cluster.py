@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,27 +56,37 @@ class Cluster:
     def url(self, port: int) -> str:
         return f"redis://127.0.0.1:{port}/0"
 
-    def start(self, timeout: float = 20.0) -> None:
-        for index in range(len(_SLOTS)):
-            port = _free_port()
-            node = self.directory / str(index)
-            node.mkdir(parents=True)
-            argv = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-            argv += ["--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node)]
-            argv += ["--save", "", "--appendonly", "no", "--logfile", str(node / "redis.log")]
-            self.processes.append(subprocess.Popen(argv))
-            self.ports.append(port)
-        clients = [self.client(port) for port in self.ports]
+    def _start_node(self) -> int:
+        """A node of its own, not yet in the cluster (nor answering, perhaps); its port."""
+        port = _free_port()
+        node = self.directory / str(len(self.processes))
+        node.mkdir(parents=True)
+        argv = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        argv += ["--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node)]
+        argv += ["--save", "", "--appendonly", "no", "--logfile", str(node / "redis.log")]
+        self.processes.append(subprocess.Popen(argv))
+        self.ports.append(port)
+        return port
+
+    def _until(self, holds: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if holds():
+                    return
+            except redis.ConnectionError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the test cluster: {what}, not in {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def start(self, timeout: float = 20.0) -> None:
+        for _ in _SLOTS:
+            self._start_node()
+        clients = [self.client(port) for port in self.ports]
         for client in clients:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            self._until(client.ping, "a node did not answer", timeout)
+        deadline = time.monotonic() + timeout
         for client, (first, last) in zip(clients, _SLOTS, strict=True):
             client.cluster("ADDSLOTS", *range(first, last + 1))  # ADDSLOTSRANGE is Redis 7 only
         for port in self.ports[1:]:
@@ -89,6 +99,39 @@ class Cluster:
             time.sleep(0.1)
         for client in clients:
             client.close()
+
+    def add_replica(self, master: int) -> int:
+        """A new node replicating the master at ``master``, once it is in sync; its port."""
+        port = self._start_node()
+        with self.client(port) as replica:
+            self._until(replica.ping, "the replica did not answer")
+            replica.cluster("MEET", "127.0.0.1", master)
+            master_id = self.node_id(master)
+
+            def knows_master() -> bool:  # by its id: past the handshake, which it can replicate
+                node = replica.cluster("NODES").get(f"127.0.0.1:{master}")
+                return node is not None and node["node_id"] == master_id
+
+            self._until(knows_master, "it did not meet its master")
+            replica.cluster("REPLICATE", master_id)
+            self._until(
+                lambda: replica.info("replication").get("master_link_status") == "up", "the replica did not sync"
+            )
+        # Every node lists the replica, so each one's slot map names it.
+        self._until(lambda: all(self._known(node) == len(self.ports) for node in self.ports), "not every node knew it")
+        return port
+
+    def _known(self, port: int) -> int:
+        """How many nodes the node at ``port`` knows of, itself included."""
+        with self.client(port) as client:
+            return len(client.cluster("NODES"))
+
+    def fail_over(self, replica: int) -> None:
+        """The replica at ``replica`` takes its master's place, in step with it (``CLUSTER
+        FAILOVER``: the master stops taking writes until the replica has them all)."""
+        with self.client(replica) as client:
+            client.cluster("FAILOVER")
+            self._until(lambda: client.info("replication")["role"] == "master", "the failover did not happen")
 
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, decode_responses=True)
