@@ -22,6 +22,7 @@ from redis.cluster import get_node_name
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     AskError,
+    ClusterDownError,
     MovedError,
     OutOfMemoryError,
     RedisError,
@@ -37,8 +38,10 @@ T = TypeVar("T")
 # What "Redis is not answering" looks like; the HTTP layer turns it into a 503 so a provider
 # retries (or uses its fallback URL) instead of getting a 200 for an event we did not store.
 # redis-py wraps socket errors in these; a bare OSError is someone else's (a client that
-# hung up mid-body), not Redis's.
-UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+# hung up mid-body), not Redis's. A cluster that lost a master answers CLUSTERDOWN from
+# every node until a replica takes over (MASTERDOWN from a replica cut off from its master):
+# an outage as well, not a fault of the request.
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
 
 # A client as the stores hold it: redis-py types replies as unions over both decode modes,
 # and every client here decodes responses to str, so its replies are read untyped.
