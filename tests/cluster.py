@@ -50,6 +50,9 @@ class Cluster:
 
     binary: str
     directory: Path
+    # How long a node may not answer before the others count it failed (and a replica of
+    # it takes over): Redis's default is 15 s.
+    node_timeout_ms: int = 15_000
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -64,6 +67,7 @@ class Cluster:
         argv = [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
         argv += ["--cluster-config-file", str(node / "nodes.conf"), "--dir", str(node)]
         argv += ["--save", "", "--appendonly", "no", "--logfile", str(node / "redis.log")]
+        argv += ["--cluster-node-timeout", str(self.node_timeout_ms)]
         self.processes.append(subprocess.Popen(argv))
         self.ports.append(port)
         return port
@@ -190,6 +194,19 @@ class Cluster:
         if self.slot_owner(slot) == home:
             self.migrate(slot, away)
         self.migrate(slot, home)
+
+    def kill(self, port: int) -> None:
+        """The node at ``port`` dies (SIGKILL): no goodbye to its clients or the cluster."""
+        process = self.processes[self.ports.index(port)]
+        process.kill()
+        process.wait()
+
+    def in_sync(self, master: int) -> bool:
+        """Whether each replica of the master at ``master`` has all its writes."""
+        with self.client(master) as client:
+            info = client.info("replication")
+        replicas = [info[key] for key in info if key.startswith("slave") and isinstance(info[key], dict)]
+        return bool(replicas) and all(r["offset"] == info["master_repl_offset"] for r in replicas)
 
     @contextmanager
     def frozen(self, port: int) -> Iterator[None]:
