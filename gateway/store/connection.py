@@ -248,8 +248,10 @@ class _Node:
 
 def _node_failed(exc: BaseException) -> bool:
     """Whether an UNAVAILABLE error says the node is gone or stuck, not that its client's
-    connections were all busy (BlockingConnectionPool raises that from asyncio's timeout)."""
-    return not isinstance(exc.__cause__, asyncio.TimeoutError)
+    connections were all busy (BlockingConnectionPool raises that from asyncio's timeout),
+    nor that the cluster is down (the node answers; a slot the failover moves answers MOVED
+    after it)."""
+    return not isinstance(exc, ClusterDownError) and not isinstance(exc.__cause__, asyncio.TimeoutError)
 
 
 class Transactions:
