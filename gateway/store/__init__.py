@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import ClusterDownError
 
 from config.lines import Line, Pipeline, Provider
 from config.settings import Settings
@@ -110,5 +111,9 @@ class Store:
         await self.transactions.aclose()
 
     async def ping(self) -> None:
-        """Raise one of ``connection.UNAVAILABLE`` unless Redis answers."""
-        await self.redis.ping()
+        """Raise one of ``connection.UNAVAILABLE`` unless Redis answers; on a cluster, unless
+        it is up too (its nodes answer PING while every keyed command meets CLUSTERDOWN)."""
+        if not isinstance(self.redis, RedisCluster):
+            await self.redis.ping()
+        elif str((await self.redis.cluster_info()).get("cluster_state")) != "ok":
+            raise ClusterDownError("The cluster is down")

@@ -249,8 +249,8 @@ class _Node:
 def _node_failed(exc: BaseException) -> bool:
     """Whether an UNAVAILABLE error says the node is gone or stuck, not that its client's
     connections were all busy (BlockingConnectionPool raises that from asyncio's timeout),
-    nor that the cluster is down (the node answers; a slot the failover moves answers MOVED
-    after it)."""
+    nor that the cluster is down (the node answers; its client is kept, but the slot map is
+    read again: cut off from the majority, the node may not learn of the failover soon)."""
     return not isinstance(exc, ClusterDownError) and not isinstance(exc.__cause__, asyncio.TimeoutError)
 
 
@@ -350,6 +350,7 @@ class Transactions:
             except UNAVAILABLE as exc:
                 if _node_failed(exc):
                     self._drop(address, node)
+                if _node_failed(exc) or isinstance(exc, ClusterDownError):
                     # The step's error goes up either way; a map no node can give now is
                     # read after a later step fails on the old owner again.
                     with suppress(RedisError):
