@@ -121,14 +121,15 @@ class Cluster:
             self._until(
                 lambda: replica.info("replication").get("master_link_status") == "up", "the replica did not sync"
             )
-        # Every node lists the replica, so each one's slot map names it.
-        self._until(lambda: all(self._known(node) == len(self.ports) for node in self.ports), "not every node knew it")
+        # Every node knows it as the master's replica (its failover needs their votes).
+        self._until(lambda: all(self._replica_of(node, port, master_id) for node in self.ports), "not all knew it")
         return port
 
-    def _known(self, port: int) -> int:
-        """How many nodes the node at ``port`` knows of, itself included."""
+    def _replica_of(self, port: int, replica: int, master_id: str) -> bool:
+        """Whether the node at ``port`` knows the node at ``replica`` as a replica of ``master_id``."""
         with self.client(port) as client:
-            return len(client.cluster("NODES"))
+            node = client.cluster("NODES").get(f"127.0.0.1:{replica}")
+        return node is not None and "slave" in node["flags"] and node["master_id"] == master_id
 
     def fail_over(self, replica: int) -> None:
         """The replica at ``replica`` takes its master's place, in step with it (``CLUSTER
@@ -144,12 +145,16 @@ class Cluster:
         """The port of the node owning ``key``'s slot."""
         return self.slot_owner(self.slot(key))
 
+    def _alive(self) -> int:
+        """The port of a node that was not killed."""
+        return next(port for port, process in zip(self.ports, self.processes, strict=True) if process.poll() is None)
+
     def slot(self, key: str) -> int:
-        with self.client(self.ports[0]) as client:
+        with self.client(self._alive()) as client:
             return int(client.cluster("KEYSLOT", key))
 
     def slot_owner(self, slot: int) -> int:
-        with self.client(self.ports[0]) as client:
+        with self.client(self._alive()) as client:
             ranges = client.cluster("SLOTS")
         return next(int(primary[1]) for first, last, primary, *_ in ranges if first <= slot <= last)
 
@@ -202,11 +207,9 @@ class Cluster:
         process.wait()
 
     def in_sync(self, master: int) -> bool:
-        """Whether each replica of the master at ``master`` has all its writes."""
+        """Whether a replica of the master at ``master`` has all its writes so far (WAIT)."""
         with self.client(master) as client:
-            info = client.info("replication")
-        replicas = [info[key] for key in info if key.startswith("slave") and isinstance(info[key], dict)]
-        return bool(replicas) and all(r["offset"] == info["master_repl_offset"] for r in replicas)
+            return int(client.execute_command("WAIT", 1, 2000)) >= 1
 
     @contextmanager
     def frozen(self, port: int) -> Iterator[None]:

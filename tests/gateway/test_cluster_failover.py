@@ -91,25 +91,29 @@ async def moved_once(client: Client, items: range) -> None:
 
 
 async def test_a_failover_loses_no_acknowledged_event_and_doubles_none(
-    aiohttp_client: ClientFactory, replicated: tuple[Cluster, int], settings: Settings, prefix: str
+    replicated: tuple[Cluster, int], aiohttp_client: ClientFactory, settings: Settings, prefix: str
 ) -> None:
     cluster, replica = replicated
     keys = Keys(prefix)
     client, moving = await started(aiohttp_client, cluster, settings, keys)
-    before, during, after = range(EVENTS // 3), range(EVENTS // 3, 2 * EVENTS // 3), range(2 * EVENTS // 3, EVENTS)
-    await asyncio.gather(*(deliver(client, i) for i in before))
-    await asyncio.gather(asyncio.to_thread(cluster.fail_over, replica), *(deliver(client, i) for i in during))
-    await asyncio.gather(*(deliver(client, i) for i in after))
+    await asyncio.gather(*(deliver(client, i) for i in range(EVENTS // 3)))
+    handover = asyncio.ensure_future(asyncio.to_thread(cluster.fail_over, replica))
+    sent = EVENTS // 3
+    while not handover.done() and sent < 2 * EVENTS // 3:  # one by one while the replica takes over
+        await deliver(client, sent)
+        sent += 1
+    await handover
+    await asyncio.gather(*(deliver(client, i) for i in range(sent, EVENTS)))
 
-    async def replica_owns_them() -> bool:  # as every node sees it, once the news spread
+    def replica_owns_them() -> bool:  # as every node sees it, once the news spread
         return all(cluster.owner(keys.stream(EVENTS_STREAM, p)) == replica for p in moving)
 
-    await eventually(replica_owns_them)
+    await eventually(lambda: asyncio.to_thread(replica_owns_them))
     await moved_once(client, range(EVENTS))
 
 
 async def test_when_a_master_dies_its_replica_takes_over_and_the_gateway_follows(
-    aiohttp_client: ClientFactory, replicated: tuple[Cluster, int], settings: Settings, prefix: str
+    replicated: tuple[Cluster, int], aiohttp_client: ClientFactory, settings: Settings, prefix: str
 ) -> None:
     """Redis replicates asynchronously: what the master acknowledged in its last moments may
     be lost with it. Here the replica has every write of the master when it dies (the events
@@ -125,11 +129,11 @@ async def test_when_a_master_dies_its_replica_takes_over_and_the_gateway_follows
     # 503s until the replica took over (the cluster is down meanwhile): retried as a provider does.
     await asyncio.gather(*(deliver(client, i) for i in during))
 
-    async def replica_is_master() -> bool:
+    def replica_is_master() -> bool:
         with cluster.client(replica) as node:
             return bool(node.info("replication")["role"] == "master")
 
-    await eventually(replica_is_master)
+    await eventually(lambda: asyncio.to_thread(replica_is_master))
     await asyncio.gather(*(deliver(client, i) for i in after))
     await moved_once(client, range(EVENTS))
 
@@ -147,7 +151,7 @@ def spared(cluster: Cluster) -> tuple[str, int]:
 
 
 async def test_a_cluster_that_is_down_answers_503_until_it_is_back(
-    aiohttp_client: ClientFactory, quick_cluster: Cluster, settings: Settings
+    quick_cluster: Cluster, aiohttp_client: ClientFactory, settings: Settings
 ) -> None:
     """A master that stops answering takes the whole cluster down (CLUSTERDOWN from every
     node) until it is back or replaced: a webhook whose keys are on the other masters is
@@ -167,6 +171,9 @@ async def test_a_cluster_that_is_down_answers_503_until_it_is_back(
         resp = await twilio_post(client, STATUS_PATH, missed_call())
         assert resp.status == 503, await resp.text()
         assert (await resp.json())["error"]["code"] == "unavailable" and resp.headers["Retry-After"].isdigit()
+        # Its nodes still answer PING: the readiness check asks whether the cluster is up.
+        resp = await client.get("/readyz")
+        assert resp.status == 503 and "redis" in (await resp.json())["error"]["message"], await resp.text()
     await eventually(lambda: asyncio.to_thread(lambda: state() == "ok"))
 
     async def taken() -> bool:
