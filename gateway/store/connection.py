@@ -149,7 +149,7 @@ async def _send_packed(
     self: AbstractConnection, command: bytes | str | Iterable[bytes], check_health: bool = True
 ) -> None:
     """redis-py's ``send_packed_command`` without its ``asyncio.wait_for``, which ran every
-    write as a task of its own (3% of serve's CPU). The transport takes the bytes at once;
+    write as a task of its own (2-3% of serve's CPU). The transport takes the bytes at once;
     only when the socket could not take them all is there a drain to wait for, and that wait
     is bounded by the socket timeout, as redis-py bounds the whole write."""
     if not self.is_connected:
@@ -246,12 +246,10 @@ class _Node:
     dropped: bool = False
 
 
-def _node_failed(exc: BaseException) -> bool:
-    """Whether an UNAVAILABLE error says the node is gone or stuck, not that its client's
-    connections were all busy (BlockingConnectionPool raises that from asyncio's timeout),
-    nor that the cluster is down (the node answers; its client is kept, but the slot map is
-    read again: cut off from the majority, the node may not learn of the failover soon)."""
-    return not isinstance(exc, ClusterDownError) and not isinstance(exc.__cause__, asyncio.TimeoutError)
+def _pool_busy(exc: BaseException) -> bool:
+    """Whether an UNAVAILABLE error says only that the client's connections were all busy
+    (BlockingConnectionPool raises that from asyncio's timeout): nothing about the node."""
+    return isinstance(exc.__cause__, asyncio.TimeoutError)
 
 
 class Transactions:
@@ -348,11 +346,13 @@ class Transactions:
                 await asyncio.sleep(wait)
                 asked, attempt = None, 0  # from the owner again, with its redirections
             except UNAVAILABLE as exc:
-                if _node_failed(exc):
-                    self._drop(address, node)
-                if _node_failed(exc) or isinstance(exc, ClusterDownError):
-                    # The step's error goes up either way; a map no node can give now is
+                if not _pool_busy(exc):
+                    # A node answering CLUSTERDOWN is alive: its client stays. The map is read
+                    # either way (cut off from the majority, a node may not hear of the
+                    # failover soon). The step's error goes up; a map no node can give now is
                     # read after a later step fails on the old owner again.
+                    if not isinstance(exc, ClusterDownError):
+                        self._drop(address, node)
                     with suppress(RedisError):
                         await self._read_map(map_reads)
                 raise
