@@ -90,17 +90,18 @@ class Cluster:
         clients = [self.client(port) for port in self.ports]
         for client in clients:
             self._until(client.ping, "a node did not answer", timeout)
-        deadline = time.monotonic() + timeout
         for client, (first, last) in zip(clients, _SLOTS, strict=True):
             client.cluster("ADDSLOTS", *range(first, last + 1))  # ADDSLOTSRANGE is Redis 7 only
         for port in self.ports[1:]:
             clients[0].cluster("MEET", "127.0.0.1", port)
-        while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients) or not all(
-            len(c.cluster("NODES")) == len(self.ports) for c in clients
-        ):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test cluster did not come up")
-            time.sleep(0.1)
+        self._until(
+            lambda: (
+                all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients)
+                and all(len(c.cluster("NODES")) == len(self.ports) for c in clients)
+            ),
+            "it did not come up",
+            timeout,
+        )
         for client in clients:
             client.close()
 
