@@ -113,9 +113,13 @@ class Feed:
         ``details`` are further string fields shown as they are (``reason``, ``ref``, ...).
         Accepted events are recorded by the inbox, in the step that stores them.
         """
-        fields = entry_fields(kind, provider, line, customer, at, details or {})
-        # A customer's entries go with their events; others (refusals) spread over all.
-        partition = self._keys.partition_of(customer) if customer else random.randrange(self._keys.partitions)
+        details = details or {}
+        fields = entry_fields(kind, provider, line, customer, at, details)
+        # Entries of one partition keep their order; across partitions, two added in the same
+        # millisecond tie. So a customer's entries go with their events, those of one call
+        # (its ``ref``) together, and only entries with neither (refusals) spread over all.
+        owner = customer or details.get("ref", "")
+        partition = self._keys.partition_of(owner) if owner else random.randrange(self._keys.partitions)
         await self._redis.xadd(self._keys.feed(partition), fields, maxlen=self._max, approximate=False)
 
     async def record_refusal(self, reason: str, message: str, *, provider: str, line: str, path: str) -> None:

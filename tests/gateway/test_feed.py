@@ -178,6 +178,16 @@ async def test_filters_and_cursor_pages(client: Client) -> None:
     assert len((await _events(client, since="2000-01-01T00:00:00+01:00"))["events"]) == 8
 
 
+async def test_one_calls_entries_without_a_customer_keep_their_order(client: Client) -> None:
+    """An AMD verdict names only the call: its entries go to the call's partition, since
+    entries of two partitions added in the same millisecond could not be told apart."""
+    feed = client.app[STORE].feed
+    for index in range(60):
+        await feed.record("call.amd", provider="tw", details={"ref": "CA1", "answered_by": str(index)})
+    page = await _events(client, kind="call.amd", limit="100")
+    assert [e["answered_by"] for e in page["events"]] == [str(index) for index in reversed(range(60))]
+
+
 @pytest.mark.parametrize(("partitions", "kept"), [(1, ["4", "3", "2"]), (2, ["4", "3"])])
 async def test_retention_keeps_the_newest(
     aiohttp_client: ClientFactory, make_settings: Any, partitions: int, kept: list[str]
