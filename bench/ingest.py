@@ -18,7 +18,7 @@ to two servers run one after the other on this machine, in this run:
 All get the same client process, the same senders and the same events. Reported per
 server: acknowledged events/s, p50/p90/p99 acknowledge latency (send to 200), end-to-end
 events/s (events over the time until the consumer group has read and acknowledged every
-entry, checked on Redis directly), server CPU per event, Redis round trips per event (the
+entry, checked on Redis directly), server CPU and Redis CPU per event, Redis round trips per event (the
 server's read events, ``total_reads_processed`` summed over the Redis nodes, less the
 bench's own) and errors. Callgate's timelines are then checked: one ``call.missed`` per
 event and one ``item.stage_changed`` per item.
@@ -41,8 +41,8 @@ Everything targets 127.0.0.1 and a key prefix unique to the run, deleted at the 
 ``--rounds R`` runs the servers R times in turn on each Redis (fresh keys each time; every
 other round in reverse order, so that a drift of the machine's speed does not always give
 one server the later turn) and reports the medians, which keeps a burst of unrelated load on the machine from deciding the
-ratio; the CPU rows (server, senders, whole machine, from /proc) show whether anything else
-ran.
+ratio; the CPU rows (server, senders, whole machine, from /proc; Redis, from its ``INFO``)
+show whether anything else ran.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 FORM = "application/x-www-form-urlencoded"
 START_TIMEOUT = 30.0
 POLL_SECONDS = 0.005
-OTHERS_NOTICED = 0.25  # cores used beside the server and the senders (Redis included)
+OTHERS_NOTICED = 0.15  # cores used beside the server, the senders and Redis
 TIMELINE_ROOM = 900  # events per item kept under callgate's default timeline_max (1000)
 # A process that joins gets its share of the event partitions within a lease renewal or two
 # (gateway.streams.Leases), a second or less apart: the wait for it to get any is ample.
@@ -294,13 +294,14 @@ class Cpu:
 
     server: float  # the server process, in cores
     client: float  # this process (the senders), in cores
+    redis: float  # the Redis server (every node of a cluster), in cores, by its own INFO
     machine: float  # every process on the machine, in cores
     wall: float = math.nan  # seconds measured
 
     def warning(self) -> str:
-        """Redis takes about 0.1 core here; much more beside the server and the senders is
-        another workload, and the run's figures are perturbed."""
-        others = self.machine - self.server - self.client
+        """Much CPU beside the server, the senders and Redis is another workload, and the
+        run's figures are perturbed."""
+        others = self.machine - self.server - self.client - self.redis
         return f"; WARNING: other processes took {others:.2f} cores" if others > OTHERS_NOTICED else ""
 
 
@@ -321,14 +322,18 @@ def _machine_seconds() -> float:
     return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(pids: Sequence[int]) -> tuple[float, float, float, float]:
-    return time.perf_counter(), sum(_proc_seconds(pid) for pid in pids), time.process_time(), _machine_seconds()
+Snapshot = tuple[float, float, float, float, float]
 
 
-def cpu_used(before: tuple[float, float, float, float], after: tuple[float, float, float, float]) -> Cpu:
+async def cpu_snapshot(pids: Sequence[int], target: Target) -> Snapshot:
+    redis = await target.cpu_seconds()
+    return time.perf_counter(), sum(_proc_seconds(pid) for pid in pids), time.process_time(), redis, _machine_seconds()
+
+
+def cpu_used(before: Snapshot, after: Snapshot) -> Cpu:
     wall = after[0] - before[0]
-    server, client, machine = ((after[i] - before[i]) / wall for i in (1, 2, 3))
-    return Cpu(server, client, machine, wall)
+    server, client, redis, machine = ((after[i] - before[i]) / wall for i in (1, 2, 3, 4))
+    return Cpu(server, client, redis, machine, wall)
 
 
 # --------------------------------------------------------------------------- servers
@@ -423,11 +428,20 @@ class Target:
         found = (self.client.get_node_from_key(key) for key in keys)
         return sorted({node.name for node in found if node is not None})
 
+    async def _summed(self, section: str, *fields: str) -> float:
+        """``fields`` of ``INFO section``, summed over the nodes (one round trip each)."""
+        stats = await asyncio.gather(*(node.info(section) for node in self.nodes))
+        return sum(float(info[field]) for info in stats for field in fields)
+
     async def reads_processed(self) -> int:
         """Redis's count of client read events, summed over the nodes: about one per round
         trip a client makes (the cluster bus between nodes is not counted)."""
-        stats = await asyncio.gather(*(node.info("stats") for node in self.nodes))
-        return sum(int(info["total_reads_processed"]) for info in stats)
+        return int(await self._summed("stats", "total_reads_processed"))
+
+    async def cpu_seconds(self) -> float:
+        """Redis's CPU time so far, summed over the nodes (the bench's Redis may not be a
+        child of this process, nor on this machine)."""
+        return await self._summed("cpu", "used_cpu_user", "used_cpu_sys")
 
 
 @contextlib.asynccontextmanager
@@ -566,6 +580,11 @@ class Result:
         return self.cpu.server * self.cpu.wall / self.load.sent * 1e6
 
     @property
+    def redis_cpu_per_event(self) -> float:
+        """Redis's CPU (every node) per event, in microseconds."""
+        return self.cpu.redis * self.cpu.wall / self.load.sent * 1e6
+
+    @property
     def round_trips_per_event(self) -> float:
         return self.round_trips / self.load.sent
 
@@ -598,13 +617,13 @@ async def measure(
             raise RuntimeError(f"{name} warm-up: {warm.errors} errors, first: {warm.first_error}")
         await wait_drained(target.client, streams, plan.timeout)
     reads = await target.reads_processed()
-    before = cpu_snapshot(pids)
+    before = await cpu_snapshot(pids, target)
     load = await send_all(base, requests[plan.warmup :], plan.concurrency)
     done, polls = await wait_drained(target.client, streams, plan.timeout)
-    cpu = cpu_used(before, cpu_snapshot(pids))
+    cpu = cpu_used(before, await cpu_snapshot(pids, target))
     # Less the bench's own: each poll's round trip to every node holding the streams, and the
-    # INFO on each node that ends the count.
-    own = polls * len(target.holders(streams)) + len(target.nodes)
+    # INFOs on each node (the CPU's before and after, the count's at the end).
+    own = polls * len(target.holders(streams)) + 3 * len(target.nodes)
     round_trips = await target.reads_processed() - reads - own
     return Result(name, load, done, cpu, round_trips)
 
@@ -711,9 +730,11 @@ ROWS: list[tuple[str, str, Callable[[Result], float]]] = [
     ("drain after last ack (s)", ".2f", lambda r: r.drain_lag),
     ("errors", ".0f", lambda r: r.load.errors),
     ("server CPU per event (µs)", ",.0f", lambda r: r.cpu_per_event),
+    ("Redis CPU per event (µs)", ",.0f", lambda r: r.redis_cpu_per_event),
     ("Redis round trips per event", ".2f", lambda r: r.round_trips_per_event),
     ("server CPU (cores)", ".2f", lambda r: r.cpu.server),
     ("sender CPU (cores)", ".2f", lambda r: r.cpu.client),
+    ("Redis CPU (cores)", ".2f", lambda r: r.cpu.redis),
     ("machine CPU busy (cores)", ".2f", lambda r: r.cpu.machine),
 ]
 

@@ -17,6 +17,11 @@ ENV_PREFIX = "CALLGATE_"
 CONFIG_FILE_VAR = "CALLGATE_CONFIG"
 
 
+# Characters of a bearer token below which it is called guessable at start (the generated
+# ones are far longer).
+STRONG_TOKEN_LENGTH = 16
+
+
 class SettingsError(ValueError):
     """A setting has a value callgate cannot use; the message names the variable."""
 
@@ -94,12 +99,6 @@ def _redis_url(raw: str) -> str:
 def _auto_bool(raw: str) -> bool | None:
     """``auto`` (or empty) is None: detect it."""
     return None if raw.strip().lower() in {"", "auto"} else _bool(raw)
-
-
-def _token(raw: str) -> str:
-    if len(raw) < 16:
-        raise ValueError("too short: use at least 16 characters")
-    return raw
 
 
 def _log_format(raw: str) -> str:
@@ -202,6 +201,16 @@ class Settings:
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 
+    def short_tokens(self) -> list[str]:
+        """The token settings set shorter than STRONG_TOKEN_LENGTH. They are accepted (a
+        test rig's ``admin`` must start), and warned about: they can be guessed."""
+        tokens = {"admin_token": self.admin_token, "api_token": self.api_token}
+        return [
+            ENV_PREFIX + name.upper()
+            for name, token in tokens.items()
+            if token is not None and len(token) < STRONG_TOKEN_LENGTH
+        ]
+
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
@@ -210,8 +219,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "host": str,
     "port": _port,
     "public_url": _url,
-    "admin_token": _token,
-    "api_token": _token,
+    "admin_token": str,
+    "api_token": str,
     "media_allow_private": _bool,
     "key_prefix": _key_prefix,
     "partitions": _partitions,

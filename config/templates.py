@@ -26,6 +26,12 @@ def _text(value: FieldValue) -> str:
     return str(value)
 
 
+def fixed_length(template: str) -> int:
+    """The characters of ``template`` outside its ``{{field}}`` placeholders: the fewest its
+    rendering can have (a field may be empty)."""
+    return len(_PLACEHOLDER.sub("", template))
+
+
 def render(template: str, fields: Mapping[str, FieldValue]) -> str:
     """Replace every ``{{name}}`` with the item's field; an unknown name is an error, never
     an empty gap a customer would hear or read."""

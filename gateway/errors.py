@@ -30,6 +30,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
 }
 
 # aiohttp's RequestPayloadError: a body that does not decompress as its Content-Encoding says.
@@ -123,8 +124,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         response = error_response(exc.status, _HTTP_CODES.get(exc.status, "http_error"), _http_message(request, exc))
-        if exc.status == 405 and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        for header in ("Allow", "Content-Range"):  # a 405's methods, a 416's length
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
     except UNAVAILABLE as exc:
         # One WARNING per outage (RedisHealth), not one per request while it lasts.
         request.app[METRICS].health.lost(exc)
@@ -145,9 +147,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
             response = error_response(500, "internal", f"internal error; request id {request_id}")
-    if request.content.exception() is not None:
-        # The body broke mid-stream (it does not decompress): aiohttp drops the connection
-        # after this answer, so the client must not send another request on it.
+    if request.content.exception() is not None or response.status == 413:
+        # The body broke mid-stream (it does not decompress) or is left unread (too large):
+        # the connection is dropped after this answer, so no other request goes on it.
         response.force_close()
     response.headers[REQUEST_ID] = request_id
     return response

@@ -56,6 +56,9 @@ PROVIDER_ENGINE = "provider"
 # rate-limit slot, so that each deferral does not ask the provider again.
 UNPLACED = "unplaced"
 
+# A job not placed yet, or being placed: what a failure before any call may end.
+_PLACING = (JobStatus.QUEUED, JobStatus.SENDING)
+
 _ENDED: dict[str, JobStatus] = {
     "completed": JobStatus.COMPLETED,
     "no-answer": JobStatus.NO_ANSWER,
@@ -126,6 +129,18 @@ class JobRunner:
     async def __call__(self, entry: Entry) -> None:
         await self.run(entry.fields["job"])
 
+    async def gave_up(self, fields: Mapping[str, str], why: str) -> None:
+        """The jobs stream gave up on a job's entry: every run of it failed (a defect, not a
+        provider's refusal, which ends the job itself). The job fails with the error, so the
+        CRM sees it end, instead of staying queued with nothing left to run it."""
+        job = await self._store.jobs.get(fields.get("job", ""))
+        if job is None or job.status not in _PLACING:
+            return
+        # A try may have reached the provider: said, since a later report cannot undo a failure.
+        sent = " (a try may have reached the provider)" if job["placing_at"] else ""
+        reason = f"gave up after {self._settings.max_deliveries} failed runs{sent}: {why}"
+        await self._change(job, JobStatus.FAILED, expect=_PLACING, reason=reason)
+
     async def run(self, job_id: str) -> None:
         job = await self._store.jobs.get(job_id)
         if job is not None and job.status in IN_CALL:
@@ -140,7 +155,7 @@ class JobRunner:
         provider = await self._providers.get(job["provider"])
         if provider is None:
             reason = f"provider {job['provider']} is no longer configured"
-            await self._change(job, JobStatus.FAILED, expect=(JobStatus.QUEUED, JobStatus.SENDING), reason=reason)
+            await self._change(job, JobStatus.FAILED, expect=_PLACING, reason=reason)
             return
         # A try made before (a crash, a timeout) may have reached the provider.
         reconcile = bool(job["placing_at"])

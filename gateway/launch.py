@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from config.settings import Settings
+from config.settings import STRONG_TOKEN_LENGTH, Settings
 from gateway.app import StartupError, create_app
 from gateway.appkeys import CONNECTIONS
 from gateway.datadir import private_dir
@@ -154,6 +154,12 @@ async def serve(settings: Settings, sock: socket.socket, access_log: logging.Log
                 "against it; set CALLGATE_PUBLIC_URL to the URL providers reach this gateway at",
                 settings.base_url,
                 why,
+            )
+        for name in settings.short_tokens():
+            log.warning(
+                "%s is shorter than %d characters: a token that short can be guessed; use a long random one",
+                name,
+                STRONG_TOKEN_LENGTH,
             )
         log.info("%s; at most %d client connections", describe(settings), gate.cap)
         await stop.wait()

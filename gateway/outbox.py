@@ -61,6 +61,8 @@ async def check_url(url: str, allowed: AddressPolicy) -> None:
     parts = urlsplit(url)
     if not parts.hostname:
         raise MediaError(f"{url} has no host")
+    if parts.port == 0:
+        raise MediaError(f"{url} names port 0, which nothing listens on")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     await resolve(parts.hostname, port, allowed)
 

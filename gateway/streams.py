@@ -77,6 +77,9 @@ def one_by_one(process: Processor) -> BatchProcessor:
 
 
 Outcome = Callable[[str], None]
+# Told of each entry given up on (its fields and last error) once it is dead-lettered, so
+# what it stood for can end where its owner sees it (a job fails) instead of waiting forever.
+GaveUp = Callable[[Mapping[str, str], str], Awaitable[None]]
 
 
 def raise_if_cancelled() -> None:
@@ -193,7 +196,7 @@ return removed
 # error (KEYS[2]), acknowledged and deleted, in one step: never in both, never in neither.
 # Consumers of other processes may find the same hopeless entry at once; claiming it for
 # consumer ARGV[2] idle ARGV[3] ms or more lets only one of them take it, so it is
-# dead-lettered once. Returns each dead-lettered entry's id and error, in turn.
+# dead-lettered once. Returns each dead-lettered entry's id, error and fields, in turn.
 _DEAD_LETTER = """
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 5))
 local out, ids = {}, {}
@@ -207,6 +210,7 @@ for _, entry in ipairs(claimed) do
       table.insert(letter, fields[i + 1])
     end
   end
+  local kept = {unpack(letter)}
   table.insert(letter, '_id')
   table.insert(letter, id)
   table.insert(letter, '_error')
@@ -215,6 +219,7 @@ for _, entry in ipairs(claimed) do
   table.insert(ids, id)
   table.insert(out, id)
   table.insert(out, why)
+  table.insert(out, kept)
 end
 if #ids > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
@@ -383,11 +388,18 @@ class Claims:
     """
 
     def __init__(
-        self, redis: Redis, keys: Keys, config: StreamConfig, on_outcome: Outcome, partition: int | None = None
+        self,
+        redis: Redis,
+        keys: Keys,
+        config: StreamConfig,
+        on_outcome: Outcome,
+        partition: int | None = None,
+        on_dead: GaveUp | None = None,
     ) -> None:
         self._redis: DecodedRedis = redis
         self._config = config
         self._on_outcome = on_outcome
+        self._on_dead = on_dead
         self._partition = partition
         self._label = config.label(partition)
         self._stream = keys.stream(config.name, partition)
@@ -417,27 +429,32 @@ class Claims:
     async def take(self, consumer: str) -> list[Entry]:
         """A batch of entries idle longer than ``claim_idle_ms``, now owned by ``consumer``;
         the hopeless among them are dead-lettered instead."""
-        async with self._lock:
-            if not self.due():
-                return []  # another consumer of this process just claimed
-            self._next = time.monotonic() + self._every
-            idle = 0 if self._adopt else self._config.claim_idle_ms
-            self._adopt = False
-            pending = await self._redis.xpending_range(
-                self._stream, self._group, min="-", max="+", count=self._config.batch, idle=idle
-            )
-            self.backlog = len(pending) >= self._config.batch
-            hopeless = [p["message_id"] for p in pending if p["times_delivered"] >= self._config.max_deliveries]
-            retry = [p["message_id"] for p in pending if p["times_delivered"] < self._config.max_deliveries]
-            if hopeless:
-                await self._dead_letter(consumer, hopeless)
-            if time.monotonic() >= self._next_prune:
-                await self._prune_dead()
-            if not retry:
-                return []
-            claimed = await self._redis.xclaim(
-                self._stream, self._group, consumer, min_idle_time=idle, message_ids=retry
-            )
+        given_up: list[tuple[dict[str, str], str]] = []
+        try:
+            async with self._lock:
+                return await self._take(consumer, given_up)
+        finally:
+            await self._tell_given_up(given_up)
+
+    async def _take(self, consumer: str, given_up: list[tuple[dict[str, str], str]]) -> list[Entry]:
+        if not self.due():
+            return []  # another consumer of this process just claimed
+        self._next = time.monotonic() + self._every
+        idle = 0 if self._adopt else self._config.claim_idle_ms
+        self._adopt = False
+        pending = await self._redis.xpending_range(
+            self._stream, self._group, min="-", max="+", count=self._config.batch, idle=idle
+        )
+        self.backlog = len(pending) >= self._config.batch
+        hopeless = [p["message_id"] for p in pending if p["times_delivered"] >= self._config.max_deliveries]
+        retry = [p["message_id"] for p in pending if p["times_delivered"] < self._config.max_deliveries]
+        if hopeless:
+            given_up += await self._dead_letter(consumer, hopeless)
+        if time.monotonic() >= self._next_prune:
+            await self._prune_dead()
+        if not retry:
+            return []
+        claimed = await self._redis.xclaim(self._stream, self._group, consumer, min_idle_time=idle, message_ids=retry)
         entries = [Entry(entry_id, fields, self._partition) for entry_id, fields in claimed if fields]
         # An entry trimmed away while pending comes back empty: nothing left to do but ack it.
         gone = [entry_id for entry_id, fields in claimed if not fields]
@@ -454,13 +471,28 @@ class Claims:
         if removed:
             log.info("stream=%s removed dead consumers that owned nothing: %s", self._label, ", ".join(removed))
 
-    async def _dead_letter(self, consumer: str, entry_ids: list[str]) -> None:
+    async def _dead_letter(self, consumer: str, entry_ids: list[str]) -> list[tuple[dict[str, str], str]]:
+        """Dead-letter ``entry_ids``; the fields and error of each that this call buried."""
         keys = [self._stream, self._errors, self._dead]
         args: list[str | int] = [self._group, consumer, self._config.claim_idle_ms, self._config.dead_max, *entry_ids]
         dead = await self._bury(keys=keys, args=args)
-        for entry_id, error in zip(dead[::2], dead[1::2], strict=True):
+        buried = []
+        for entry_id, error, fields in zip(dead[::3], dead[1::3], dead[2::3], strict=True):
             log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, error)
             self._on_outcome("dead")
+            buried.append((dict(zip(fields[::2], fields[1::2], strict=True)), str(error)))
+        return buried
+
+    async def _tell_given_up(self, given_up: list[tuple[dict[str, str], str]]) -> None:
+        """Tell the stream's owner of each entry given up on, out of the claim lock; one
+        failing to hear of an entry neither stops the others nor the consumer."""
+        if self._on_dead is None:
+            return
+        for fields, error in given_up:
+            try:
+                await self._on_dead(fields, error)
+            except Exception:
+                log.exception("stream=%s: the owner failed to hear of an entry given up: %s", self._label, fields)
 
 
 # Restart delays after consecutive failures: quick for a blip, at most this for an outage.

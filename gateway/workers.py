@@ -32,6 +32,7 @@ from gateway.store.items import Item
 from gateway.streams import (
     BatchProcessor,
     Claims,
+    GaveUp,
     IdleWatch,
     StreamConfig,
     StreamConsumer,
@@ -83,9 +84,10 @@ def consumers(
     processor: BatchProcessor,
     count: int,
     batch: int = StreamConfig.batch,
+    on_dead: GaveUp | None = None,
 ) -> list[StreamConsumer]:
     """``count`` consumers of ``stream`` (every partition of it), each reading up to
-    ``batch`` entries at a time."""
+    ``batch`` entries at a time; ``on_dead`` hears of each entry they give up on."""
     config = StreamConfig(
         name=stream,
         claim_idle_ms=settings.claim_idle_seconds * 1000,
@@ -102,7 +104,7 @@ def consumers(
         # Once per entry: the series is looked up once, as on the request path.
         metrics.series(metrics.stream_entries, stream, name).inc()
 
-    claims = [Claims(store.redis, store.keys, config, outcome, partition) for partition in config.partitions]
+    claims = [Claims(store.redis, store.keys, config, outcome, p, on_dead) for p in config.partitions]
     watch = IdleWatch()
     return [
         StreamConsumer(
@@ -205,7 +207,16 @@ async def running_workers(store: Store, settings: Settings, metrics: Metrics) ->
             # One job at a time per consumer: a job waiting for its rate-limit slot must not
             # hold a batch of others behind it while idle consumers could take them (those
             # slots would go unused: measured 26 of 30 messages/s with batches of 64).
-            *consumers(store, settings, metrics, JOBS_STREAM, one_by_one(runner), settings.consumers, batch=1),
+            *consumers(
+                store,
+                settings,
+                metrics,
+                JOBS_STREAM,
+                one_by_one(runner),
+                settings.consumers,
+                batch=1,
+                on_dead=runner.gave_up,
+            ),
             *consumers(store, settings, metrics, OUTBOX_STREAM, FanOut(store, deliverer.wake), OUTBOX_CONSUMERS),
         ],
         {"timers": lambda: poll_timers(store, metrics.health), "outbox": deliverer.run, "stage-rules": entries.run},

@@ -20,7 +20,10 @@ from hypothesis import strategies as st
 _STATE_DEPENDENT = {401, 403, 404, 409, 429}
 # Rules between two values that JSON Schema cannot state, each refused with this message
 # (the schema's description says it).
-_BETWEEN_VALUES = ("a day's opening time must be before its closing time",)
+_BETWEEN_VALUES = (
+    "a day's opening time must be before its closing time",
+    "characters without its {{field}} placeholders",  # the SMS text's rule
+)
 
 
 def _valid_numbers() -> list[str]:

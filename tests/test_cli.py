@@ -97,9 +97,9 @@ class Served:
         return self.process.returncode, out, err
 
 
-def serve(data_dir: Path) -> Served:
+def serve(data_dir: Path, **settings: str) -> Served:
     port = free_port()
-    env = clean_env(CALLGATE_DATA_DIR=str(data_dir), CALLGATE_PORT=str(port), CALLGATE_LOG_LEVEL="INFO")
+    env = clean_env(CALLGATE_DATA_DIR=str(data_dir), CALLGATE_PORT=str(port), CALLGATE_LOG_LEVEL="INFO", **settings)
     process = subprocess.Popen(
         callgate("serve"), env=env, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -146,6 +146,24 @@ def test_serve_with_an_embedded_redis(data_dir: Path) -> None:
     assert code == 0, err
     assert tokens["admin"] not in out and tokens["api"] not in out
     assert redis_servers_for(data_dir) == []
+
+
+@pytest.mark.timeout(90)
+def test_serve_takes_a_short_token_and_warns_of_it(data_dir: Path) -> None:
+    served = serve(data_dir, CALLGATE_ADMIN_TOKEN="admin")
+    try:
+        served.wait_ready()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{served.port}/v1/lines", headers={"Authorization": "Bearer admin"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        code, out, err = served.stop()
+    assert code == 0, err
+    warned = [line for line in (out + err).splitlines() if "CALLGATE_ADMIN_TOKEN is shorter than 16" in line]
+    assert len(warned) == 1, out + err
+    assert "WARNING" in warned[0]
 
 
 @pytest.mark.parametrize(

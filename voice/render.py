@@ -19,7 +19,7 @@ from voice.cache import RenderCache
 from voice.engines.espeak import EspeakEngine
 from voice.engines.gtts import GttsEngine
 from voice.engines.piper import PiperEngine
-from voice.tts import Engine, SynthesisFailed, Voice, VoiceError, normalise_language, pick_voice
+from voice.tts import Engine, SynthesisFailed, TextRefused, Voice, VoiceError, normalise_language, pick_voice
 
 MAX_TEXT = 5000  # characters; about five minutes of speech
 # After Google fails, gtts requests go straight to the fallback for this long instead of
@@ -103,7 +103,8 @@ class Renderer:
         try:
             rendered = self._render(engine, say)
         except SynthesisFailed as exc:
-            self._gtts_down = (self._clock(), str(exc))
+            if not isinstance(exc, TextRefused):  # Google itself failed: others skip it a while
+                self._gtts_down = (self._clock(), str(exc))
             return self._fall_back(say, str(exc))
         self._gtts_down = None
         return rendered
@@ -129,7 +130,14 @@ class Renderer:
             path = self._cache.find(key)
             if path is not None:
                 return Rendered(key, path, name, voice.id, cached=True)
-            audio = engine.synthesize(say.text, voice, normalise_language(say.language))
+            try:
+                audio = engine.synthesize(say.text, voice, normalise_language(say.language))
+            except (SynthesisFailed, VoiceError):
+                raise
+            except Exception as exc:
+                # An engine's library failing on this text fails the same way next time: the
+                # job fails with the reason (or gTTS falls back) instead of retrying it.
+                raise TextRefused(f"{name} could not say this text ({type(exc).__name__}: {exc})") from exc
             path = self._cache.put(key, to_telephony_mp3(audio, say.speed, say.volume))
         return Rendered(key, path, name, voice.id, cached=False)
 

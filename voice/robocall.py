@@ -6,6 +6,7 @@ Twilio, Voximplant or the sandbox.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, model_validator
@@ -35,11 +36,21 @@ class Say(Strict):
     def utterance(self, text: str) -> render.Say:
         """What the renderer speaks: ``text`` (the template filled in) with these settings.
         Raises ``voice.tts.VoiceError`` when the text has nothing to say."""
-        return render.Say(text, self.language, self.engine, self.voice, self.speed, self.volume)
+        return render.Say(speakable(text), self.language, self.engine, self.voice, self.speed, self.volume)
 
     def spoken(self, text: str) -> Spoken:
         """``text`` with these settings, for the provider to speak (the ``provider`` engine)."""
-        return Spoken(text, self.language, self.voice, self.speed, self.volume)
+        return Spoken(speakable(text), self.language, self.voice, self.speed, self.volume)
+
+
+# Control characters other than line breaks and tabs: none is speech, a NUL (a card field
+# may hold one) crashes piper's phonemizer, and XML (TwiML's <Say>) cannot carry them.
+_UNSPEAKABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def speakable(text: str) -> str:
+    """``text`` with each control character a space."""
+    return _UNSPEAKABLE.sub(" ", text)
 
 
 class Play(Strict):
@@ -91,7 +102,7 @@ class Robocall(Strict):
         if (self.say is None) == (self.play is None):
             raise ValueError("give exactly one of say or play")
         if self.test and self.to is None:
-            raise ValueError("a test call needs to (the number to call instead of the customer)")
+            raise ValueError("to is required for a test call (the number to call instead of the customer)")
         if self.to is not None and not self.test:
             raise ValueError("to is only for test calls (test: true)")
         return self

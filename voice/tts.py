@@ -23,6 +23,10 @@ class SynthesisFailed(RuntimeError):
     """An engine could not produce audio (a network engine unreachable, a broken voice file)."""
 
 
+class TextRefused(SynthesisFailed):
+    """An engine failed on this text alone: it says nothing of the engine's health."""
+
+
 @dataclass(frozen=True)
 class Voice:
     engine: str

@@ -138,8 +138,26 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     path = MediaFiles(request.app[SETTINGS].data_dir).path(request.match_info["key"])
     if path is None:
         raise NotFound("media")
+    stat = path.stat()
+    size = stat.st_size
+    if _unsatisfiable(request, size, stat.st_mtime):
+        # Answered here, not by FileResponse, whose 416 has no error body and is cacheable.
+        raise web.HTTPRequestRangeNotSatisfiable(headers={hdrs.CONTENT_RANGE: f"bytes */{size}"})
     headers = {hdrs.CONTENT_TYPE: "audio/mpeg", hdrs.CACHE_CONTROL: CACHE_FOREVER}
     return web.FileResponse(path, headers=headers)
+
+
+def _unsatisfiable(request: web.Request, size: int, mtime: float) -> bool:
+    """Whether the request's Range, which FileResponse would follow (an If-Range older than
+    the file voids it), is malformed or starts past the end of ``size`` bytes: a 416."""
+    if_range = request.if_range
+    if hdrs.RANGE not in request.headers or (if_range is not None and mtime > if_range.timestamp()):
+        return False
+    try:
+        start = request.http_range.start
+    except ValueError:
+        return True
+    return start is not None and start >= size
 
 
 _API = Scope.API

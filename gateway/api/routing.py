@@ -129,6 +129,11 @@ def _field_of(error: ErrorDetails, raw: bytes) -> str:
 
 async def read_body(request: web.Request, schema: Any) -> Any:
     """Parse and validate the JSON body: 400 when it is not JSON, 422 naming the first bad field."""
+    declared, limit = request.content_length, request.client_max_size
+    if declared is not None and declared > limit:
+        # Refused before any of it is read: the client gets its answer now, not after
+        # sending it all (or never, if it waits for one first).
+        raise ApiError(413, "body_too_large", f"the body is {declared} bytes; at most {limit} are accepted")
     try:
         raw = await request.read()
     except web.RequestPayloadError:
@@ -139,8 +144,15 @@ async def read_body(request: web.Request, schema: Any) -> Any:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
             raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
+        if not raw:
+            raise ApiError(400, "malformed_json", "the body is empty; this endpoint takes a JSON body") from None
         where = _field_of(first, raw)
         text = plain_message(str(first["msg"]))
+        named = text.split(" ", 1)[0]
+        if not where and named in getattr(schema, "model_fields", {}):
+            # A rule between fields, checked on the whole body, whose message starts with the
+            # field it faults.
+            raise ApiError(422, _code(first["type"]), text, named) from None
         # A validator's own message may already start with the field it is about.
         message = f"{where}: {text}" if where and not text.startswith((f"{where}:", f"{where}.")) else text
         raise ApiError(422, _code(first["type"]), message, where or None) from None

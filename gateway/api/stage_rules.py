@@ -10,9 +10,10 @@ from config.lines import Pipeline
 from gateway.api import params
 from gateway.api.routing import Endpoint, Scope
 from gateway.appkeys import STORE
-from gateway.errors import NotFound, UnknownReference
+from gateway.errors import Invalid, NotFound, UnknownReference
 from gateway.stage_rules import SmsRule, StageRules, rules_name
 from gateway.store import Store
+from sms.request import fixed_length_error
 
 
 def _view(name: str, rules: StageRules) -> dict[str, Any]:
@@ -46,6 +47,11 @@ async def _check_lines(store: Store, rules: StageRules) -> None:
 async def put_stage_rules(request: web.Request, body: StageRules) -> web.Response:
     name, _ = await _stage(request)
     store = request.app[STORE]
+    for index, rule in enumerate(body.root):
+        why = fixed_length_error(rule.text) if isinstance(rule, SmsRule) else None
+        if why:
+            # Refused now, not at each item's rendering: every item entering the stage would fail.
+            raise Invalid(f"{index}.text", f"{index}.text: {why}")
     await _check_lines(store, body)
     await store.stage_rules.put(name, body)
     return web.json_response(_view(name, body))

@@ -80,9 +80,7 @@ class Store:
             providers=Records(redis, keys.providers, Provider, snapshots),
             lines=Records(redis, keys.lines, Line, snapshots),
             pipelines=Records(redis, keys.pipelines, Pipeline, snapshots),
-            items=Items(
-                redis, transactions, keys, outbox, stage_entries, settings.timeline_max, settings.lead_ttl_seconds
-            ),
+            items=Items(redis, transactions, keys, stage_entries, settings.timeline_max, settings.lead_ttl_seconds),
             inbox=Inbox(redis, keys, settings.dedup_ttl_seconds, settings.feed_max),
             calls=Calls(redis, transactions, keys),
             timers=Timers(redis, keys),

@@ -30,7 +30,7 @@ from gateway.keys import OUTBOX_STREAM, Keys
 from gateway.store.connection import Transactions
 from gateway.store.entries import StageEntries, StageEntry, new_entry_id
 from gateway.store.nodes import mget, pipelined
-from gateway.store.outbox import Outbox, publish_lua
+from gateway.store.outbox import publish_lua
 from gateway.store.scripts import Call, Looped
 from webhooks.events import json_text
 
@@ -48,7 +48,10 @@ def now_iso(at: float | None = None) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _second_iso(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    # Not strftime's %Y, which writes the year 1 as "1": ISO 8601 has four digits, and the
+    # timeline compares its stamps as text (append_lua).
+    t = time.gmtime(seconds)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
 
 
 def _ms(iso: str) -> int:
@@ -122,22 +125,76 @@ def marker_of_move(move: Move) -> str:
     return f"move:{move.identity}:{move.trigger_id}"
 
 
+# How far ahead of the writer's clock the last entry's time may be and still be taken by an
+# entry stamped before it: other processes' clocks differ a little. A stamp further ahead (a
+# scenario's clock, a sandbox demo) does not drag the times of the entries after it.
+CLAMP_AHEAD_SECONDS = 1.0
+
+
+def clamp_until(now: float | None = None) -> str:
+    """The ``until`` argument of ``append_lua`` for a write at ``now`` (default now)."""
+    return now_iso((time.time() if now is None else now) + CLAMP_AHEAD_SECONDS)
+
+
+def timeline_keys(keys: Keys, item_id: str) -> list[str]:
+    """The keys ``append_lua`` takes for ``item_id``, in its order: the timeline, its count,
+    its partition's subscription gate and outbox stream (one slot: the item's partition)."""
+    partition = keys.partition_of(item_id)
+    return [
+        keys.timeline(item_id),
+        keys.timeline_count(item_id),
+        keys.subscribed(partition),
+        keys.stream(OUTBOX_STREAM, partition),
+    ]
+
+
+def append_lua(
+    timeline: str, count: str, subscribed: str, stream: str, item_id: str, entry: str, keep: str, until: str
+) -> str:
+    """Lua that appends a timeline entry (``timeline_entry``'s JSON), keeps the newest
+    ``keep``, counts it and adds it to the outbox; the arguments are Lua expressions
+    (``KEYS[5]``, ``A[3]``). Every writer of a timeline appends with it.
+
+    The entries stay in time order: an entry stamped before the last one (an event received
+    while the one before it was being processed, a move stamped by a process whose clock is a
+    little behind) takes the last one's time, unless that is after ``until``
+    (``clamp_until``). Order is what a CRM reads the timeline and its events by. Stamps are
+    compared as text: ``now_iso`` gives them all one width.
+    """
+    match = '\'^{"at":"([^"]*)"\''
+    return (
+        f"do local entry = {entry}\n"
+        f"local last = redis.call('LINDEX', {timeline}, -1)\n"
+        "if last then\n"
+        f"  local was, at = string.match(last, {match}), string.match(entry, {match})\n"
+        f"  if was and at and at < was and was <= {until} then\n"
+        "    entry = '{\"at\":\"' .. was .. '\"' .. string.sub(entry, #at + 9)\n"
+        "  end\n"
+        "end\n"
+        f"redis.call('RPUSH', {timeline}, entry)\n"
+        f"redis.call('LTRIM', {timeline}, -tonumber({keep}), -1)\n"
+        f"redis.call('INCR', {count})\n" + publish_lua(subscribed, stream, item_id, "entry") + "end\n"
+    )
+
+
 # A timeline entry that an event adds at most once, however often the event is processed,
-# and its outbox record with it (the CRM hears of it exactly when the item shows it).
+# and its outbox record with it (the CRM hears of it exactly when the item shows it). The
+# marker goes first: a write failing after it loses the entry, and never adds it twice.
 _RECORD_ONCE = (
     """
 if redis.call('ZSCORE', K[1], A[1]) then return 0 end
-redis.call('RPUSH', K[2], A[3])
-redis.call('LTRIM', K[2], -tonumber(A[4]), -1)
-redis.call('INCR', K[3])
 redis.call('ZADD', K[1], A[2], A[1])
 redis.call('ZREMRANGEBYRANK', K[1], 0, -tonumber(A[5]) - 1)
 """
-    + publish_lua("K[4]", "K[5]", "A[6]", "A[3]")
+    + append_lua("K[2]", "K[3]", "K[4]", "K[5]", "A[6]", "A[3]", "A[4]", "A[7]")
     + """
 return 1
 """
 )
+
+# An entry appended inside a transaction (EVAL, not EVALSHA: a script Redis lacks, after a
+# restart or a flush, would fail inside the transaction while the rest of it applies).
+_APPEND = append_lua("KEYS[1]", "KEYS[2]", "KEYS[3]", "KEYS[4]", "ARGV[1]", "ARGV[2]", "ARGV[3]", "ARGV[4]")
 
 
 # The phone numbers a change of a card drops and adds.
@@ -209,14 +266,12 @@ class Items:
         redis: Redis,
         transactions: Transactions,
         keys: Keys,
-        outbox: Outbox,
         entries: StageEntries,
         timeline_max: int,
         lead_ttl: int = 0,
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._outbox = outbox
         self._entries = entries
         self._timeline_max = timeline_max
         self._markers_max = timeline_max * MARKERS_PER_ENTRY
@@ -233,12 +288,10 @@ class Items:
         pipe.zremrangebyrank(key, 0, -self._markers_max - 1)
 
     def append(self, pipe: Pipeline, item_id: str, entry: str) -> None:
-        """Queue a timeline entry and its outbox record; the list keeps the newest ``timeline_max``."""
-        key = self._keys.timeline(item_id)
-        pipe.rpush(key, entry)
-        pipe.ltrim(key, -self._timeline_max, -1)
-        pipe.incr(self._keys.timeline_count(item_id))
-        self._outbox.publish(pipe, item_id, entry)
+        """Queue a timeline entry and its outbox record (``append_lua``) in the transaction
+        on ``pipe``."""
+        keys = timeline_keys(self._keys, item_id)
+        pipe.eval(_APPEND, len(keys), *keys, item_id, entry, self._timeline_max, clamp_until())
 
     def _enter(self, pipe: Pipeline, item: Item, change: dict[str, Any]) -> None:
         """Queue ``item``'s entry into its stage: the ``item.stage_changed`` entry (``change``
@@ -341,16 +394,11 @@ class Items:
         if not records:
             return []
         now = time.time()
+        until = clamp_until(now)
         calls: list[Call] = [
             (
-                [
-                    self._keys.effects(item_id),
-                    self._keys.timeline(item_id),
-                    self._keys.timeline_count(item_id),
-                    self._keys.subscribed(self._keys.partition_of(item_id)),
-                    self._keys.stream(OUTBOX_STREAM, self._keys.partition_of(item_id)),
-                ],
-                [marker_of_entry(identity), now, entry, self._timeline_max, self._markers_max, item_id],
+                [self._keys.effects(item_id), *timeline_keys(self._keys, item_id)],
+                [marker_of_entry(identity), now, entry, self._timeline_max, self._markers_max, item_id, until],
             )
             for item_id, identity, entry in records
         ]
@@ -380,7 +428,7 @@ class Items:
             self._mark(pipe, item.id, marker)
             if not may_move(move.stages, item.stage, move.target, move.allow_back):
                 return item, False
-            act_as = move.act_as or item.card.responsible
+            act_as = move.act_as or item.card.responsible or None  # null when nobody: no empty name
             moved = Item(item.id, item.card.model_copy(update={"stage": move.target}), item.created_at, now_iso())
             self._save(pipe, moved, item)
             change = {

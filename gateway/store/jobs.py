@@ -15,10 +15,10 @@ from redis.asyncio.client import Pipeline
 
 from config.jobs import IN_CALL, RANK, JobStatus
 from config.usage import Usage, money
-from gateway.keys import JOBS_STREAM, OUTBOX_STREAM, Keys
+from gateway.keys import JOBS_STREAM, Keys
 from gateway.store.connection import Transactions
+from gateway.store.items import append_lua, clamp_until, timeline_keys
 from gateway.store.nodes import pipelined
-from gateway.store.outbox import publish_lua
 from gateway.store.timers import FIRE_DUE, fire_all_due
 
 # An Idempotency-Key names the job id it made (with the body's hash) from the first request
@@ -37,18 +37,15 @@ return ARGV[1]
 _CREATE = (
     """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 if tonumber(ARGV[3]) > 0 then
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 else
   redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 end
-redis.call('RPUSH', KEYS[5], ARGV[4])
-redis.call('LTRIM', KEYS[5], -tonumber(ARGV[5]), -1)
-redis.call('INCR', KEYS[6])
 """
-    + publish_lua("KEYS[7]", "KEYS[8]", "ARGV[6]", "ARGV[4]")
+    + append_lua("KEYS[5]", "KEYS[6]", "KEYS[7]", "KEYS[8]", "ARGV[6]", "ARGV[4]", "ARGV[5]", "ARGV[7]")
     + """
 return 1
 """
@@ -228,13 +225,10 @@ class Jobs:
             self._keys.item_jobs(item_id),
             self._keys.stream(JOBS_STREAM, partition),
             self._keys.jobs_due(partition),
-            self._keys.timeline(item_id),
-            self._keys.timeline_count(item_id),
-            self._keys.subscribed(partition),
-            self._keys.stream(OUTBOX_STREAM, partition),
+            *timeline_keys(self._keys, item_id),
         ]
         pairs = [value for pair in {**fields, "rank": str(RANK[JobStatus.QUEUED])}.items() for value in pair]
-        args: list[str | int | float] = [job_id, created, due, entry, self._timeline_max, item_id]
+        args: list[str | int | float] = [job_id, created, due, entry, self._timeline_max, item_id, clamp_until()]
         return bool(await self._create(keys=keys, args=[*args, *pairs]))
 
     async def existing(self, idempotency_key: str) -> tuple[str, str] | None:

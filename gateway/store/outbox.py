@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway.keys import OUTBOX_STREAM, Keys
+from gateway.keys import Keys
 from gateway.store.nodes import pipelined
 
 # A safety cap: entries leave the stream once fanned out, so it only fills while no worker runs.
@@ -40,8 +40,6 @@ def publish_lua(subscribed: str, stream: str, item_id: str, entry: str) -> str:
         "end\n"
     )
 
-
-_PUBLISH = publish_lua("KEYS[1]", "KEYS[2]", "ARGV[1]", "ARGV[2]")
 
 # A delivery, once per (subscription, event) and only while the subscription exists: the record, its place in the item's queue and
 # the item in the due set (unless it waits already: a backoff in progress is kept).
@@ -163,15 +161,6 @@ class Outbox:
         self._take = redis.register_script(_TAKE)
         self._settle = redis.register_script(_SETTLE)
         self._replay = redis.register_script(_REPLAY)
-
-    def publish(self, pipe: Any, item_id: str, entry: str) -> None:
-        """Queue on ``pipe`` (in the entry's own transaction) the entry's outbox record.
-
-        EVAL, not EVALSHA: a script Redis lacks (restarted, flushed) would fail inside the
-        transaction while the rest of it applies, and the event would be lost."""
-        partition = self._keys.partition_of(item_id)
-        subscribed, stream = self._keys.subscribed(partition), self._keys.stream(OUTBOX_STREAM, partition)
-        pipe.eval(_PUBLISH, 2, subscribed, stream, item_id, entry)
 
     async def open(self, sub: str) -> None:
         """Let ``sub`` get events: from now on every partition adds its timeline entries to

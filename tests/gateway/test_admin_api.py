@@ -293,10 +293,16 @@ async def test_unknown_field_is_422(client: Client, sandbox: None, path: str, va
 
 
 @pytest.mark.parametrize(("path", "valid"), BODY_ENDPOINTS)
-@pytest.mark.parametrize("raw", [b"", b"null", b"[]", b'"text"', b"42"])
+@pytest.mark.parametrize("raw", [b"null", b"[]", b'"text"', b"42"])
 async def test_body_that_is_not_an_object_is_422(
     client: Client, sandbox: None, path: str, valid: Any, raw: bytes
 ) -> None:
     resp = await client.put(path, data=raw, headers={**ADMIN, "Content-Type": "application/json"})
     assert resp.status == 422
     assert (await resp.json())["error"]["code"]
+
+
+@pytest.mark.parametrize(("path", "valid"), BODY_ENDPOINTS)
+async def test_an_empty_body_is_not_json(client: Client, sandbox: None, path: str, valid: Any) -> None:
+    resp = await client.put(path, data=b"", headers={**ADMIN, "Content-Type": "application/json"})
+    assert (resp.status, (await resp.json())["error"]["code"]) == (400, "malformed_json")

@@ -16,7 +16,6 @@ from gateway.keys import Keys
 from gateway.store.connection import Transactions
 from gateway.store.entries import StageEntries
 from gateway.store.items import ItemQuery, Items
-from gateway.store.outbox import Outbox
 from tests.conftest import ADMIN, API, Client, ClientFactory
 
 ANA = "+34600111222"
@@ -328,9 +327,7 @@ async def test_listing_pages_merge_the_partitions_in_update_order(redis: Redis, 
     # entries whose card is gone (deleted between the listing's read and the cards') among them.
     keys = Keys(prefix, partitions=2)
     transactions = Transactions(redis)
-    items = Items(
-        redis, transactions, keys, Outbox(redis, keys, 10), StageEntries(redis, transactions, keys), timeline_max=10
-    )
+    items = Items(redis, transactions, keys, StageEntries(redis, transactions, keys), timeline_max=10)
     card = Card.model_validate({"pipeline": "sales", "stage": "NEW"})
     made = [(await items.put(f"L{n:03d}", card))[0] for n in range(450)]
     assert min(sum(keys.partition_of(item.id) == p for item in made) for p in range(2)) > 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import socket
@@ -73,6 +74,30 @@ async def test_413_when_the_body_is_too_large(
     resp = await client.put("/v1/items/D1", json=card, headers=API)
     assert resp.status == 413
     envelope(await resp.json(), "body_too_large")
+
+
+async def test_413_at_once_for_a_body_declared_too_large(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    """A client declaring a body over the limit has its answer before sending any of it."""
+    client = await aiohttp_client(create_app(make_settings(max_body_bytes=1024)))
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        head = (
+            f"PUT /v1/pipelines/big HTTP/1.1\r\nHost: {host}\r\nAuthorization: {ADMIN['Authorization']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}"
+        )
+        writer.write(head.encode())
+        status_line, _, headers = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode().partition("\r\n")
+        length = int(re.search(r"(?im)^content-length: *(\d+)", headers)[1])  # type: ignore[index]
+        body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    finally:
+        writer.close()
+    assert status_line == "HTTP/1.1 413 Request Entity Too Large"
+    assert re.search(r"(?im)^connection: close", headers), headers
+    envelope(body, "body_too_large")
+    assert "99999999999 bytes" in body["error"]["message"]
 
 
 async def test_unauthenticated_large_body_is_401(

@@ -140,6 +140,25 @@ async def test_after_the_limit_the_job_fails_and_is_dead_lettered(queued: Queued
     assert [e["job"] for e in (await resp.json())["entries"]] == [job_id]
 
 
+async def test_a_job_whose_every_run_failed_ends_failed_with_the_error(queued: Queued, redis: Redis) -> None:
+    """The jobs stream gave up on its entry (a defect raised in every run): the job fails,
+    where the CRM sees it, instead of staying queued with nothing left to run it."""
+    settings, job_id = queued.settings, queued.job_id
+    runner, store = runner_for(settings, redis, Scripted([Crash()]))
+    with pytest.raises(Crash):
+        await runner.run(job_id)
+    await runner.gave_up({"job": job_id}, "Crash: boom")
+    await runner.gave_up({"job": job_id}, "a second report changes nothing")
+    await runner.gave_up({"n": "1"}, "an entry of no job")
+    job = await store.jobs.get(job_id)
+    assert job is not None and job.status == "failed"
+    # The crash came while placing: the provider may have the call.
+    reason = f"gave up after {settings.max_deliveries} failed runs (a try may have reached the provider): Crash: boom"
+    assert job["reason"] == reason
+    timeline, _ = await store.items.timeline("D1", limit=100)
+    assert job_statuses(timeline, job_id) == ["queued", "sending", "failed"]
+
+
 async def test_a_placement_interrupted_by_a_crash_is_reconciled_not_redialled(queued: Queued, redis: Redis) -> None:
     settings, job_id = queued.settings, queued.job_id
     provider = Scripted([Crash(), "never used"])

@@ -309,6 +309,8 @@ async def test_subscriptions_are_listed_without_secrets_and_deleted_with_their_q
     [
         ({"url": "http://127.0.0.1:9/hook", "events": ["job.updated"]}, "url", "url_refused"),
         ({"url": "http://169.254.169.254/latest", "events": ["job.updated"]}, "url", "url_refused"),
+        # Port 0 reaches nothing: its events would be retried for ever.
+        ({"url": "https://93.184.216.34:0/hook", "events": ["job.updated"]}, "url", "url_refused"),
         ({"url": "ftp://crm.example.com/x", "events": ["job.updated"]}, "url", "invalid"),
         ({"url": "https://crm.example.com/x", "events": ["job.updpated"]}, "events.0", "invalid"),
         ({"url": "https://crm.example.com/x", "events": []}, "events", "invalid"),

@@ -103,6 +103,19 @@ async def test_an_mp3_robocall_through_the_sandbox_ends_completed(robo: Client, 
     body = await whole.read()
     part = await robo.get(path, headers={"Range": "bytes=0-99"})
     assert part.status == 206 and await part.read() == body[:100]
+    tail = await robo.get(path, headers={"Range": "bytes=-100"})
+    assert tail.status == 206 and await tail.read() == body[-100:]
+    for unsatisfiable in (f"bytes={len(body)}-", "bytes=x-y"):
+        past = await robo.get(path, headers={"Range": unsatisfiable})
+        assert past.status == 416 and past.headers["Content-Range"] == f"bytes */{len(body)}"
+        assert (await past.json())["error"]["code"] == "range_not_satisfiable"
+        assert "immutable" not in past.headers.get("Cache-Control", "")
+    # An If-Range as old as the file keeps the Range (and so its 416); an older one voids it.
+    kept = await robo.get(path, headers={"Range": f"bytes={len(body)}-", "If-Range": whole.headers["Last-Modified"]})
+    assert kept.status == 416 and (await kept.json())["error"]["code"] == "range_not_satisfiable"
+    stale = "Thu, 01 Jan 2015 00:00:00 GMT"
+    voided = await robo.get(path, headers={"Range": f"bytes={len(body)}-", "If-Range": stale})
+    assert voided.status == 200 and await voided.read() == body
     assert (await robo.get("/media/" + "x" * 32 + ".mp3")).status == 404
 
     timeline = (await item(robo, "D1"))["timeline"]
@@ -182,7 +195,8 @@ async def test_a_test_call_goes_to_the_given_number(robo: Client, media: str) ->
     done = await final(robo, accepted["id"], "completed")
     assert done["to"] == "+34600999888" and done["test"] is True
     status, error = await post(robo, robocall(f"{media}/ok.mp3", test=True))
-    assert status == 422 and "to" in error["error"]["message"]
+    assert (status, error["error"]["field"]) == (422, "to")
+    assert error["error"]["message"].startswith("to is required for a test call")
 
 
 async def test_a_delayed_job_waits_in_the_due_set(robo: Client, media: str, redis: Redis, prefix: str) -> None:

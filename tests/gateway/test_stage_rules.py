@@ -25,6 +25,7 @@ from gateway.appkeys import RENDERER, SETTINGS, STORE
 from gateway.engine import entries as stage_entries
 from gateway.engine.entries import StageEntryRunner
 from gateway.metrics import Metrics
+from gateway.stage_rules import StageRules
 from gateway.store import Store
 from gateway.store.entries import StageEntry, new_entry_id
 from sms.request import SmsRequest
@@ -429,11 +430,15 @@ async def test_the_rules_api(client: Client) -> None:
         ([{"kind": "robocall", **SORRY}], "0.line", "missing"),
         ([{**SORRY, "line": "+34910000002"}], "0.line", "unknown_reference"),
         ({"text": "not a list"}, None, "invalid"),
+        # Over 200 characters whatever the card holds: it could never be sent.
+        ([SORRY, {**SORRY, "text": "x" * 201 + "{{name}}"}], "1.text", "invalid"),
     ]:
         resp = await client.put(path, json=body, headers=ADMIN)
         error = (await resp.json())["error"]
         assert (resp.status, error["code"], error.get("field")) == (422, code, field), error
     assert (await client.put(path, json=[SORRY], headers=API)).status == 403
+    # A rule stored before that check still loads (and fails at rendering, as it did).
+    assert StageRules.model_validate([{"text": "x" * 300}]).root[0].kind == "sms"
 
     # What the rules use cannot go from under them.
     resp = await client.put("/v1/pipelines/sales", json={"stages": ["NEW", "WON"]}, headers=ADMIN)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -103,6 +103,30 @@ async def test_entry_failing_every_delivery_is_dead_lettered_once(redis: Redis, 
     assert await redis.xlen(stream) == 0
     assert (await redis.xpending(stream, "t"))["pending"] == 0
     assert not await redis.exists(f"{stream}:errors")
+
+
+async def test_the_owner_of_the_stream_hears_of_each_entry_given_up(redis: Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    heard: list[tuple[Mapping[str, str], str]] = []
+
+    async def gave_up(fields: Mapping[str, str], why: str) -> None:
+        heard.append((fields, why))
+
+        if fields["n"] == "8":
+            raise RuntimeError("the owner's own failure")  # told of the next one all the same
+
+    claims = Claims(redis, keys, CONFIG, lambda outcome: None, on_dead=gave_up)
+    consumer = StreamConsumer(redis, keys, CONFIG, "A", one_by_one(Recorder(fail=True)), claims=[claims])
+    await consumer.ensure_group()
+    await redis.xadd(keys.stream("t"), {"n": "8", "job": "job_1"})
+    await redis.xadd(keys.stream("t"), {"n": "9", "job": "job_2"})
+    async with running(consumer):
+        await eventually(lambda: drained(redis, keys.stream("t"), "t"))
+    assert sorted(heard, key=lambda told: told[0]["n"]) == [
+        ({"n": "8", "job": "job_1"}, "RuntimeError: boom 8"),
+        ({"n": "9", "job": "job_2"}, "RuntimeError: boom 9"),
+    ]
+    assert await redis.xlen(keys.dead("t")) == 2
 
 
 async def test_the_dead_letters_are_capped(redis: Redis, prefix: str) -> None:

@@ -65,7 +65,9 @@ async def test_trigger_validation_errors(client: Client) -> None:
         json={"name": "t", "event": "response.overdue", "pipeline": "sales", "target_stage": "WON"},
         headers=ADMIN,
     )
-    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert (resp.status, error["field"]) == (422, "seconds")  # a rule between fields names its field
+    assert error["message"] == "seconds is required for response.overdue triggers, and only for them"
     assert (await client.post("/v1/triggers", json={}, headers=API)).status == 403
 
 
@@ -185,6 +187,9 @@ async def test_callback_request_fires_trigger_and_creates_lead(client: Client) -
         return bool(items) and items[0]["stage"] == "CALL_BACK" and items[0]["contacts"][0]["name"] == "Luis"
 
     await eventually(lead)
+    found = await client.get("/v1/items", params={"phone": "+34600555444"}, headers=API)
+    (moved_lead,) = await _moves(client, (await found.json())["items"][0]["id"])
+    assert moved_lead["act_as"] is None  # no act_as on the trigger, nobody responsible for a lead
     bad = await client.post("/v1/callback-requests", json={"phone": "12", "line": LINE}, headers=API)
     assert bad.status == 422 and (await bad.json())["error"]["field"] == "phone"
 

@@ -16,7 +16,8 @@ from voice.cache import RenderCache
 from voice.engines.espeak import EspeakEngine
 from voice.engines.gtts import GttsEngine
 from voice.render import Renderer, Say
-from voice.tts import Voice, VoiceError
+from voice.robocall import Say as RobocallSay
+from voice.tts import SynthesisFailed, Voice, VoiceError
 
 
 class Counting:
@@ -191,3 +192,62 @@ async def test_google_unreachable_falls_back_too(espeak: EspeakEngine, cache: Re
     rendered = await asyncio.to_thread(renderer.render, Say("Hallo", "de", "gtts"))
     assert rendered.engine == "espeak-ng"
     assert rendered.note is not None and "Google unreachable" in rendered.note
+
+
+class Failing:
+    """An engine whose library fails on the text the way piper's phonemizer fails on a NUL."""
+
+    name = "espeak-ng"
+
+    def __init__(self, engine: EspeakEngine) -> None:
+        self.engine = engine
+
+    def voices(self) -> Sequence[Voice]:
+        return self.engine.voices()
+
+    def synthesize(self, text: str, voice: Voice, language: str) -> AudioSegment:
+        raise ValueError("embedded null character")
+
+
+def test_an_engine_failing_on_a_text_is_a_synthesis_failure(espeak: EspeakEngine, cache: RenderCache) -> None:
+    renderer = Renderer([Failing(espeak)], cache)
+    with pytest.raises(SynthesisFailed, match=r"^espeak-ng could not say this text \(ValueError: embedded null"):
+        renderer.render(Say("Hola", "es", "espeak-ng"))
+
+
+@pytest.mark.parametrize("engine", ["piper", "espeak-ng"])
+def test_control_characters_in_a_robocall_text_are_not_spoken(renderer: Renderer, engine: str) -> None:
+    say = RobocallSay.model_validate({"text": "x", "engine": engine})
+    utterance = say.utterance("Hello\x00 Ana,\x07 your\norder\tis ready\x1b.")
+    assert utterance.text == "Hello  Ana,  your\norder\tis ready ."
+    assert say.spoken("Hi\x00 Ana").text == "Hi  Ana"
+    rendered = renderer.render(utterance)
+    assert rendered.engine == engine and seconds(rendered.path) > 0.5
+
+
+class Picky:
+    """gTTS failing on one text only (its library's error), speaking the others."""
+
+    name = "gtts"
+
+    def __init__(self, engine: EspeakEngine) -> None:
+        self.engine = engine
+        self.asked: list[str] = []
+
+    def voices(self) -> Sequence[Voice]:
+        return [Voice("gtts", "es", ("es",), "Spanish")]
+
+    def synthesize(self, text: str, voice: Voice, language: str) -> AudioSegment:
+        self.asked.append(text)
+        if text == "Hola":
+            raise ValueError("cannot split this text")
+        return self.engine.synthesize(text, self.engine.voices()[0], "en")
+
+
+def test_a_text_gtts_refuses_does_not_mark_google_down(espeak: EspeakEngine, cache: RenderCache) -> None:
+    picky = Picky(espeak)
+    renderer = Renderer([espeak, picky], cache)
+    refused = renderer.render(Say("Hola", "es", "gtts"))
+    assert refused.engine == "espeak-ng" and refused.note is not None and "could not say this text" in refused.note
+    spoken = renderer.render(Say("Adios", "es", "gtts"))  # Google is asked again at once
+    assert spoken.engine == "gtts" and picky.asked == ["Hola", "Adios"]
