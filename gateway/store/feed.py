@@ -116,9 +116,9 @@ class Feed:
         details = details or {}
         fields = entry_fields(kind, provider, line, customer, at, details)
         # Entries of one partition keep their order; across partitions, two added in the same
-        # millisecond tie. So a customer's entries go with their events, those of one call
-        # (its ``ref``) together, and only entries with neither (refusals) spread over all.
-        owner = customer or details.get("ref", "")
+        # millisecond tie. So a customer's entries go with their events, one call's (its
+        # ``ref``) together, a line's refusals together; only the rest spread over all.
+        owner = customer or details.get("ref", "") or line
         partition = self._keys.partition_of(owner) if owner else random.randrange(self._keys.partitions)
         await self._redis.xadd(self._keys.feed(partition), fields, maxlen=self._max, approximate=False)
 
