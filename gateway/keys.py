@@ -171,6 +171,12 @@ class Keys:
         their error."""
         return f"{self._at(partition)}stream:{name}:dead"
 
+    def untold(self, name: str, partition: int | None = None) -> str:
+        """Sorted set: ids in ``dead(name, partition)`` of entries the stream's owner has not
+        yet heard were given up on (score = Redis time in ms they were); a process that died
+        before telling leaves them to be told by another."""
+        return f"{self._at(partition)}stream:{name}:untold"
+
     def errors(self, name: str, partition: int | None = None) -> str:
         """Hash: entry id of ``stream(name, partition)`` -> its last processing error, kept
         while the entry is pending so the dead letter can say why it failed."""

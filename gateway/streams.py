@@ -26,7 +26,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -79,7 +79,17 @@ def one_by_one(process: Processor) -> BatchProcessor:
 Outcome = Callable[[str], None]
 # Told of each entry given up on (its fields and last error) once it is dead-lettered, so
 # what it stood for can end where its owner sees it (a job fails) instead of waiting forever.
+# At least once: told again when the telling is not known to have finished.
 GaveUp = Callable[[Mapping[str, str], str], Awaitable[None]]
+
+
+class _GivenUp(NamedTuple):
+    """An entry given up on, for the stream's owner to hear of: its dead letter's id (for
+    the untold set), its fields and its last error."""
+
+    letter: str
+    fields: dict[str, str]
+    error: str
 
 
 def raise_if_cancelled() -> None:
@@ -191,15 +201,19 @@ return removed
 """
 
 
-# Moves the hopeless entries ARGV[5..] of a stream (KEYS[1], group ARGV[1]) to its dead
+# Moves the hopeless entries ARGV[6..] of a stream (KEYS[1], group ARGV[1]) to its dead
 # letters (KEYS[3], capped exactly at ARGV[4]: rare enough to trim exactly) with their last
 # error (KEYS[2]), acknowledged and deleted, in one step: never in both, never in neither.
 # Consumers of other processes may find the same hopeless entry at once; claiming it for
 # consumer ARGV[2] idle ARGV[3] ms or more lets only one of them take it, so it is
-# dead-lettered once. Returns each dead-lettered entry's id, error and fields, in turn.
+# dead-lettered once. When the stream's owner is to hear of it (ARGV[5] = '1'), its dead
+# letter's id goes into KEYS[4] in the same step, until the owner has heard. Returns each
+# dead-lettered entry's id, dead letter id, error and fields, in turn.
 _DEAD_LETTER = """
-local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 5))
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 6))
 local out, ids = {}, {}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, entry in ipairs(claimed) do
   local id, fields = entry[1], entry[2] or {}
   local why = redis.call('HGET', KEYS[2], id) or 'delivered too often without success'
@@ -215,9 +229,11 @@ for _, entry in ipairs(claimed) do
   table.insert(letter, id)
   table.insert(letter, '_error')
   table.insert(letter, why)
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(letter))
+  local dead = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(letter))
+  if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], now, dead) end
   table.insert(ids, id)
   table.insert(out, id)
+  table.insert(out, dead)
   table.insert(out, why)
   table.insert(out, kept)
 end
@@ -225,6 +241,36 @@ if #ids > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
   redis.call('HDEL', KEYS[2], unpack(ids))
+end
+return out
+"""
+
+# The dead letters (KEYS[2]) whose owner was to hear of them (KEYS[1]) ARGV[1] ms ago or
+# more, at most ARGV[2]: the process that buried them died before telling, or its owner
+# failed to hear. Ids whose letter is gone (retried, discarded, trimmed) are dropped.
+# Returns each one's dead letter id, error and fields, in turn.
+_UNTOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, ARGV[2])) do
+  local found = redis.call('XRANGE', KEYS[2], dead, dead)
+  if #found == 0 then
+    redis.call('ZREM', KEYS[1], dead)
+  else
+    local fields, kept, why = found[1][2], {}, ''
+    for i = 1, #fields, 2 do
+      if fields[i] == '_error' then
+        why = fields[i + 1]
+      elseif fields[i] ~= '_id' then
+        table.insert(kept, fields[i])
+        table.insert(kept, fields[i + 1])
+      end
+    end
+    table.insert(out, dead)
+    table.insert(out, why)
+    table.insert(out, kept)
+  end
 end
 return out
 """
@@ -405,6 +451,7 @@ class Claims:
         self._stream = keys.stream(config.name, partition)
         self._dead = keys.dead(config.name, partition)
         self._errors = keys.errors(config.name, partition)
+        self._untold = keys.untold(config.name, partition)
         self._alive = keys.consumers(config.name, partition)
         self._group = config.name
         self.members: set[str] = set()
@@ -416,6 +463,7 @@ class Claims:
         self._adopt = False
         self._prune = redis.register_script(_PRUNE)
         self._bury = redis.register_script(_DEAD_LETTER)
+        self._recall = redis.register_script(_UNTOLD)
 
     def due(self) -> bool:
         return self.backlog or self._adopt or time.monotonic() >= self._next
@@ -429,14 +477,14 @@ class Claims:
     async def take(self, consumer: str) -> list[Entry]:
         """A batch of entries idle longer than ``claim_idle_ms``, now owned by ``consumer``;
         the hopeless among them are dead-lettered instead."""
-        given_up: list[tuple[dict[str, str], str]] = []
+        given_up: list[_GivenUp] = []
         try:
             async with self._lock:
                 return await self._take(consumer, given_up)
         finally:
             await self._tell_given_up(given_up)
 
-    async def _take(self, consumer: str, given_up: list[tuple[dict[str, str], str]]) -> list[Entry]:
+    async def _take(self, consumer: str, given_up: list[_GivenUp]) -> list[Entry]:
         if not self.due():
             return []  # another consumer of this process just claimed
         self._next = time.monotonic() + self._every
@@ -452,6 +500,7 @@ class Claims:
             given_up += await self._dead_letter(consumer, hopeless)
         if time.monotonic() >= self._next_prune:
             await self._prune_dead()
+            given_up += await self._still_untold()
         if not retry:
             return []
         claimed = await self._redis.xclaim(self._stream, self._group, consumer, min_idle_time=idle, message_ids=retry)
@@ -471,28 +520,54 @@ class Claims:
         if removed:
             log.info("stream=%s removed dead consumers that owned nothing: %s", self._label, ", ".join(removed))
 
-    async def _dead_letter(self, consumer: str, entry_ids: list[str]) -> list[tuple[dict[str, str], str]]:
-        """Dead-letter ``entry_ids``; the fields and error of each that this call buried."""
-        keys = [self._stream, self._errors, self._dead]
-        args: list[str | int] = [self._group, consumer, self._config.claim_idle_ms, self._config.dead_max, *entry_ids]
+    async def _dead_letter(self, consumer: str, entry_ids: list[str]) -> list[_GivenUp]:
+        """Dead-letter ``entry_ids``; those of them this call buried, for the owner to hear of."""
+        keys = [self._stream, self._errors, self._dead, self._untold]
+        tell = "1" if self._on_dead else "0"
+        args: list[str | int] = [self._group, consumer, self._config.claim_idle_ms, self._config.dead_max, tell]
+        args += entry_ids
         dead = await self._bury(keys=keys, args=args)
         buried = []
-        for entry_id, error, fields in zip(dead[::3], dead[1::3], dead[2::3], strict=True):
+        for entry_id, letter, error, fields in zip(dead[::4], dead[1::4], dead[2::4], dead[3::4], strict=True):
             log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, error)
             self._on_outcome("dead")
-            buried.append((dict(zip(fields[::2], fields[1::2], strict=True)), str(error)))
+            buried.append(_GivenUp(letter, dict(zip(fields[::2], fields[1::2], strict=True)), str(error)))
         return buried
 
-    async def _tell_given_up(self, given_up: list[tuple[dict[str, str], str]]) -> None:
-        """Tell the stream's owner of each entry given up on, out of the claim lock; one
-        failing to hear of an entry neither stops the others nor the consumer."""
+    async def _still_untold(self) -> list[_GivenUp]:
+        """Entries given up on long enough ago that their owner should have heard and has not:
+        their burier died first, or the owner failed to hear."""
         if self._on_dead is None:
+            return []
+        args = [self._config.claim_idle_ms, self._config.batch]
+        found = await self._recall(keys=[self._untold, self._dead], args=args)
+        untold = [
+            _GivenUp(letter, dict(zip(fields[::2], fields[1::2], strict=True)), str(error))
+            for letter, error, fields in zip(found[::3], found[1::3], found[2::3], strict=True)
+        ]
+        if untold:
+            log.warning("stream=%s: telling the owner of %d entries given up on earlier", self._label, len(untold))
+        return untold
+
+    async def _tell_given_up(self, given_up: list[_GivenUp]) -> None:
+        """Tell the stream's owner of each entry given up on, out of the claim lock; one
+        failing to hear of an entry neither stops the others nor the consumer, and is told
+        again later, as is one whose telling this process does not live to finish."""
+        if self._on_dead is None or not given_up:
             return
-        for fields, error in given_up:
+        told = []
+        for letter, fields, error in given_up:
             try:
                 await self._on_dead(fields, error)
             except Exception:
                 log.exception("stream=%s: the owner failed to hear of an entry given up: %s", self._label, fields)
+            else:
+                told.append(letter)
+        if told:
+            try:
+                await self._redis.zrem(self._untold, *told)
+            except RedisError as exc:  # they are told again: the owner's hearing is idempotent
+                log.warning("stream=%s: could not mark %d entries given up on as told: %s", self._label, len(told), exc)
 
 
 # Restart delays after consecutive failures: quick for a blip, at most this for an outage.
