@@ -147,7 +147,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
             response = error_response(500, "internal", f"internal error; request id {request_id}")
-    if request.content.exception() is not None or response.status == 413:
+    too_large = response.status == 413 or (request.content_length or 0) > request.client_max_size
+    if request.content.exception() is not None or too_large:
         # The body broke mid-stream (it does not decompress) or is left unread (too large):
         # the connection is dropped after this answer, so no other request goes on it.
         response.force_close()

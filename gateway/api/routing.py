@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
@@ -180,7 +180,22 @@ def _bind(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRes
     return handle
 
 
+async def continue_unless_too_large(request: web.Request) -> None:
+    """``Expect: 100-continue``: the body is asked for only when it may be accepted. One
+    declared over the limit is not: the client has its final answer (401, 413) instead of
+    sending a body that would be refused unread."""
+    if (request.content_length or 0) > request.client_max_size:
+        return
+    if request.version != HttpVersion11:
+        return  # HTTP/1.0 has no 100 Continue: the client sends its body regardless
+    if request.headers[hdrs.EXPECT].lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown expectation {request.headers[hdrs.EXPECT]!r}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # What follows is the response proper: its size is counted from here.
+    request.writer.output_size = 0
+
+
 def add_endpoints(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
     for endpoint in endpoints:
-        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint))
+        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint), expect_handler=continue_unless_too_large)
     app.setdefault(ENDPOINTS, []).extend(endpoints)

@@ -76,6 +76,18 @@ async def test_413_when_the_body_is_too_large(
     envelope(await resp.json(), "body_too_large")
 
 
+async def _head_and_json(reader: asyncio.StreamReader) -> tuple[str, str, Any]:
+    """One response off a raw connection: its status line, headers and JSON body."""
+    status_line, _, headers = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode().partition("\r\n")
+    length = int(re.search(r"(?im)^content-length: *(\d+)", headers)[1])  # type: ignore[index]
+    return status_line, headers, json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+
+
+def _put_head(host: str, length: int, *extra: str) -> bytes:
+    lines = ["PUT /v1/pipelines/big HTTP/1.1", f"Host: {host}", "Content-Type: application/json", *extra]
+    return ("\r\n".join([*lines, f"Content-Length: {length}"]) + "\r\n\r\n").encode()
+
+
 async def test_413_at_once_for_a_body_declared_too_large(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
 ) -> None:
@@ -84,20 +96,62 @@ async def test_413_at_once_for_a_body_declared_too_large(
     host, port = client.server.host, client.server.port
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        head = (
-            f"PUT /v1/pipelines/big HTTP/1.1\r\nHost: {host}\r\nAuthorization: {ADMIN['Authorization']}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}"
-        )
-        writer.write(head.encode())
-        status_line, _, headers = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode().partition("\r\n")
-        length = int(re.search(r"(?im)^content-length: *(\d+)", headers)[1])  # type: ignore[index]
-        body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+        writer.write(_put_head(host, 99999999999, f"Authorization: {ADMIN['Authorization']}") + b"{}")
+        status_line, headers, body = await _head_and_json(reader)
     finally:
         writer.close()
     assert status_line == "HTTP/1.1 413 Request Entity Too Large"
     assert re.search(r"(?im)^connection: close", headers), headers
     envelope(body, "body_too_large")
     assert "99999999999 bytes" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("authorization", "status_line", "code"),
+    [
+        (ADMIN["Authorization"], "HTTP/1.1 413 Request Entity Too Large", "body_too_large"),
+        ("Bearer wrong", "HTTP/1.1 401 Unauthorized", "unauthorized"),
+    ],
+)
+async def test_a_client_expecting_100_continue_is_not_asked_for_a_body_declared_too_large(
+    aiohttp_client: ClientFactory,
+    make_settings: Callable[..., Settings],
+    authorization: str,
+    status_line: str,
+    code: str,
+) -> None:
+    """The final answer comes instead of ``100 Continue``, and the connection closes: the
+    body it holds back is never read."""
+    client = await aiohttp_client(create_app(make_settings(max_body_bytes=1024)))
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(_put_head(host, 4096, f"Authorization: {authorization}", "Expect: 100-continue"))
+        first, headers, body = await _head_and_json(reader)
+    finally:
+        writer.close()
+    assert first == status_line
+    assert re.search(r"(?im)^connection: close", headers), headers
+    envelope(body, code)
+
+
+async def test_a_client_expecting_100_continue_is_asked_for_a_body_within_the_limit(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+) -> None:
+    client = await aiohttp_client(create_app(make_settings(max_body_bytes=1024)))
+    host, port = client.server.host, client.server.port
+    body = b'{"stages": ["NEW"]}'
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(_put_head(host, len(body), f"Authorization: {ADMIN['Authorization']}", "Expect: 100-continue"))
+        go_on = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(body)
+        status_line, _, created = await _head_and_json(reader)
+    finally:
+        writer.close()
+    assert go_on == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert status_line == "HTTP/1.1 200 OK"
+    assert created["stages"] == ["NEW"]
 
 
 async def test_unauthenticated_large_body_is_401(
