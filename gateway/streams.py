@@ -207,7 +207,8 @@ return removed
 # Consumers of other processes may find the same hopeless entry at once; claiming it for
 # consumer ARGV[2] idle ARGV[3] ms or more lets only one of them take it, so it is
 # dead-lettered once. When the stream's owner is to hear of it (ARGV[5] = '1'), its dead
-# letter's id goes into KEYS[4] in the same step, until the owner has heard. Returns each
+# letter's id goes into KEYS[4] in the same step, until the owner has heard; no more ids
+# are kept there than letters (older letters are trimmed away anyway). Returns each
 # dead-lettered entry's id, dead letter id, error and fields, in turn.
 _DEAD_LETTER = """
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 6))
@@ -230,7 +231,10 @@ for _, entry in ipairs(claimed) do
   table.insert(letter, '_error')
   table.insert(letter, why)
   local dead = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(letter))
-  if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], now, dead) end
+  if ARGV[5] == '1' then
+    redis.call('ZADD', KEYS[4], now, dead)
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[4]) - 1)
+  end
   table.insert(ids, id)
   table.insert(out, id)
   table.insert(out, dead)
@@ -274,6 +278,27 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumbe
 end
 return out
 """
+
+
+# The first ARGV[1] of the dead letter ids ARGV[2..] were told to the stream's owner: out of
+# the untold set (KEYS[1]). The owner failed to hear of the rest: they go to the back of the
+# line, so one it keeps failing to hear of does not hold up the others.
+_TOLD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local told = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  if i <= told + 1 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  else
+    redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
+  end
+end
+return 0
+"""
+
+# At most this many entries given up on earlier are told in one claim check.
+_RECALL_AT_ONCE = 100
 
 
 # The lease of a partition (KEYS[1]) for consumer ARGV[1], by mode ARGV[3]: 'take' it unless
@@ -464,6 +489,7 @@ class Claims:
         self._prune = redis.register_script(_PRUNE)
         self._bury = redis.register_script(_DEAD_LETTER)
         self._recall = redis.register_script(_UNTOLD)
+        self._settle_told = redis.register_script(_TOLD)
 
     def due(self) -> bool:
         return self.backlog or self._adopt or time.monotonic() >= self._next
@@ -539,7 +565,7 @@ class Claims:
         their burier died first, or the owner failed to hear."""
         if self._on_dead is None:
             return []
-        args = [self._config.claim_idle_ms, self._config.batch]
+        args = [self._config.claim_idle_ms, _RECALL_AT_ONCE]
         found = await self._recall(keys=[self._untold, self._dead], args=args)
         untold = [
             _GivenUp(letter, dict(zip(fields[::2], fields[1::2], strict=True)), str(error))
@@ -555,19 +581,19 @@ class Claims:
         again later, as is one whose telling this process does not live to finish."""
         if self._on_dead is None or not given_up:
             return
-        told = []
+        told, failed = [], []
         for letter, fields, error in given_up:
             try:
                 await self._on_dead(fields, error)
             except Exception:
                 log.exception("stream=%s: the owner failed to hear of an entry given up: %s", self._label, fields)
+                failed.append(letter)
             else:
                 told.append(letter)
-        if told:
-            try:
-                await self._redis.zrem(self._untold, *told)
-            except RedisError as exc:  # they are told again: the owner's hearing is idempotent
-                log.warning("stream=%s: could not mark %d entries given up on as told: %s", self._label, len(told), exc)
+        try:
+            await self._settle_told(keys=[self._untold], args=[len(told), *told, *failed])
+        except RedisError as exc:  # they are told again: the owner's hearing is idempotent
+            log.warning("stream=%s: could not mark %d entries given up on as told: %s", self._label, len(told), exc)
 
 
 # Restart delays after consecutive failures: quick for a blip, at most this for an outage.
