@@ -197,5 +197,8 @@ async def continue_unless_too_large(request: web.Request) -> None:
 
 def add_endpoints(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
     for endpoint in endpoints:
-        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint), expect_handler=continue_unless_too_large)
+        # Only a body read by read_body is refused by its declared length before any of it
+        # comes; a webhook's handler reads what it is sent, so it is asked for as usual.
+        expect = continue_unless_too_large if endpoint.body is not None else None
+        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint), expect_handler=expect)
     app.setdefault(ENDPOINTS, []).extend(endpoints)
