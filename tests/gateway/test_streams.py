@@ -22,7 +22,7 @@ from gateway.keys import Keys
 from gateway.store.connection import connect
 from gateway.store.dead_letters import DeadLetter, DeadLetters
 from gateway.store.inbox import EVENTS_STREAM
-from gateway.streams import Claims, Entry, IdleWatch, Processor, StreamConfig, StreamConsumer, one_by_one
+from gateway.streams import Claims, Entry, GaveUp, IdleWatch, Processor, StreamConfig, StreamConsumer, one_by_one
 from tests.conftest import ADMIN, API, ClientFactory
 from tests.support import eventually
 
@@ -112,14 +112,10 @@ async def test_the_owner_of_the_stream_hears_of_each_entry_given_up(redis: Redis
 
     async def gave_up(fields: Mapping[str, str], why: str) -> None:
         heard.append((fields, why))
-        if fields["n"] == "8":
+        if fields["n"] == "1":
             raise RuntimeError("the owner's own failure")  # told of the next one all the same
 
-    claims = Claims(redis, keys, CONFIG, lambda outcome: None, on_dead=gave_up)
-    consumer = StreamConsumer(redis, keys, CONFIG, "A", one_by_one(Recorder(fail=True)), claims=[claims])
-    await consumer.ensure_group()
-    await redis.xadd(keys.stream("t"), {"n": "8", "job": "job_1"})
-    await redis.xadd(keys.stream("t"), {"n": "9", "job": "job_2"})
+    consumer = await two_jobs_failing(redis, keys, gave_up)
     async with running(consumer):
         await eventually(lambda: drained(redis, keys.stream("t"), "t"))
         await eventually(lambda: untold(redis, keys, 1))
@@ -132,8 +128,8 @@ async def test_the_owner_of_the_stream_hears_of_each_entry_given_up(redis: Redis
 
         await eventually(told_again)
     told = sorted({(told[0]["n"], told[0]["job"], told[1]) for told in heard})
-    assert told == [("8", "job_1", "RuntimeError: boom 8"), ("9", "job_2", "RuntimeError: boom 9")]
-    assert [fields["n"] for fields, _ in heard].count("9") == 1
+    assert told == [("1", "job_1", "RuntimeError: boom 1"), ("2", "job_2", "RuntimeError: boom 2")]
+    assert [fields["n"] for fields, _ in heard].count("2") == 1
     assert await redis.xlen(keys.dead("t")) == 2
 
 
@@ -149,11 +145,7 @@ async def test_an_entry_given_up_by_a_process_that_died_before_telling_is_told_b
         telling.set()
         await asyncio.Event().wait()  # until the process is killed
 
-    dying = Claims(redis, keys, CONFIG, lambda outcome: None, on_dead=dies_while_told)
-    a = StreamConsumer(redis, keys, CONFIG, "A", one_by_one(Recorder(fail=True)), claims=[dying])
-    await a.ensure_group()
-    await redis.xadd(keys.stream("t"), {"n": "1", "job": "job_1"})
-    await redis.xadd(keys.stream("t"), {"n": "2", "job": "job_2"})
+    a = await two_jobs_failing(redis, keys, dies_while_told)
     async with running(a):
         await eventually(lambda: drained(redis, keys.stream("t"), "t"))
         await asyncio.wait_for(telling.wait(), 10)
@@ -175,6 +167,17 @@ async def test_an_entry_given_up_by_a_process_that_died_before_telling_is_told_b
         await eventually(lambda: drained(redis, keys.stream("t"), "t"))
     assert heard == [({"n": "2", "job": "job_2"}, "RuntimeError: boom 2")]
     assert [dict(entry.fields) for entry in runs.calls] == [{"n": "1", "job": "job_1"}]
+
+
+async def two_jobs_failing(redis: Redis, keys: Keys, owner: GaveUp) -> StreamConsumer:
+    """A consumer whose every run fails, the stream's owner told by ``owner``, and two jobs'
+    entries (``n`` 1 and 2) on its stream."""
+    claims = Claims(redis, keys, CONFIG, lambda outcome: None, on_dead=owner)
+    consumer = StreamConsumer(redis, keys, CONFIG, "A", one_by_one(Recorder(fail=True)), claims=[claims])
+    await consumer.ensure_group()
+    for n in ("1", "2"):
+        await redis.xadd(keys.stream("t"), {"n": n, "job": f"job_{n}"})
+    return consumer
 
 
 async def untold(redis: Redis, keys: Keys, count: int) -> bool:
