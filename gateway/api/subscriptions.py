@@ -71,7 +71,10 @@ async def delete_subscription(request: web.Request) -> web.Response:
 
 async def list_subscription_dead_letters(request: web.Request) -> web.Response:
     sub = await _subscription(request)
-    return web.json_response({"dead_letters": await request.app[STORE].outbox.dead_letters(sub.id)})
+    letters = await request.app[STORE].outbox.dead_letters(sub.id)
+    return web.json_response(
+        {"dead_letters": [{**letter, "dead_at": now_iso(letter["dead_at"])} for letter in letters]}
+    )
 
 
 async def replay_dead_letters(request: web.Request, body: ReplayBody | None) -> web.Response:

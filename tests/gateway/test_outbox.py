@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -239,6 +240,7 @@ async def test_an_event_given_up_is_listed_and_replayed(
     letter = (await dead())[0]
     assert letter["type"] == "item.stage_changed" and letter["item_id"] == "D1"
     assert letter["attempts"] >= 1 and "HTTP 503" in letter["error"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", letter["dead_at"]), letter  # ISO-8601, UTC
     assert (await (await gw.get(f"/v1/subscriptions/{sub}", headers=ADMIN)).json())["dead"] == 1
     failed_id = crm.seen[0].event["id"]
     assert letter["event_id"] == failed_id
