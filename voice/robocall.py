@@ -100,7 +100,9 @@ class Robocall(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Robocall:
         if (self.say is None) == (self.play is None):
-            raise ValueError("give exactly one of say or play")
+            # Worded to start with a field, so the error names one (API.md: a rule between
+            # fields names the one it faults).
+            raise ValueError("say or play: give exactly one of them")
         if self.test and self.to is None:
             raise ValueError("to is required for a test call (the number to call instead of the customer)")
         if self.to is not None and not self.test:

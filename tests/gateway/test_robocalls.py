@@ -246,7 +246,8 @@ async def test_requests_that_cannot_run_are_422_and_store_nothing(robo: Client, 
     cases = [
         (robocall(url, item_id="nope"), "item_id"),
         (robocall(url, line="+34910000099"), "line"),
-        ({"item_id": "D1", "line": LINE}, None),
+        ({"item_id": "D1", "line": LINE}, "say"),
+        ({**robocall(url), "say": {"text": "Hola"}}, "say"),
         ({"item_id": "D1", "line": LINE, "say": {"text": "Hola {{nombre}}"}}, "say.text"),
     ]
     for body, field in cases:
