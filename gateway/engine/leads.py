@@ -6,7 +6,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
-from config.cards import Card, Party, Phone
+from config.cards import Card, FieldValue, Party, Phone
 from config.lines import Line
 from config.vocabulary import LEAD_KINDS
 from gateway.store import Store
@@ -42,13 +42,12 @@ class Leads:
 
     async def _create(self, line: Line, event: Event) -> Item:
         assert line.lead is not None
-        contact = Party(name=event.extra.get("name", ""), phones=[Phone(value=event.customer)])
-        card = Card(
-            pipeline=line.lead.pipeline,
-            stage=line.lead.stage,
-            fields={"phone": event.customer, "source": event.kind.value, "line": event.line},
-            contacts=[contact],
-        )
+        name = event.extra.get("name", "")
+        contact = Party(name=name, phones=[Phone(value=event.customer)])
+        fields: dict[str, FieldValue] = {"phone": event.customer, "source": event.kind.value, "line": event.line}
+        if name:
+            fields["name"] = name  # templates ({{name}}) take fields, not contacts
+        card = Card(pipeline=line.lead.pipeline, stage=line.lead.stage, fields=fields, contacts=[contact])
         item = await self._store.items.create_if_absent(lead_id(event.customer), card, {"source": event.kind.value})
         log.info("lead item=%s customer=%s line=%s", item.id, event.customer, event.line)
         return item

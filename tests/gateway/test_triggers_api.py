@@ -188,6 +188,8 @@ async def test_callback_request_fires_trigger_and_creates_lead(client: Client) -
 
     await eventually(lead)
     found = await client.get("/v1/items", params={"phone": "+34600555444"}, headers=API)
+    # The name is a field too, so stage rules' templates can say it ({{name}}).
+    assert (await found.json())["items"][0]["fields"]["name"] == "Luis"
     (moved_lead,) = await _moves(client, (await found.json())["items"][0]["id"])
     assert moved_lead["act_as"] is None  # no act_as on the trigger, nobody responsible for a lead
     bad = await client.post("/v1/callback-requests", json={"phone": "12", "line": LINE}, headers=API)
