@@ -22,9 +22,9 @@ from gateway.store.items import now_iso
 
 
 class ReplayBody(Strict):
-    """Which dead letters to deliver again (all of them when the body is empty)."""
+    """Which dead letters to deliver again (all of them when the body is empty or names none)."""
 
-    event_ids: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1000)]
+    event_ids: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1000)] | None = None
 
 
 async def _view(request: web.Request, sub: Subscription) -> dict[str, Any]:

@@ -215,8 +215,9 @@ async def test_a_hung_endpoint_does_not_hold_up_another(gw: Client, serve: Any) 
     assert {seen.event["data"]["item_id"] for seen in healthy.seen} == {f"D{i}" for i in range(1, 7)}
 
 
+@pytest.mark.parametrize("replay", [None, {}], ids=["empty body", "empty object"])
 async def test_an_event_given_up_is_listed_and_replayed(
-    serve: Any, aiohttp_client: ClientFactory, outbox_settings: Settings
+    serve: Any, aiohttp_client: ClientFactory, outbox_settings: Settings, replay: dict[str, Any] | None
 ) -> None:
     from dataclasses import replace
 
@@ -246,7 +247,7 @@ async def test_an_event_given_up_is_listed_and_replayed(
     assert letter["event_id"] == failed_id
 
     crm.down = False
-    resp = await gw.post(f"/v1/subscriptions/{sub}/replay", headers=ADMIN)
+    resp = await gw.post(f"/v1/subscriptions/{sub}/replay", json=replay, headers=ADMIN)  # all of them
     assert resp.status == 202 and (await resp.json()) == {"replayed": 1}
     attempts = len(crm.seen)
     await until(lambda: len(crm.seen) == attempts + 1)
