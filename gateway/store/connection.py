@@ -25,6 +25,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -40,8 +41,9 @@ T = TypeVar("T")
 # redis-py wraps socket errors in these; a bare OSError is someone else's (a client that
 # hung up mid-body), not Redis's. A cluster that lost a master answers CLUSTERDOWN from
 # every node until a replica takes over (MASTERDOWN from a replica cut off from its master):
-# an outage as well, not a fault of the request.
-UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
+# an outage as well, not a fault of the request. So is a Redis that became a replica (a
+# failover demoted it, or REPLICAOF): it refuses every write until it is a master again.
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, ClusterDownError, ReadOnlyError)
 
 # A client as the stores hold it: redis-py types replies as unions over both decode modes,
 # and every client here decodes responses to str, so its replies are read untyped.

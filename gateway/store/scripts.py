@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
 from gateway.store.nodes import pipelined, raise_first
 
@@ -146,8 +146,18 @@ class Looped:
         replies: list[Any] = [None] * len(calls)
         for chunk, reply in zip(chunks, await run_many(self._redis, self._script, commands), strict=True):
             for place, i in enumerate(chunk):
-                replies[i] = reply if isinstance(reply, Exception) else reply[place]
+                replies[i] = reply if isinstance(reply, Exception) else _as_raised(reply[place])
         return replies
+
+
+def _as_raised(reply: Any) -> Any:
+    """A call's reply; its error as a bare command would have raised it. A call's error comes
+    back from ``pcall`` as a plain ResponseError whose text carries Redis's own error
+    ("@user_script: 20: -READONLY ..."), which redis-py reads as its class only at the start
+    of a reply: a replica's refusal is an outage (READONLY), not a defect."""
+    if isinstance(reply, ResponseError) and not isinstance(reply, ReadOnlyError) and "-READONLY " in str(reply):
+        return ReadOnlyError(str(reply))
+    return reply
 
 
 class Batched:

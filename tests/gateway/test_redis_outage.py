@@ -22,7 +22,7 @@ from gateway.keys import Keys
 from gateway.store.backlog import Backlogs
 from gateway.store.embedded import EmbeddedRedis
 from gateway.store.inbox import EVENTS_STREAM
-from tests.conftest import Client, ClientFactory
+from tests.conftest import ADMIN, Client, ClientFactory
 from tests.support import (
     CUSTOMER,
     add_item,
@@ -193,20 +193,25 @@ async def test_out_of_memory_at_start_delays_the_consumers_not_the_events(
     await eventually(all_live)
 
 
-async def test_a_read_only_spell_stops_the_consumers_until_it_ends(
+async def test_a_read_only_spell_is_an_outage_until_it_ends(
     private_redis: EmbeddedRedis, private_client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A failover demotes the Redis to a replica: reads of the group fail READONLY."""
+    """A failover demotes the Redis to a replica, which refuses every write: webhooks and the
+    API answer 503 (not a 500 with a traceback each), the consumers wait, and the process
+    says so once."""
+    caplog.set_level(logging.INFO, logger="gateway")
     client = private_client
     await watch_missed_calls(client)
     async with redis_on(private_redis) as probe:
         # A master that never answers: the data stays, every write is refused.
         await probe.replicaof("127.0.0.1", free_port())
-
-        async def said_why() -> bool:
-            return any("ReadOnlyError" in r.getMessage() for r in caplog.records if r.name == "gateway.streams")
-
-        await eventually(said_why)
+        for _ in range(3):
+            resp = await twilio_post(client, STATUS_PATH, missed_call())
+            assert resp.status == 503, await resp.text()
+            assert (await resp.json())["error"]["code"] == "unavailable"
+            assert resp.headers["Retry-After"] == "1"
+            resp = await client.put("/v1/pipelines/other", json={"stages": ["NEW"]}, headers=ADMIN)
+            assert resp.status == 503, await resp.text()
 
         async def not_ready() -> bool:
             return (await client.get("/readyz")).status == 503
@@ -221,6 +226,10 @@ async def test_a_read_only_spell_stops_the_consumers_until_it_ends(
         return await stage_of(client) == "CALL_BACK"
 
     await eventually(moved)
+    outage = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "gateway.redis"]
+    assert [level for level, _ in outage] == ["WARNING", "INFO"], outage
+    assert "read only replica" in outage[0][1]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
 
 
 async def test_the_supervisor_restarts_a_worker_task_that_ended(
