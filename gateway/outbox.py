@@ -177,7 +177,7 @@ class Deliverer:
             except Exception as exc:
                 failures += 1
                 if isinstance(exc, UNAVAILABLE):
-                    log.warning("outbox subscription=%s: redis unavailable: %s", sub_id, exc)
+                    self._metrics.health.lost(exc)  # one WARNING per outage, for the whole process
                 else:
                     log.exception("outbox subscription=%s stopped by an unexpected error; restarting", sub_id)
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures) * random.uniform(0.8, 1.2))

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -24,6 +27,11 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from gateway.app import create_app
 from gateway.keys import OUTBOX_STREAM, Keys
+from gateway.metrics import Metrics
+from gateway.outbox import Deliverer
+from gateway.store import Store
+from gateway.store.connection import connect
+from gateway.store.records import Snapshots
 from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.support import eventually, metric
 
@@ -329,3 +337,33 @@ async def test_unusable_subscriptions_are_422(client: Client, body: dict[str, An
 async def test_subscriptions_need_the_admin_token(client: Client) -> None:
     body = {"url": "https://crm.example.com/x", "secret": SECRET, "events": ["job.updated"]}
     assert (await client.post("/v1/subscriptions", json=body, headers=API)).status == 403
+
+
+async def test_an_outage_is_told_once_for_the_process_however_often_a_delivery_loop_meets_it(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription's delivery loop retries through an outage; the WARNING is the process's
+    one for the outage (gateway.redis), not one per retry and subscription."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nowhere = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens there
+    deliverer = Deliverer(Store.open(connect(nowhere), settings, Snapshots()), settings, Metrics())
+    deliverer._wakes["sub_1"] = asyncio.Event()  # as run() does for a subscription it serves
+    tries = 0
+    deliver = deliverer._deliver
+
+    async def counted(sub_id: str, session: aiohttp.ClientSession) -> None:
+        nonlocal tries
+        tries += 1
+        await deliver(sub_id, session)
+
+    deliverer._deliver = counted  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as session:
+        loop = asyncio.create_task(deliverer._serve("sub_1", session))
+        try:
+            await until(lambda: tries >= 3)
+        finally:
+            loop.cancel()
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [name for name, _ in warnings] == ["gateway.redis"], warnings
+    assert warnings[0][1].startswith("redis unavailable")
