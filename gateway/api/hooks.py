@@ -19,7 +19,7 @@ from config.lines import Line, Provider, ProviderKind
 from config.phones import normalize
 from config.vocabulary import EventKind
 from gateway.api import params
-from gateway.api.routing import Endpoint, Param
+from gateway.api.routing import Endpoint, Param, refuse_declared_too_large
 from gateway.appkeys import SETTINGS, STORE
 from gateway.errors import UNDECODABLE, ApiError
 from gateway.ingest import Refused, accept, accept_all, refuse
@@ -63,12 +63,14 @@ _DIAL = re.compile(r"[0-9]{1,9}")
 
 
 def _visible_refusals(kind: ProviderKind) -> Callable[[Hook], Hook]:
-    """Every 4xx a webhook handler raises is logged, counted and put in the feed."""
+    """Every 4xx a webhook handler raises is logged, counted and put in the feed; a body
+    declared too large is one, before any of it is read."""
 
     def wrap(handler: Hook) -> Hook:
         @functools.wraps(handler)
         async def handle(request: web.Request) -> web.Response:
             try:
+                refuse_declared_too_large(request)
                 return await handler(request)
             except Refused as exc:
                 await refuse(request, exc, kind.value)

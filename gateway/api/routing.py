@@ -127,13 +127,17 @@ def _field_of(error: ErrorDetails, raw: bytes) -> str:
     return ".".join(parts)
 
 
-async def read_body(request: web.Request, schema: Any) -> Any:
-    """Parse and validate the JSON body: 400 when it is not JSON, 422 naming the first bad field."""
+def refuse_declared_too_large(request: web.Request) -> None:
+    """413 for a body whose Content-Length is over the limit, before any of it is read: the
+    client gets its answer now, not after sending it all (or never, if it waits for one)."""
     declared, limit = request.content_length, request.client_max_size
     if declared is not None and declared > limit:
-        # Refused before any of it is read: the client gets its answer now, not after
-        # sending it all (or never, if it waits for one first).
         raise ApiError(413, "body_too_large", f"the body is {declared} bytes; at most {limit} are accepted")
+
+
+async def read_body(request: web.Request, schema: Any) -> Any:
+    """Parse and validate the JSON body: 400 when it is not JSON, 422 naming the first bad field."""
+    refuse_declared_too_large(request)
     try:
         raw = await request.read()
     except web.RequestPayloadError:
@@ -196,9 +200,8 @@ async def continue_unless_too_large(request: web.Request) -> None:
 
 
 def add_endpoints(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
+    # Every handler that reads a body refuses one declared too large first (read_body, the
+    # webhooks' refusal layer), so none is asked for.
     for endpoint in endpoints:
-        # Only a body read by read_body is refused by its declared length before any of it
-        # comes; a webhook's handler reads what it is sent, so it is asked for as usual.
-        expect = continue_unless_too_large if endpoint.body is not None else None
-        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint), expect_handler=expect)
+        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint), expect_handler=continue_unless_too_large)
     app.setdefault(ENDPOINTS, []).extend(endpoints)

@@ -83,20 +83,23 @@ async def _head_and_json(reader: asyncio.StreamReader) -> tuple[str, str, Any]:
     return status_line, headers, json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
 
 
-def _put_head(host: str, length: int, *extra: str) -> bytes:
-    lines = ["PUT /v1/pipelines/big HTTP/1.1", f"Host: {host}", "Content-Type: application/json", *extra]
+def _put_head(host: str, length: int, *extra: str, request: str = "PUT /v1/pipelines/big") -> bytes:
+    lines = [f"{request} HTTP/1.1", f"Host: {host}", "Content-Type: application/json", *extra]
     return ("\r\n".join([*lines, f"Content-Length: {length}"]) + "\r\n\r\n").encode()
 
 
+@pytest.mark.parametrize("request_line", ["PUT /v1/pipelines/big", "POST /webhooks/twilio/sms"])
 async def test_413_at_once_for_a_body_declared_too_large(
-    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], request_line: str
 ) -> None:
-    """A client declaring a body over the limit has its answer before sending any of it."""
+    """A client declaring a body over the limit has its answer before sending any of it, a
+    provider's webhook as well as an API call."""
     client = await aiohttp_client(create_app(make_settings(max_body_bytes=1024)))
     host, port = client.server.host, client.server.port
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(_put_head(host, 99999999999, f"Authorization: {ADMIN['Authorization']}") + b"{}")
+        head = _put_head(host, 99999999999, f"Authorization: {ADMIN['Authorization']}", request=request_line)
+        writer.write(head + b"{}")
         status_line, headers, body = await _head_and_json(reader)
     finally:
         writer.close()
@@ -107,15 +110,17 @@ async def test_413_at_once_for_a_body_declared_too_large(
 
 
 @pytest.mark.parametrize(
-    ("authorization", "status_line", "code"),
+    ("request_line", "authorization", "status_line", "code"),
     [
-        (ADMIN["Authorization"], "HTTP/1.1 413 Request Entity Too Large", "body_too_large"),
-        ("Bearer wrong", "HTTP/1.1 401 Unauthorized", "unauthorized"),
+        ("PUT /v1/pipelines/big", ADMIN["Authorization"], "HTTP/1.1 413 Request Entity Too Large", "body_too_large"),
+        ("PUT /v1/pipelines/big", "Bearer wrong", "HTTP/1.1 401 Unauthorized", "unauthorized"),
+        ("POST /webhooks/voximplant/vox", "", "HTTP/1.1 413 Request Entity Too Large", "body_too_large"),
     ],
 )
 async def test_a_client_expecting_100_continue_is_not_asked_for_a_body_declared_too_large(
     aiohttp_client: ClientFactory,
     make_settings: Callable[..., Settings],
+    request_line: str,
     authorization: str,
     status_line: str,
     code: str,
@@ -126,7 +131,8 @@ async def test_a_client_expecting_100_continue_is_not_asked_for_a_body_declared_
     host, port = client.server.host, client.server.port
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(_put_head(host, 4096, f"Authorization: {authorization}", "Expect: 100-continue"))
+        head = _put_head(host, 4096, f"Authorization: {authorization}", "Expect: 100-continue", request=request_line)
+        writer.write(head)
         first, headers, body = await _head_and_json(reader)
     finally:
         writer.close()
