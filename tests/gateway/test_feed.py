@@ -188,7 +188,10 @@ async def test_entries_without_a_customer_keep_their_order(client: Client, line:
     for index in range(60):
         await feed.record("webhook.refused", provider="tw", line=line, details={"ref": ref, "reason": str(index)})
     page = await _events(client, kind="webhook.refused", limit="100")
-    assert [e["reason"] for e in page["events"]] == [str(index) for index in reversed(range(60))]
+    # An entry may be there twice: the feed is written at least once (redis-py sends an XADD
+    # again after a read timed out), which a busy machine caused once. The order is the point.
+    reasons = list(dict.fromkeys(e["reason"] for e in page["events"]))
+    assert reasons == [str(index) for index in reversed(range(60))]
 
 
 @pytest.mark.parametrize(("partitions", "kept"), [(1, ["4", "3", "2"]), (2, ["4", "3"])])
