@@ -38,7 +38,7 @@ async def readyz(request: web.Request) -> web.Response:
         await request.app[STORE].ping()
     except UNAVAILABLE as exc:
         health.lost(exc)
-        return _unavailable("redis is not answering")
+        return _unavailable(f"redis is not available: {exc}")
     health.back()
     # Events stored but never processed are worse than a 503: take this process out of rotation.
     workers = request.app.get(WORKERS)

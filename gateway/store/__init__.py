@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import ClusterDownError
+from redis.exceptions import ClusterDownError, ReadOnlyError
 
 from config.lines import Line, Pipeline, Provider
 from config.settings import Settings
@@ -109,9 +109,11 @@ class Store:
         await self.transactions.aclose()
 
     async def ping(self) -> None:
-        """Raise one of ``connection.UNAVAILABLE`` unless Redis answers; on a cluster, unless
-        it is up too (its nodes answer PING while every keyed command meets CLUSTERDOWN)."""
+        """Raise one of ``connection.UNAVAILABLE`` unless Redis answers and takes writes: a
+        single Redis is a master (a replica answers PING but refuses every write); a cluster
+        is up (its nodes answer PING while every keyed command meets CLUSTERDOWN)."""
         if not isinstance(self.redis, RedisCluster):
-            await self.redis.ping()
+            if str((await self.redis.role())[0]) != "master":
+                raise ReadOnlyError("Redis is a replica: it refuses writes until it is a master again")
         elif str((await self.redis.cluster_info()).get("cluster_state")) != "ok":
             raise ClusterDownError("The cluster is down")
