@@ -792,7 +792,7 @@ class StreamConsumer:
             if isinstance(exc, UNAVAILABLE):
                 log.warning("%s redis unavailable: %s; restarting in %.1f s", where, exc, delay)
             elif isinstance(exc, RedisError):
-                # OutOfMemoryError, ReadOnlyError, ...: the class says more than the message.
+                # OutOfMemoryError, ...: the class says more than the message.
                 log.warning("%s stopped by redis: %s: %s; restarting in %.1f s", where, type(exc).__name__, exc, delay)
             else:
                 log.exception("%s stopped by an unexpected error; restarting in %.1f s", where, delay)

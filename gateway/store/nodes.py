@@ -21,7 +21,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import AskError, ClusterDownError, MaxConnectionsError, MovedError, TryAgainError
+from redis.exceptions import AskError, ClusterDownError, MaxConnectionsError, MovedError, ReadOnlyError, TryAgainError
 from redis.typing import EncodableT
 
 from gateway.store.connection import UNAVAILABLE
@@ -33,9 +33,10 @@ Routed = tuple[str | None, Sequence[EncodableT]] | tuple[str | None, Sequence[En
 # What the cluster client knows how to send again: the slot moved (or is moving), or the
 # node did not answer. Not CLUSTERDOWN, after which it closes every connection it has
 # (the commands of others in flight on them), nor a node's pool found full: sent again one
-# by one, the commands would meet it full again.
+# by one, the commands would meet it full again; nor READONLY, which a resend meets again
+# (a replica of a cluster answers MOVED, so only a node demoted outside it says READONLY).
 _SEND_AGAIN = (MovedError, AskError, TryAgainError, *UNAVAILABLE)
-_NOT_AGAIN = (ClusterDownError, MaxConnectionsError)
+_NOT_AGAIN = (ClusterDownError, MaxConnectionsError, ReadOnlyError)
 # Slots whose commands are sent again at once through the cluster client: well under its
 # connections per node, with room for the other requests of the process.
 _AGAIN_AT_ONCE = 32

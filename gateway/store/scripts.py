@@ -151,10 +151,11 @@ class Looped:
 
 
 def _as_raised(reply: Any) -> Any:
-    """A call's reply; its error as a bare command would have raised it. A call's error comes
-    back from ``pcall`` as a plain ResponseError whose text carries Redis's own error
-    ("@user_script: 20: -READONLY ..."), which redis-py reads as its class only at the start
-    of a reply: a replica's refusal is an outage (READONLY), not a defect."""
+    """A call's reply; its error as a bare command would have raised it. Redis 6.2 hands a
+    call's error from ``pcall`` back as text that carries Redis's own error ("@user_script:
+    20: -READONLY ..."), which redis-py reads as a plain ResponseError (7.x keeps the error's
+    own code first, which redis-py reads as its class): a replica's refusal is an outage
+    (READONLY), not a defect."""
     if isinstance(reply, ResponseError) and not isinstance(reply, ReadOnlyError) and "-READONLY " in str(reply):
         return ReadOnlyError(str(reply))
     return reply
