@@ -107,6 +107,10 @@ async def test_413_at_once_for_a_body_declared_too_large(
     assert re.search(r"(?im)^connection: close", headers), headers
     envelope(body, "body_too_large")
     assert "99999999999 bytes" in body["error"]["message"]
+    feed = await client.get("/v1/events", params={"kind": "webhook.refused"}, headers=ADMIN)
+    refused = [(e["reason"], e["path"]) for e in (await feed.json())["events"]]
+    webhook = request_line.startswith("POST /webhooks")
+    assert refused == ([("body_too_large", request_line.split()[1])] if webhook else [])  # a provider's only
 
 
 @pytest.mark.parametrize(
