@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from config.hours import NeverOpen, next_open
 from config.jobs import FINAL, IN_CALL, REACHED, JobKind, JobStatus, backoff
+from config.lines import Line
 from config.recipients import NoRecipient, PhoneChoice, select_phone
 from config.settings import Settings
 from config.usage import Usage, call_usage
@@ -157,6 +158,11 @@ class JobRunner:
             reason = f"provider {job['provider']} is no longer configured"
             await self._change(job, JobStatus.FAILED, expect=_PLACING, reason=reason)
             return
+        # Its hours and caps are the line's: a job whose line is gone is not sent without them.
+        if await self._line(job) is None:
+            reason = f"line {job['line']} is no longer configured"
+            await self._change(job, JobStatus.FAILED, expect=_PLACING, reason=reason)
+            return
         # A try made before (a crash, a timeout) may have reached the provider.
         reconcile = bool(job["placing_at"])
         if job.status is JobStatus.QUEUED:
@@ -197,7 +203,7 @@ class JobRunner:
         except NoRecipient as exc:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=str(exc))
             return None
-        refusal = await self._refusal(job, to)
+        refusal = await self._consents.refusal(to)
         if refusal is not None:
             await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=refusal, to=to)
             return None
@@ -206,8 +212,15 @@ class JobRunner:
             if rendered is None:
                 return None
             job = rendered
+        if not await self._in_hours(job, to):
+            return None
+        # Counted once it may go now, so a job waiting out quiet hours counts on the day it goes.
+        over = await self._over_cap(job, to)
+        if over is not None:
+            await self._change(job, JobStatus.SKIPPED, expect=(JobStatus.QUEUED,), reason=over, to=to)
+            return None
         # A job tried before takes its slot only if the provider has no call for it (_dispatch).
-        if not await self._in_hours(job, to) or (not job["placing_at"] and not await self._slot(job)):
+        if not job["placing_at"] and not await self._slot(job):
             return None
         since = job["placing_at"] or repr(self._clock())
         began = await self._change(
@@ -219,7 +232,7 @@ class JobRunner:
         """Whether the line's hours let us reach ``to`` now; if not, the job waits (due set)
         for the next window. Test calls are the admin's and automatic replies answer the
         customer's own message: both go at once."""
-        line = await self._store.lines.get(job["line"])
+        line = await self._line(job)
         if job["test"] == "1" or job["reply"] or line is None or line.hours is None:
             return True
         now = datetime.fromtimestamp(self._clock(), UTC)
@@ -277,17 +290,22 @@ class JobRunner:
         )
         await self._dispatch(job, lambda: provider.find_sms(sms), lambda: provider.send_sms(sms), reconcile)
 
-    async def _refusal(self, job: Job, to: str) -> str | None:
-        """Why the job may not reach ``to``: an opt-out, or the line's per-customer cap of
-        the job's kind for the day (answers to the customer's own message are not capped)."""
-        refusal = await self._consents.refusal(to)
-        line = await self._store.lines.get(job["line"])
-        if refusal is not None or line is None or line.caps is None or job["reply"]:
-            return refusal
-        cap: int | None = getattr(line.caps, job["kind"])
-        if cap is None:
+    async def _line(self, job: Job) -> Line | None:
+        """The job's line, read afresh when this process's snapshot lacks it (a line just
+        made through another process)."""
+        lines = self._store.lines
+        return await lines.get(job["line"]) or (await lines.fresh()).get(job["line"])
+
+    async def _over_cap(self, job: Job, to: str) -> str | None:
+        """Why ``to`` may get no more jobs of this kind today: its line's per-customer cap.
+        Every job counts, on its line's day, whether its own line has a cap or not (caps
+        count across lines); answers to the customer's own message neither count nor are
+        capped."""
+        if job["reply"]:
             return None
-        zone = ZoneInfo(line.hours.tz) if line.hours is not None else UTC
+        line = await self._line(job)
+        cap: int | None = getattr(line.caps, job["kind"]) if line is not None and line.caps is not None else None
+        zone = ZoneInfo(line.hours.tz) if line is not None and line.hours is not None else UTC
         day = datetime.fromtimestamp(self._clock(), zone).date().isoformat()
         if await self._store.caps.take(to, job["kind"], day, job.id, cap):
             return None

@@ -8,10 +8,11 @@ from redis.asyncio import Redis
 
 from gateway.keys import Keys
 
-# A job counts once however often it is tried; a new one only while under the cap.
+# A job counts once however often it is tried; a new one only while under the cap (none
+# when ARGV[2] is empty: it counts towards other lines' caps).
 _TAKE = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if ARGV[2] ~= '' and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], 172800)
 return 1
@@ -23,6 +24,8 @@ class Caps:
         self._keys = keys
         self._take: Any = redis.register_script(_TAKE)
 
-    async def take(self, number: str, kind: str, day: str, job_id: str, cap: int) -> bool:
-        """Count ``job_id`` against the day's cap; False when the cap is already reached."""
-        return bool(await self._take(keys=[self._keys.cap(number, kind, day)], args=[job_id, cap]))
+    async def take(self, number: str, kind: str, day: str, job_id: str, cap: int | None) -> bool:
+        """Count ``job_id`` in the day's jobs of ``number``; False when ``cap`` (None: no
+        cap) is already reached."""
+        args = [job_id, "" if cap is None else cap]
+        return bool(await self._take(keys=[self._keys.cap(number, kind, day)], args=args))

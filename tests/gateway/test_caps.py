@@ -33,3 +33,15 @@ async def test_the_third_sms_of_the_day_is_skipped_but_a_reply_is_not(client: Cl
 
     await eventually(replied)
     await final(client, replies[0]["id"], "delivered")
+
+
+async def test_jobs_from_a_line_without_caps_count_against_another_lines_cap(client: Client) -> None:
+    """README: caps are counted across every line and rule."""
+    await setup(client)
+    other = "+34910000002"
+    capped = {"provider": "sb", "caps": {"sms": 1}}
+    assert (await client.put(f"/v1/lines/{other}", json=capped, headers=ADMIN)).status == 200
+
+    await final(client, (await send(client, {"text": "oferta"}))[1]["id"], "delivered")  # LINE: no caps
+    skipped = await final(client, (await send(client, {"text": "oferta", "line": other}))[1]["id"], "skipped")
+    assert skipped["reason"].startswith(f"{CUSTOMER} already got 1 sms job(s) on ")

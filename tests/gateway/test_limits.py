@@ -9,6 +9,7 @@ import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,9 +19,10 @@ from redis.asyncio import Redis
 from config.hours import next_open
 from config.lines import DAYS, Hours
 from config.settings import Settings
+from gateway.app import create_app
 from gateway.keys import Keys
 from gateway.store.limits import Limits
-from tests.conftest import ADMIN, API, Client
+from tests.conftest import ADMIN, API, Client, ClientFactory
 from tests.gateway.test_robocalls import (
     CUSTOMER,
     LINE,
@@ -153,6 +155,36 @@ def closed_hours() -> Hours:
     """Open one hour, two days from now: closed at this moment in every time zone."""
     day = DAYS[(datetime.now(UTC).weekday() + 2) % 7]
     return Hours.model_validate({"tz": "Europe/Madrid", day: ["09:00", "10:00"]})
+
+
+async def test_a_job_whose_line_is_gone_fails_instead_of_going_without_its_hours(robo: Client, mp3: str) -> None:
+    hours = closed_hours()
+    resp = await robo.put(f"/v1/lines/{LINE}", json={"provider": "sb", "hours": hours.model_dump()}, headers=ADMIN)
+    assert resp.status == 200
+    _, accepted = await post(robo, robocall(mp3, delay_seconds=2))
+    assert (await robo.delete(f"/v1/lines/{LINE}", headers=ADMIN)).status == 204
+    failed = await final(robo, accepted["id"], "failed")
+    assert failed["reason"] == f"line {LINE} is no longer configured"
+
+
+async def test_a_line_just_made_through_another_process_keeps_its_hours(
+    robo: Client, aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], mp3: str
+) -> None:
+    """The worker's snapshot of the lines may predate the line (another process made it
+    within SNAPSHOT_SECONDS): it reads them afresh rather than take the line for gone."""
+    api = await aiohttp_client(create_app(make_settings(media_allow_private=True), workers=False))
+    other = "+34910000002"
+    assert (await robo.get("/v1/lines", headers=ADMIN)).status == 200  # the worker's snapshot, without it
+    body = {"provider": "sb", "hours": closed_hours().model_dump()}
+    assert (await api.put(f"/v1/lines/{other}", json=body, headers=ADMIN)).status == 200
+    _, accepted = await post(api, robocall(mp3, line=other))
+
+    async def deferred() -> bool:
+        return (await job(api, accepted["id"]))["reason"] is not None
+
+    await eventually(deferred)
+    waiting = await job(api, accepted["id"])
+    assert waiting["status"] == "queued" and waiting["reason"].startswith("quiet hours: waiting until ")
 
 
 async def test_quiet_hours_hold_the_job_until_the_customers_window(
