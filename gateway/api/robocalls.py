@@ -29,9 +29,13 @@ CACHE_FOREVER = "public, max-age=31536000, immutable"
 
 
 async def _media_for(store: Store, settings: Settings, url: str) -> str:
-    """The media key of ``url``'s MP3: fetched once (checked and validated), then cached."""
+    """The media key of ``url``'s MP3: fetched once (checked and validated), then cached.
+
+    Cached per address policy: a link fetched while private addresses were allowed is
+    fetched (and refused) again once they are not."""
     files = MediaFiles(settings.data_dir)
-    digest = hashlib.sha256(url.encode()).hexdigest()
+    policy = "any" if settings.media_allow_private else "public"
+    digest = hashlib.sha256(f"{policy} {url}".encode()).hexdigest()
     cached = await store.jobs.media_for_url(digest)
     if cached is not None and files.path(cached) is not None:
         return cached

@@ -241,6 +241,17 @@ async def test_private_and_non_http_links_are_422(client: Client, url: str) -> N
     assert error["error"]["field"] == "play.url"
 
 
+async def test_a_link_fetched_while_private_addresses_were_allowed_is_refused_once_they_are_not(
+    aiohttp_client: ClientFactory, make_settings: Callable[..., Settings], media: str
+) -> None:
+    allowed = await aiohttp_client(create_app(make_settings(media_allow_private=True), workers=False))
+    await setup(allowed)
+    assert (await post(allowed, robocall(f"{media}/ok.mp3")))[0] == 202
+    refused = await aiohttp_client(create_app(make_settings(), workers=False))  # the same Redis, data
+    status, error = await post(refused, robocall(f"{media}/ok.mp3"))
+    assert (status, error["error"]["field"]) == (422, "play.url"), error
+
+
 async def test_requests_that_cannot_run_are_422_and_store_nothing(robo: Client, media: str) -> None:
     url = f"{media}/ok.mp3"
     cases = [
