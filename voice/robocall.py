@@ -27,7 +27,8 @@ class Say(Strict):
     # None: the line's tts_engine, else piper when it has a voice for the language, else
     # espeak-ng (voice.render). "provider": the provider speaks the text (voice.spoken).
     engine: TtsEngine | None = None
-    language: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en"
+    # A BCP 47 tag, or the en_US form piper's voices are named in (the engines read both).
+    language: Annotated[str, Field(pattern=r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")] = "en"
     voice: Annotated[str, Field(min_length=1, max_length=100)] | None = None
     speed: Annotated[float, Field(ge=SPEED_MIN, le=SPEED_MAX)] = 1.0
     # dB from the level every render is normalised to (voice.audio); above +6 would clip.

@@ -49,6 +49,13 @@ async def test_spanish_text_is_rendered_and_the_call_completes(talk: Client) -> 
     assert (await final(talk, again["id"], "completed"))["audio_url"] == done["audio_url"]
 
 
+async def test_a_language_in_the_form_piper_names_its_voices_is_spoken(talk: Client) -> None:
+    """README: a tag such as es, pt-BR or en_US."""
+    _, accepted = await post(talk, say("Hello {{name}}", language="en_US"))
+    done = await final(talk, accepted["id"], "completed")
+    assert (done["engine"], done["voice"]) == ("piper", "en_US-joe-medium")
+
+
 async def test_when_google_fails_another_engine_speaks_and_the_timeline_says_so(talk: Client) -> None:
     _, accepted = await post(talk, say("Buenos días", language="es", engine="gtts"))
     done = await final(talk, accepted["id"], "completed")
