@@ -28,6 +28,8 @@ class TwilioApi:
     auth_token: str
     # What the next creates answer: an HTTP status (201 places the call) or HANG.
     script: list[int | str] = field(default_factory=list)
+    # What the next listings answer: an HTTP status (200 lists what was created).
+    list_script: list[int] = field(default_factory=list)
     requests: list[MultiDictProxy[str | bytes | bytearray | web.FileField]] = field(default_factory=list)
     calls: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -80,6 +82,9 @@ class TwilioApi:
     async def list(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._error(401)
+        outcome = self.list_script.pop(0) if self.list_script else 200
+        if outcome != 200:
+            return self._error(outcome)
         to, from_ = request.query.get("To"), request.query.get("From")
         resource = request.match_info["resource"]
         stored = self.messages if resource == "Messages" else self.calls

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 from twilio.base import values
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
@@ -77,6 +77,11 @@ def _errors(*, listing: str = "") -> Iterator[None]:
         raise PlacementError(
             reason, transient=transient, opted_out=exc.code == OPTED_OUT, throttled=exc.status == 429
         ) from None
+    except TwilioException as exc:
+        # The SDK's own failures, e.g. a page of a listing that answered 5xx ("Unable to
+        # fetch page"): no answer of Twilio's says the request was refused, so it is retried.
+        what = f"listing {listing}" if listing else "request"
+        raise PlacementError(f"Twilio {what} failed: {exc}", transient=True) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PlacementError(f"Twilio unreachable: {type(exc).__name__}: {exc}", transient=True) from None
 

@@ -4,6 +4,7 @@ move the job (a worker SIGKILLed mid-send: test_placement_crash)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -80,3 +81,19 @@ async def test_a_twilio_4xx_fails_the_sms_and_a_5xx_is_retried(
     failed = await final(client, accepted["id"], "failed")
     assert failed["reason"].startswith("Twilio HTTP 400 (21211)")
     assert len(api.requests) == 2 and api.messages == []
+
+
+async def test_a_5xx_while_looking_for_an_earlier_try_is_retried_as_any_5xx(
+    aiohttp_client: ClientFactory, tw_settings: Settings, api: TwilioApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before a retry the worker lists the messages a try may have created; Twilio's SDK
+    raises its plain TwilioException when that page answers 5xx: a transient failure of the
+    job, not an error of callgate's that the stream redelivers."""
+    api.script = [503]
+    api.list_script = [500]
+    client = await aiohttp_client(create_app(tw_settings))
+    await setup_twilio(client, api)
+    accepted = await send(client)
+    await final(client, accepted["id"], "sent")
+    assert len(api.requests) == 2 and len(api.messages) == 1 and api.list_script == []
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
