@@ -283,6 +283,7 @@ def load_settings(environ: Mapping[str, str], file: Path | None = None) -> Setti
         try:
             values[name] = _PARSERS[name](value)
         except ValueError as exc:
-            shown = "***" if name.endswith("token") else value
+            # A malformed URL's password cannot be told from the rest: none of it is shown.
+            shown = "***" if name.endswith("token") or name == "redis_url" else value
             raise SettingsError(f"{ENV_PREFIX}{name.upper()} has value {shown!r}: {exc}") from None
     return Settings(**values)

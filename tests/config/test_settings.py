@@ -134,6 +134,13 @@ def test_a_bad_value_names_the_variable(variable: str, value: str) -> None:
     assert "\n" not in message
 
 
+def test_a_malformed_redis_url_is_not_shown_with_its_password() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings({"CALLGATE_REDIS_URL": "redis//:supersecret@db:6379/0"})
+    assert str(raised.value).startswith("CALLGATE_REDIS_URL has value '***': ")
+    assert "supersecret" not in str(raised.value)
+
+
 def test_a_bad_value_in_the_file_names_the_setting(tmp_path: Path) -> None:
     path = write(tmp_path, 'port = "abc"\n')
     with pytest.raises(SettingsError, match=r"^CALLGATE_PORT "):
