@@ -16,8 +16,12 @@ PRIVATE_UMASK = 0o077
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` created if needed and owner-only (0700)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """``path`` created if needed and owner-only (0700), as is each parent it had to create
+    (``mkdir(parents=True)`` makes those with the umask's mode: the data dir readable by all
+    when a file deep in it came first)."""
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
+        missing.chmod(0o700)
     path.chmod(0o700)
     return path
 

@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from gateway.datadir import private_dir
 from voice.audio import InvalidAudio, decode_mp3
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -143,8 +144,9 @@ class MediaFiles:
     def write(self, data: bytes) -> str:
         """Store ``data`` under a new key (written whole, then renamed into place)."""
         key = secrets.token_urlsafe(24)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.root)
         temporary = self.root / f".{key}.tmp"
-        temporary.write_bytes(data)
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            file.write(data)
         os.replace(temporary, self.root / f"{key}.mp3")
         return key

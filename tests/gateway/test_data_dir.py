@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from gateway.app import create_app
+from gateway.media import MediaFiles
 from gateway.store.embedded import EmbeddedRedis
 from gateway.tokens import ensure_tokens
 
@@ -58,6 +59,14 @@ def test_generated_tokens_live_in_an_owner_only_dir(settings: Settings, tmp_path
 
 
 @pytest.mark.usefixtures("permissive_umask")
+@pytest.mark.usefixtures("permissive_umask")
+def test_audio_written_first_makes_the_data_dir_owner_only(tmp_path: Path) -> None:
+    """`callgate say` on a fresh machine writes media/ before anything else does."""
+    data = tmp_path / "data"
+    MediaFiles(data).write(b"ID3 not checked here")
+    assert set(modes(data).values()) <= {0o700, 0o600}, modes(data)
+
+
 def test_start_tightens_what_an_older_version_left_readable(settings: Settings) -> None:
     data = settings.data_dir
     (data / "redis").mkdir(parents=True)
