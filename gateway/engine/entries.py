@@ -66,7 +66,6 @@ class StageEntryRunner:
             raise_if_cancelled()
             try:
                 busy = await self.run_due(time.time())
-                self._metrics.health.back()
             except UNAVAILABLE as exc:
                 self._metrics.health.lost(exc)
                 busy = False
@@ -79,6 +78,10 @@ class StageEntryRunner:
     async def run_due(self, now: float) -> bool:
         """Run the rules of the due entries; True when a partition may have more."""
         taken = await self._store.stage_entries.take(now, now + self._lease, BATCH)
+        if any(taken):
+            # Their leases were written. A take that found nothing only read, which a Redis
+            # demoted to a replica still answers: it says nothing of an outage's end.
+            self._metrics.health.back()
         for entries in taken:
             for entry in entries:
                 await self._attempt(entry)
