@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 
 from aiohttp import hdrs, web
 
@@ -157,11 +158,16 @@ def _unsatisfiable(request: web.Request, size: int, mtime: float) -> bool:
     if_range = request.if_range
     if hdrs.RANGE not in request.headers or (if_range is not None and mtime > if_range.timestamp()):
         return False
+    if _EMPTY_SUFFIX.fullmatch(request.headers[hdrs.RANGE]):
+        return True  # the last 0 bytes: aiohttp reads it as the whole file
     try:
         start = request.http_range.start
     except ValueError:
         return True
     return start is not None and start >= size
+
+
+_EMPTY_SUFFIX = re.compile(r"\s*bytes\s*=\s*-0+\s*", re.IGNORECASE)
 
 
 _API = Scope.API

@@ -203,5 +203,9 @@ def add_endpoints(app: web.Application, endpoints: Sequence[Endpoint]) -> None:
     # Every handler that reads a body refuses one declared too large first (read_body, the
     # webhooks' refusal layer), so none is asked for.
     for endpoint in endpoints:
-        app.router.add_route(endpoint.method, endpoint.path, _bind(endpoint), expect_handler=continue_unless_too_large)
+        handler = _bind(endpoint)
+        app.router.add_route(endpoint.method, endpoint.path, handler, expect_handler=continue_unless_too_large)
+        if endpoint.method == "GET":
+            # What a GET answers without its body, as HTTP has it (a player asks a file's size).
+            app.router.add_route("HEAD", endpoint.path, handler)
     app.setdefault(ENDPOINTS, []).extend(endpoints)

@@ -105,7 +105,9 @@ async def test_an_mp3_robocall_through_the_sandbox_ends_completed(robo: Client, 
     assert part.status == 206 and await part.read() == body[:100]
     tail = await robo.get(path, headers={"Range": "bytes=-100"})
     assert tail.status == 206 and await tail.read() == body[-100:]
-    for unsatisfiable in (f"bytes={len(body)}-", "bytes=x-y"):
+    head = await robo.head(path)  # what a player asks first
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(body)) and await head.read() == b""
+    for unsatisfiable in (f"bytes={len(body)}-", "bytes=x-y", "bytes=-0"):
         past = await robo.get(path, headers={"Range": unsatisfiable})
         assert past.status == 416 and past.headers["Content-Range"] == f"bytes */{len(body)}"
         assert (await past.json())["error"]["code"] == "range_not_satisfiable"
