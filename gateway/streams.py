@@ -91,6 +91,14 @@ class _GivenUp(NamedTuple):
     fields: dict[str, str]
     error: str
 
+    @classmethod
+    def of(cls, letter: str, flat: Sequence[str]) -> _GivenUp:
+        """From the dead letter ``letter``'s fields as Redis lists them: the entry's own, then
+        the dead letter's ``_id`` and ``_error``."""
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        fields.pop("_id", None)
+        return cls(letter, fields, fields.pop("_error", ""))
+
 
 def raise_if_cancelled() -> None:
     """Honour a cancel that was requested but lost, in loops that run until cancelled.
@@ -209,7 +217,7 @@ return removed
 # dead-lettered once. When the stream's owner is to hear of it (ARGV[5] = '1'), its dead
 # letter's id goes into KEYS[4] in the same step, until the owner has heard; no more ids
 # are kept there than letters (older letters are trimmed away anyway). Returns each
-# dead-lettered entry's id, dead letter id, error and fields, in turn.
+# dead-lettered entry's id, then its dead letter's id and fields, in turn.
 _DEAD_LETTER = """
 local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ARGV, 6))
 local out, ids = {}, {}
@@ -225,22 +233,18 @@ for _, entry in ipairs(claimed) do
       table.insert(letter, fields[i + 1])
     end
   end
-  local kept = {unpack(letter)}
   table.insert(letter, '_id')
   table.insert(letter, id)
   table.insert(letter, '_error')
   table.insert(letter, why)
   local dead = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', unpack(letter))
-  if ARGV[5] == '1' then
-    redis.call('ZADD', KEYS[4], now, dead)
-    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[4]) - 1)
-  end
+  if ARGV[5] == '1' then redis.call('ZADD', KEYS[4], now, dead) end
   table.insert(ids, id)
   table.insert(out, id)
   table.insert(out, dead)
-  table.insert(out, why)
-  table.insert(out, kept)
+  table.insert(out, letter)
 end
+if ARGV[5] == '1' then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[4]) - 1) end
 if #ids > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
@@ -252,7 +256,7 @@ return out
 # The dead letters (KEYS[2]) whose owner was to hear of them (KEYS[1]) ARGV[1] ms ago or
 # more, at most ARGV[2]: the process that buried them died before telling, or its owner
 # failed to hear. Ids whose letter is gone (retried, discarded, trimmed) are dropped.
-# Returns each one's dead letter id, error and fields, in turn.
+# Returns each one's dead letter id and fields, in turn.
 _UNTOLD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -262,18 +266,8 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumbe
   if #found == 0 then
     redis.call('ZREM', KEYS[1], dead)
   else
-    local fields, kept, why = found[1][2], {}, ''
-    for i = 1, #fields, 2 do
-      if fields[i] == '_error' then
-        why = fields[i + 1]
-      elseif fields[i] ~= '_id' then
-        table.insert(kept, fields[i])
-        table.insert(kept, fields[i + 1])
-      end
-    end
     table.insert(out, dead)
-    table.insert(out, why)
-    table.insert(out, kept)
+    table.insert(out, found[1][2])
   end
 end
 return out
@@ -554,10 +548,11 @@ class Claims:
         args += entry_ids
         dead = await self._bury(keys=keys, args=args)
         buried = []
-        for entry_id, letter, error, fields in zip(dead[::4], dead[1::4], dead[2::4], dead[3::4], strict=True):
-            log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, error)
+        for entry_id, letter, fields in zip(dead[::3], dead[1::3], dead[2::3], strict=True):
+            given_up = _GivenUp.of(letter, fields)
+            log.error("stream=%s entry=%s dead-lettered: %s", self._label, entry_id, given_up.error)
             self._on_outcome("dead")
-            buried.append(_GivenUp(letter, dict(zip(fields[::2], fields[1::2], strict=True)), str(error)))
+            buried.append(given_up)
         return buried
 
     async def _still_untold(self) -> list[_GivenUp]:
@@ -567,10 +562,7 @@ class Claims:
             return []
         args = [self._config.claim_idle_ms, _RECALL_AT_ONCE]
         found = await self._recall(keys=[self._untold, self._dead], args=args)
-        untold = [
-            _GivenUp(letter, dict(zip(fields[::2], fields[1::2], strict=True)), str(error))
-            for letter, error, fields in zip(found[::3], found[1::3], found[2::3], strict=True)
-        ]
+        untold = [_GivenUp.of(letter, fields) for letter, fields in zip(found[::2], found[1::2], strict=True)]
         if untold:
             log.warning("stream=%s: telling the owner of %d entries given up on earlier", self._label, len(untold))
         return untold
