@@ -146,14 +146,15 @@ class Looped:
         replies: list[Any] = [None] * len(calls)
         for chunk, reply in zip(chunks, await run_many(self._redis, self._script, commands), strict=True):
             for place, i in enumerate(chunk):
-                replies[i] = reply if isinstance(reply, Exception) else _as_raised(reply[place])
+                replies[i] = _as_raised(reply if isinstance(reply, Exception) else reply[place])
         return replies
 
 
 def _as_raised(reply: Any) -> Any:
     """A call's reply; its error as a bare command would have raised it. Redis 6.2 hands a
-    call's error from ``pcall`` back as text that carries Redis's own error ("@user_script:
-    20: -READONLY ..."), which redis-py reads as a plain ResponseError (7.x keeps the error's
+    script's error back as text that carries Redis's own error ("@user_script: 20: -READONLY
+    ...", from ``pcall``; "ERR Error running script ... -READONLY ..." when the whole
+    command failed), which redis-py reads as a plain ResponseError (7.x keeps the error's
     own code first, which redis-py reads as its class): a replica's refusal is an outage
     (READONLY), not a defect."""
     if isinstance(reply, ResponseError) and not isinstance(reply, ReadOnlyError) and "-READONLY " in str(reply):
