@@ -37,6 +37,12 @@ _HTTP_CODES = {
 UNDECODABLE = "the body does not decode as its Content-Encoding says"
 
 
+def declared_too_large(request: web.Request) -> bool:
+    """Whether the request's Content-Length is over the body limit: refused before any of
+    the body is read (so it is never asked for), and the connection closed after."""
+    return (request.content_length or 0) > request.client_max_size
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -147,7 +153,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
             response = error_response(500, "internal", f"internal error; request id {request_id}")
-    too_large = response.status == 413 or (request.content_length or 0) > request.client_max_size
+    # An answered request read its body: only a refused one may have left it unread.
+    too_large = response.status >= 400 and (response.status == 413 or declared_too_large(request))
     if request.content.exception() is not None or too_large:
         # The body broke mid-stream (it does not decompress) or is left unread (too large):
         # the connection is dropped after this answer, so no other request goes on it.

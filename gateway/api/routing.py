@@ -20,7 +20,7 @@ from pydantic_core import ErrorDetails
 
 from config.lines import plain_message
 from gateway.appkeys import ENDPOINTS, TOKENS
-from gateway.errors import UNDECODABLE, ApiError, Forbidden
+from gateway.errors import UNDECODABLE, ApiError, Forbidden, declared_too_large
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
@@ -130,9 +130,9 @@ def _field_of(error: ErrorDetails, raw: bytes) -> str:
 def refuse_declared_too_large(request: web.Request) -> None:
     """413 for a body whose Content-Length is over the limit, before any of it is read: the
     client gets its answer now, not after sending it all (or never, if it waits for one)."""
-    declared, limit = request.content_length, request.client_max_size
-    if declared is not None and declared > limit:
-        raise ApiError(413, "body_too_large", f"the body is {declared} bytes; at most {limit} are accepted")
+    if declared_too_large(request):
+        message = f"the body is {request.content_length} bytes; at most {request.client_max_size} are accepted"
+        raise ApiError(413, "body_too_large", message)
 
 
 async def read_body(request: web.Request, schema: Any) -> Any:
@@ -188,7 +188,7 @@ async def continue_unless_too_large(request: web.Request) -> None:
     """``Expect: 100-continue``: the body is asked for only when it may be accepted. One
     declared over the limit is not: the client has its final answer (401, 413) instead of
     sending a body that would be refused unread."""
-    if (request.content_length or 0) > request.client_max_size:
+    if declared_too_large(request):
         return
     if request.version != HttpVersion11:
         return  # HTTP/1.0 has no 100 Continue: the client sends its body regardless
